@@ -1,0 +1,113 @@
+"""The re-ID model: backbone → pooling → BatchNorm neck, plus optional horizontal part stripes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from reidctl.errors import ReidctlError
+from reidctl.models.backbones import BACKBONES, build_backbone
+
+POOLINGS = ("avg", "gem")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model's structure (stored in every checkpoint)."""
+
+    arch: str = "resnet50"
+    pooling: str = "gem"
+    parts: int = 0
+    last_stride: int = 1
+    height: int = 256
+    width: int = 128
+
+    def __post_init__(self) -> None:
+        if self.arch not in BACKBONES:
+            raise ReidctlError(f"unknown architecture '{self.arch}' (choose one of {', '.join(BACKBONES)})")
+        if self.pooling not in POOLINGS:
+            raise ReidctlError(f"unknown pooling '{self.pooling}' (choose avg or gem)")
+        if self.parts < 0:
+            raise ReidctlError("--parts must be 0 (no parts) or a positive number of stripes")
+        if self.last_stride not in (1, 2):
+            raise ReidctlError("--last-stride must be 1 or 2")
+        if self.height < 32 or self.width < 16:
+            raise ReidctlError(f"input size {self.height}×{self.width} is too small (at least 32×16)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GeneralizedMeanPooling(nn.Module):
+    """GeM with a learnable exponent p (init 3), pooled over ``bins`` horizontal stripes.
+
+    ``bins=1`` is the global pooling of the CC family. With ``bins=P`` every stripe has its own
+    exponent and covers the same rows as a bin of ``AdaptiveAvgPool2d((P, 1))``. Output: N×C×bins.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, bins: int = 1) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.full((bins,), float(p)))
+        self.eps = eps
+        self.bins = bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[2]
+        x = x.clamp(min=self.eps)
+        pooled = []
+        for i in range(self.bins):
+            lo, hi = (i * h) // self.bins, -((-(i + 1) * h) // self.bins)  # floor / ceil
+            p = self.p[i]
+            pooled.append(x[:, :, lo:hi].pow(p).mean(dim=(2, 3)).pow(1.0 / p))
+        return torch.stack(pooled, dim=2)
+
+
+def _neck(channels: int) -> nn.BatchNorm1d:
+    """BatchNorm neck with the bias frozen at 0, as every official code builds it."""
+    bn = nn.BatchNorm1d(channels)
+    nn.init.constant_(bn.weight, 1.0)
+    nn.init.constant_(bn.bias, 0.0)
+    bn.bias.requires_grad_(False)
+    return bn
+
+
+class ReidModel(nn.Module):
+    """Returns BN-neck features: ``{"global": N×C, "parts": N×P×C}`` (unnormalised).
+
+    Use :meth:`embed` for the L2-normalised eval features that every stage stores.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone, self.channels = build_backbone(config.arch, config.last_stride == 1)
+        self.pool = GeneralizedMeanPooling() if config.pooling == "gem" else nn.AdaptiveAvgPool2d(1)
+        self.neck = _neck(self.channels)
+        if config.parts:
+            bins = config.parts
+            self.part_pool = (
+                GeneralizedMeanPooling(bins=bins) if config.pooling == "gem" else nn.AdaptiveAvgPool2d((bins, 1))
+            )
+            self.part_necks = nn.ModuleList(_neck(self.channels) for _ in range(bins))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = self.backbone(x)
+        out = {"global": self.neck(self.pool(fmap).flatten(1))}
+        if self.config.parts:
+            if fmap.shape[2] < self.config.parts:
+                raise ReidctlError(
+                    f"the feature map has {fmap.shape[2]} rows, fewer than --parts {self.config.parts}: "
+                    "use a taller input or --last-stride 1"
+                )
+            stripes = self.part_pool(fmap).flatten(2)  # N×C×P
+            out["parts"] = torch.stack([neck(stripes[:, :, i]) for i, neck in enumerate(self.part_necks)], 1)
+        return out
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L2-normalised features (call in eval mode)."""
+        return {k: F.normalize(v.float(), dim=-1) for k, v in self(x).items()}

@@ -1,0 +1,25 @@
+"""Shared fixtures: paths to ../shared (skipped with a reason when absent) and tiny images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared material sits beside the repository in CI)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Synthetic datasets built by tests go to one per-session cache, never ~/.cache."""
+    import os
+
+    if "REIDCTL_CACHE" not in os.environ:
+        monkeypatch.setenv("REIDCTL_CACHE", str(tmp_path_factory.getbasetemp() / "reidctl-cache"))
