@@ -1,0 +1,56 @@
+"""The Typer app and the helpers every command module shares."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from reidctl.errors import ReidctlError
+
+app = typer.Typer(
+    name="reidctl",
+    help="Unsupervised person re-identification: extract, cluster, refine, train — stage by stage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ReidctlError into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ReidctlError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def print_json(obj: Any) -> None:
+    """Machine-readable result on stdout (for --json)."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,63 @@
+"""`reidctl evaluate`: mAP, CMC and mINP under the Market-1501 protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from reidctl.cli import options as o
+from reidctl.cli.common import app, out_console, print_json, user_errors
+from reidctl.errors import ReidctlError
+from reidctl.evaluation_stage import evaluate_feature_file, evaluate_model
+from reidctl.extraction import ModelSpec
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate(
+    features: Annotated[Optional[Path], typer.Argument(help="Features file holding query and gallery rows.")] = None,
+    checkpoint: o.Checkpoint = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to evaluate a --checkpoint or fresh model on.")] = None,
+    dataset: o.DatasetName = None,
+    ap: Annotated[str, typer.Option("--ap", help="sklearn (non-interpolated, CC family) or trapezoid (MAR, Market MATLAB).")] = "sklearn",
+    rerank: Annotated[bool, typer.Option("--rerank", help="k-reciprocal re-ranking (k1 20, k2 6, λ 0.3).")] = False,
+    pairs: Annotated[str, typer.Option("--pairs", help="market (protocol), cross-camera or same-camera gallery only.")] = "market",
+    arch: o.Arch = "resnet50",
+    pooling: o.Pooling = "gem",
+    last_stride: o.LastStride = 1,
+    height: o.Height = 256,
+    width: o.Width = 128,
+    weights: o.Weights = None,
+    pretrained: o.Pretrained = "none",
+    batch_size: o.BatchSize = 128,
+    workers: o.Workers = 2,
+    device: o.Device = "auto",
+    seed: o.Seed = 1,
+    json: o.Json = False,
+) -> None:
+    """Evaluate a features file, or a model (--checkpoint, or --arch/--weights) on --data."""
+    if features is not None and data is not None:
+        raise ReidctlError("give either a features file or --data (with a model), not both")
+    if features is not None:
+        result = evaluate_feature_file(features, ap=ap, rerank=rerank, pairs=pairs)
+        source = str(features)
+    elif data is not None:
+        spec = ModelSpec(checkpoint=checkpoint, arch=arch, pooling=pooling, last_stride=last_stride,
+                         height=height, width=width, weights=weights, pretrained=pretrained, seed=seed)
+        result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs,
+                                batch_size=batch_size, workers=workers, device=device)
+        source = f"{checkpoint or 'model'} on {data}"
+    else:
+        raise ReidctlError("nothing to evaluate: give a features file, or --data with --checkpoint/--weights")
+    if json:
+        print_json(result)
+        return
+    table = Table(title=f"{source} — {result['queries']} queries × {result['gallery']} gallery, "
+                  f"AP {ap}{', re-ranked' if rerank else ''}, pairs {pairs}", title_justify="left")
+    for col in ("mAP", "rank-1", "rank-5", "rank-10", "mINP"):
+        table.add_column(col, justify="right")
+    table.add_row(*(f"{100 * result[k]:.2f}" for k in ("mAP", "rank1", "rank5", "rank10", "mINP")))
+    out_console.print(table)

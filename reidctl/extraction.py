@@ -1,0 +1,117 @@
+"""The `extract` stage: resolve the model and the dataset, extract, write features.h5."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reidctl import dist
+from reidctl.artifacts import write_features
+from reidctl.data.base import SPLIT_CHOICES, Dataset
+from reidctl.data.datasets import load_dataset
+from reidctl.device import resolve_device
+from reidctl.errors import ReidctlError
+from reidctl.features import Extracted, extract_features
+from reidctl.models.reid import ModelConfig, ReidModel
+from reidctl.models.weights import build_model, init_description
+from reidctl.progress import progress_bar
+from reidctl.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+
+@dataclass
+class ModelSpec:
+    """Where a model comes from: a checkpoint, or a fresh build from architecture options."""
+
+    checkpoint: Path | None = None
+    arch: str = "resnet50"
+    pooling: str = "gem"
+    last_stride: int = 1
+    parts: int = 0
+    height: int = 256
+    width: int = 128
+    weights: Path | None = None
+    pretrained: str = "none"
+    seed: int = 1
+
+    def build(self) -> tuple[ReidModel, dict[str, Any]]:
+        """The model and its provenance (what the artifact's ``params`` should record)."""
+        if self.checkpoint is not None:
+            model = model_from_checkpoint(self.checkpoint)
+            epoch = load_checkpoint(self.checkpoint).get("epoch")
+            return model, {"model": model.config.to_dict(), "init": f"checkpoint:{Path(self.checkpoint).name}",
+                           "epoch": epoch}
+        config = ModelConfig(self.arch, self.pooling, self.parts, self.last_stride, self.height, self.width)
+        torch.manual_seed(self.seed)  # random initialisation is part of the experiment
+        model = build_model(config, pretrained=self.pretrained, weights=self.weights)
+        return model, {"model": config.to_dict(), "init": init_description(self.pretrained, self.weights)}
+
+
+@dataclass
+class ExtractRequest(ModelSpec):
+    data: str = ""
+    dataset: str | None = None
+    split: str = "train"
+    batch_size: int = 128
+    workers: int = 2
+    device: str = "auto"
+    skip_bad_images: bool = False
+
+
+def extract_split(
+    model: ReidModel, ds: Dataset, split: str, *, batch_size: int = 128, workers: int = 2,
+    device: str = "auto", skip_bad_images: bool = False,
+) -> tuple[Extracted, list]:
+    """Features of one split, with a progress bar; returns them and the rows that were kept."""
+    if split not in SPLIT_CHOICES:
+        raise ReidctlError(f"unknown split '{split}' (choose one of {', '.join(SPLIT_CHOICES)})")
+    samples = ds.samples(split)
+    if not samples:
+        raise ReidctlError(f"{ds.root}: the dataset has no images in split '{split}'")
+    dev = resolve_device(device)
+    with progress_bar(f"extract {split}", len(samples)) as advance:
+        ext = extract_features(model, samples, batch_size=batch_size, workers=workers, device=dev,
+                               skip_bad_images=skip_bad_images, progress=advance)
+    return ext, [s for s, k in zip(samples, ext.keep) if k]
+
+
+def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
+    """Extract ``req.split`` of ``req.data`` and write a features artifact to ``out``."""
+    ds = load_dataset(req.data, req.dataset)
+    model, provenance = req.build()
+    # Under torchrun every rank extracts its block; rank 0 writes the file.
+    with dist.distributed(resolve_device(req.device)) as device:
+        ext, rows = extract_split(model, ds, req.split, batch_size=req.batch_size, workers=req.workers,
+                                  device=str(device), skip_bad_images=req.skip_bad_images)
+        main = dist.is_main()
+    split_names = [n for n, k in zip(ds.split_of(req.split), ext.keep) if k]
+    params = {
+        **provenance, "data": str(req.data), "dataset": ds.name, "layout": ds.layout, "split": req.split,
+        "skip_bad_images": req.skip_bad_images,
+    }
+    inputs = {"checkpoint": _file_digest(req.checkpoint)} if req.checkpoint else {}
+    if main:
+        write_features(
+            out, ext.feats, parts=ext.parts,
+            camids=np.array([s.camid for s in rows], dtype=np.int64),
+            pids=np.array([s.pid for s in rows], dtype=np.int64),
+            paths=[s.relpath for s in rows], split=split_names,
+            params=params, inputs=inputs, seed=req.seed,
+            attrs={"skipped_images": len(ext.bad), "dataset_root": str(ds.root)},
+        )
+    return {"out": str(out), "split": req.split, "rows": len(rows), "dim": int(ext.feats.shape[1]),
+            "parts": 0 if ext.parts is None else int(ext.parts.shape[1]), "skipped_images": len(ext.bad),
+            "skipped": ext.bad}
+
+
+def _file_digest(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:32]

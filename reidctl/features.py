@@ -1,0 +1,153 @@
+"""Feature extraction: images → L2-normalised global (and part) features, in artifact row order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from reidctl import dist
+from reidctl.data.base import Sample
+from reidctl.data.images import load_image
+from reidctl.data.transforms import test_transform
+from reidctl.errors import DatasetError
+from reidctl.models.reid import ReidModel
+
+
+class ImageRows(Dataset):
+    """Images of ``samples`` in order. A bad image never raises inside a worker: it comes back
+    flagged with its error, so the main process can fail with one clear message or skip it."""
+
+    def __init__(self, samples: Sequence[Sample], height: int, width: int) -> None:
+        self.samples = list(samples)
+        self.transform = test_transform(height, width)
+        self.blank = torch.zeros(3, height, width)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            return self.transform(load_image(self.samples[i].path)), i, ""
+        except DatasetError as exc:
+            return self.blank, i, str(exc)
+
+
+@dataclass
+class Extracted:
+    feats: np.ndarray  # N×D float32, L2-normalised
+    parts: np.ndarray | None  # N×P×D or None
+    keep: np.ndarray  # bool per input sample: False where the image was bad and skipped
+    bad: list[str]  # error messages of skipped images
+
+
+def extract_features(
+    model: ReidModel,
+    samples: Sequence[Sample],
+    *,
+    batch_size: int = 128,
+    workers: int = 2,
+    device: torch.device | str = "cpu",
+    skip_bad_images: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Extracted:
+    """Eval-mode features of ``samples``; AMP and channels-last on CUDA.
+
+    Under ``torchrun`` (a process group is up) each rank extracts its contiguous block of
+    ``samples`` and every rank gets the whole result, in the order of ``samples``.
+    """
+    if not dist.is_distributed():
+        feats, parts, keep, bad, error = _extract_rows(
+            model, samples, batch_size=batch_size, workers=workers, device=device,
+            skip_bad_images=skip_bad_images, progress=progress)
+        if error:
+            raise DatasetError(error)
+        if feats is None:
+            raise DatasetError("no images to extract features from")
+        return Extracted(feats[keep], None if parts is None else parts[keep], keep, bad)
+
+    lo, hi = dist.shard_range(len(samples))
+    feats, parts, keep, bad, error = _extract_rows(
+        model, samples[lo:hi], batch_size=batch_size, workers=workers, device=device,
+        skip_bad_images=skip_bad_images, progress=progress)
+    # Agree on shapes and errors first, so that no rank waits forever on a rank that failed.
+    info = dist.all_gather_object((None if feats is None else feats.shape[1:],
+                                   None if parts is None else parts.shape[1:], bad, error))
+    errors = [e for *_, e in info if e]
+    if errors:
+        raise DatasetError(errors[0])
+    shapes = [(f, p) for f, p, _, _ in info if f is not None]
+    if not shapes:
+        raise DatasetError("no images to extract features from")
+    fshape, pshape = shapes[0]
+    if feats is None:
+        feats = np.empty((0, *fshape), dtype=np.float32)
+        parts = None if pshape is None else np.empty((0, *pshape), dtype=np.float32)
+    feats = dist.all_gather_rows(torch.from_numpy(feats)).numpy()
+    if parts is not None:
+        parts = dist.all_gather_rows(torch.from_numpy(parts)).numpy()
+    keep = dist.all_gather_rows(torch.from_numpy(keep.astype(np.uint8))).numpy().astype(bool)
+    bad = [msg for _, _, b, _ in info for msg in b]
+    return Extracted(feats[keep], None if parts is None else parts[keep], keep, bad)
+
+
+def _extract_rows(
+    model: ReidModel,
+    samples: Sequence[Sample],
+    *,
+    batch_size: int,
+    workers: int,
+    device: torch.device | str,
+    skip_bad_images: bool,
+    progress: Callable[[int], None] | None,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, list[str], str]:
+    """Features of every row (zeros where skipped), the keep mask, skip messages, and the first
+    fatal error message (returned, not raised, so distributed callers can agree on it)."""
+    device = torch.device(device)
+    cfg = model.config
+    n = len(samples)
+    keep = np.ones(n, dtype=bool)
+    bad: list[str] = []
+    if n == 0:
+        return None, None, keep, bad, ""
+    loader = DataLoader(
+        ImageRows(samples, cfg.height, cfg.width),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        shuffle=False,
+        generator=torch.Generator(),  # do not draw loader seeds from the global RNG
+    )
+    cuda = device.type == "cuda"
+    model = model.to(device).eval()
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    feats = parts = None
+    with torch.inference_mode():
+        for images, index, errors in loader:
+            for i, err in zip(index.tolist(), errors):
+                if err:
+                    if not skip_bad_images:
+                        return None, None, keep, bad, f"{err} (use --skip-bad-images to skip such files)"
+                    keep[i] = False
+                    bad.append(err)
+            images = images.to(device, non_blocking=True)
+            if cuda:
+                images = images.to(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=cuda):
+                out = model.embed(images)
+            g = out["global"].float().cpu().numpy()
+            if feats is None:
+                feats = np.zeros((n, g.shape[1]), dtype=np.float32)
+                if "parts" in out:
+                    parts = np.zeros((n, *out["parts"].shape[1:]), dtype=np.float32)
+            idx = index.numpy()
+            feats[idx] = g
+            if parts is not None:
+                parts[idx] = out["parts"].float().cpu().numpy()
+            if progress is not None:
+                progress(len(idx))
+    return feats, parts, keep, bad, ""
