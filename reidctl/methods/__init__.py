@@ -1,0 +1,26 @@
+"""Training methods and their registry: name → :class:`~reidctl.methods.base.Method` subclass.
+
+A later method adds its module and one entry to :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+from reidctl.errors import ReidctlError
+from reidctl.methods.base import Batch, EpochData, Method, Refined, TrainParams
+from reidctl.methods.cc import CCParams, ClusterContrast
+
+METHODS: dict[str, type[Method]] = {
+    "cc": ClusterContrast,
+}
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered under ``name`` (a user error when there is none)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ReidctlError(f"unknown --method '{name}' (choose one of {', '.join(METHODS)})") from None
+
+
+__all__ = ["METHODS", "Batch", "CCParams", "ClusterContrast", "EpochData", "Method", "Refined", "TrainParams",
+           "get_method"]

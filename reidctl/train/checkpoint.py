@@ -1,0 +1,143 @@
+"""Checkpoints: the model's structure and weights plus whatever training state a method keeps.
+
+A training checkpoint (``reidctl.train.trainer.TrainSession.save``) also holds: ``epoch`` (the
+last completed one), ``optimizer``, ``scheduler``, ``scaler`` (fp16 AMP), ``rng`` (see
+:func:`capture_rng`), ``method``, ``method_params``, ``method_state``, ``heads``, ``bn_chunks``,
+``history`` (per-epoch stats) and ``provenance``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from reidctl import __version__
+from reidctl.artifacts import atomic_save
+from reidctl.errors import ArtifactError
+from reidctl.models.reid import ModelConfig, ReidModel
+
+CHECKPOINT_SCHEMA = "reidctl/checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, model: ReidModel, **state: Any) -> None:
+    """Write atomically: model config + weights, and any extra state (optimiser, epoch, RNG ...)."""
+    payload = {
+        "schema": CHECKPOINT_SCHEMA,
+        "schema_version": CHECKPOINT_VERSION,
+        "reidctl_version": __version__,
+        "model_config": model.config.to_dict(),
+        "model": model.state_dict(),
+        **state,
+    }
+    atomic_save(payload, path, lambda obj, tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ArtifactError(f"{path}: not a readable checkpoint ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("schema") != CHECKPOINT_SCHEMA:
+        raise ArtifactError(f"{path}: not a reidctl checkpoint (for plain weights use --weights)")
+    if payload.get("schema_version") != CHECKPOINT_VERSION:
+        raise ArtifactError(
+            f"{path}: checkpoint version {payload.get('schema_version')} is not supported "
+            f"(this reidctl reads version {CHECKPOINT_VERSION})"
+        )
+    return payload
+
+
+def model_from_checkpoint(path: str | Path) -> ReidModel:
+    payload = load_checkpoint(path)
+    model = ReidModel(ModelConfig(**payload["model_config"]))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: weights do not fit the recorded model ({exc})") from None
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# training state: what a later epoch needs to continue exactly
+
+
+def capture_rng(generator: np.random.Generator | None = None) -> dict[str, Any]:
+    """States of Python's, NumPy's and torch's global RNGs (CUDA when in use) and of ``generator``.
+
+    Training itself draws only from ``generator`` (the sampler and the per-image augmentation
+    seeds); the global states are kept so a resumed process continues as if never stopped.
+    """
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.bit_generator.state
+    return state
+
+
+def restore_rng(state: Mapping[str, Any], *, globals_too: bool = True) -> np.random.Generator | None:
+    """Restore the global RNGs (unless ``globals_too`` is False); return the saved generator."""
+    if globals_too:
+        if "python" in state:
+            random.setstate(state["python"])
+        if "numpy" in state:
+            np.random.set_state(state["numpy"])
+        if "torch" in state:
+            torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    gen_state = state.get("generator")
+    if gen_state is None:
+        return None
+    bit_gen = getattr(np.random, gen_state["bit_generator"])()
+    bit_gen.state = gen_state
+    return np.random.Generator(bit_gen)
+
+
+def load_training_state(
+    payload: Mapping[str, Any],
+    *,
+    model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any | None = None,
+    heads: torch.nn.Module | None = None,
+    source: str | Path = "checkpoint",
+) -> None:
+    """Load the parts of a checkpoint ``payload`` that exist into the given objects.
+
+    A checkpoint written without training state (e.g. by ``save_checkpoint(path, model)``) has
+    no optimiser: the caller's fresh optimiser is then left alone. An optimiser state that does
+    not fit (another method's extra heads, another architecture) is a user error.
+    """
+    if model is not None:
+        try:
+            model.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            raise ArtifactError(f"{source}: weights do not fit the recorded model ({exc})") from None
+    if heads is not None and payload.get("heads") is not None:
+        try:
+            heads.load_state_dict(payload["heads"])
+        except RuntimeError as exc:
+            raise ArtifactError(f"{source}: the method's heads do not fit ({exc})") from None
+    if optimizer is not None and payload.get("optimizer") is not None:
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise ArtifactError(
+                f"{source}: the saved optimiser state does not fit this model/method "
+                f"(checkpoint method '{payload.get('method')}'): {exc}"
+            ) from None
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
