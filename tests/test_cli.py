@@ -6,40 +6,20 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from reidctl.cli import app
+from tests.fakedata import colour_market
 
 runner = CliRunner()
 FAST = ["--arch", "resnet18", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
 
 
-def _img(path, colour):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
-    arr = np.clip(np.array(colour)[None, None] + rng.integers(-20, 20, (16, 8, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(arr).save(path)
-
-
 @pytest.fixture
 def tiny(tmp_path):
     """Identities are colours; train 6 ids, test 4 ids plus a distractor, 2 cameras."""
-    root = tmp_path / "tiny"
-    for pid in range(1, 11):
-        colour = [(pid * 37) % 256, (pid * 91) % 256, (pid * 53) % 256]
-        for cam in (1, 2):
-            for k in range(2):
-                if pid <= 6:
-                    _img(root / "bounding_box_train" / f"{pid:04d}_c{cam}s1_{k:06d}_01.jpg", colour)
-                elif k == 0 and cam == 1:
-                    _img(root / "query" / f"{pid:04d}_c{cam}s1_{k:06d}_00.jpg", colour)
-                else:
-                    _img(root / "bounding_box_test" / f"{pid:04d}_c{cam}s1_{k:06d}_01.jpg", colour)
-    _img(root / "bounding_box_test" / "0000_c1s1_000099_01.jpg", (0, 0, 0))
-    return root
+    return colour_market(tmp_path / "tiny", train_ids=6, test_ids=4, per_camera=2)
 
 
 def invoke(*args):
@@ -121,3 +101,37 @@ def test_corrupt_image_named_or_skipped(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["skipped_images"] == 1 and res["rows"] == 23
+
+
+def test_cluster_and_refine_commands(tiny, tmp_path):
+    feats, labels, refined = tmp_path / "train.h5", tmp_path / "labels.h5", tmp_path / "refined.h5"
+    assert invoke("extract", "--data", tiny, "--out", feats, *FAST).exit_code == 0
+    r = invoke("cluster", feats, "--out", labels, "--k1", "4", "--k2", "2", "--eps", "0.5", "--min-samples", "2",
+               "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["rows"] == 24 and summary["clusters"] == 6 and summary["quality"]["f_score"] == 1.0
+    desc = json.loads(invoke("inspect", labels, "--json").stdout)
+    assert desc["schema"] == "reidctl/labels" and "sparse csr 24×24" in desc["datasets"]["jaccard"]
+    assert desc["inputs"]["features"] == json.loads(invoke("inspect", feats, "--json").stdout)["digest"]
+    r = invoke("cluster", feats, "--out", labels, "--k1", "4", "--k2", "2")  # the table form and the report
+    assert r.exit_code == 0 and "label quality" in r.output
+    r = invoke("refine", feats, "--method", "cc", "--labels", labels, "--out", refined, "--json")
+    assert r.exit_code == 0, r.output
+    # without --labels the method's default clustering runs (here with a smaller k1 for 24 images)
+    r = invoke("refine", feats, "--method", "cc", "--k1", "4", "--k2", "2", "--eps", "0.5", "--out", refined, "--json")
+    assert r.exit_code == 0, r.output
+    assert "cc" in invoke("refine", "--help").output
+    for args, message in [
+        (("cluster", feats, "--out", labels, "--eps", "1.5"), "--eps"),
+        (("cluster", feats, "--out", labels, "--algo", "agglomerative"), "--n-clusters"),
+        (("cluster", feats, "--out", labels, "--k1", "30"), "too few"),
+        (("refine", feats, "--method", "nope", "--out", refined), "unknown --method"),
+        (("cluster", labels, "--out", tmp_path / "x.h5"), "expected 'reidctl/features'"),
+    ]:
+        r = invoke(*args)
+        assert r.exit_code == 2 and message in r.output, (args, r.output)
+    r = invoke("cluster", feats, "--out", tmp_path / "agg.h5", "--algo", "agglomerative", "--n-clusters", "6",
+               "--k1", "4", "--k2", "1", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["clusters"] == 6

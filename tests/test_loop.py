@@ -1,0 +1,125 @@
+"""`loop`: stages cached by key, --force-from, resume after kill -9, the CLI summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from reidctl.cli import app
+from reidctl.extraction import ModelSpec
+from reidctl.pipeline import LoopConfig, run_loop
+from tests.fakedata import colour_market
+
+MODEL = ModelSpec(arch="resnet18", height=64, width=32)
+CLUSTER = {"k1": 6, "k2": 2, "eps": 0.5, "min_samples": 3}
+TRAIN = {"iters": 2, "batch_size": 8, "num_instances": 4, "bn_chunks": 2}
+CLI_ARGS = ["--arch", "resnet18", "--height", "64", "--width", "32", "--k1", "6", "--k2", "2", "--eps", "0.5",
+            "--min-samples", "3", "--iters", "2", "--batch-size", "8", "--num-instances", "4",
+            "--bn-chunks", "2", "--eval-every", "1", "--workers", "0", "--device", "cpu", "--deterministic"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return colour_market(tmp_path_factory.mktemp("loop") / "market", train_ids=6, test_ids=3)
+
+
+def _config(data, run_dir, **kw):
+    base = dict(data=str(data), run_dir=run_dir, epochs=2, model=MODEL, cluster=CLUSTER, train=TRAIN,
+                eval_every=1, workers=0, device="cpu", deterministic=True)
+    base.update(kw)
+    return LoopConfig(**base)
+
+
+def _log(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def _metrics(result):
+    return [(r["epoch"], r.get("eval", {}).get("mAP"), r.get("train", {}).get("loss")) for r in result["epochs"]]
+
+
+def test_loop_runs_then_skips_every_stage_on_rerun(data, tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_loop(_config(data, run_dir))
+    assert [r["epoch"] for r in first["epochs"]] == ["init", 0, 1]
+    assert first["last"]["epoch"] == 1 and first["best"] is not None
+    for epoch in ("epoch_000", "epoch_001"):
+        for name in ("train.h5", "labels.h5", "refined.h5", "model.pt", "test.h5", "eval.json"):
+            assert (run_dir / epoch / name).exists()
+    rec = first["epochs"][1]
+    assert rec["refine"]["clusters"] == 6 and rec["refine"]["quality"]["f_score"] == 1.0
+    assert rec["train"]["iterations"] == 2
+    n = len(_log(run_dir))
+    assert all(not r["cached"] for r in _log(run_dir))
+    again = run_loop(_config(data, run_dir))
+    new = _log(run_dir)[n:]
+    assert new and all(r["cached"] for r in new)
+    assert _metrics(again) == _metrics(first)
+    # --force-from train re-runs training (and what depends on it), not extraction or clustering
+    run_loop(_config(data, run_dir, force_from="train"))
+    forced = _log(run_dir)[2 * n:]
+    by_stage = {(r["epoch"], r["stage"]): r["cached"] for r in forced}
+    assert by_stage[(0, "cluster")] is True and by_stage[(0, "train")] is False
+    assert by_stage[(0, "evaluate")] is False
+
+
+def test_changed_option_reruns_only_from_the_changed_stage(data, tmp_path):
+    run_dir = tmp_path / "run"
+    run_loop(_config(data, run_dir, epochs=1, eval_every=0))
+    n = len(_log(run_dir))
+    run_loop(_config(data, run_dir, epochs=1, eval_every=0, cluster={**CLUSTER, "eps": 0.45}))
+    stages = {r["stage"]: r["cached"] for r in _log(run_dir)[n:]}
+    # the same labels come out, so the content-addressed training stage is still valid
+    assert stages == {"extract": True, "cluster": False, "refine": False, "train": True}
+    n = len(_log(run_dir))
+    run_loop(_config(data, run_dir, epochs=1, eval_every=0, cluster={**CLUSTER, "eps": 0.45},
+                     train={**TRAIN, "iters": 3}))
+    stages = {r["stage"]: r["cached"] for r in _log(run_dir)[n:]}
+    assert stages == {"extract": True, "cluster": True, "refine": True, "train": False}
+
+
+def test_bad_options_are_user_errors(data, tmp_path):
+    from reidctl.errors import ReidctlError
+
+    for kw in ({"force_from": "nope"}, {"epochs": 0}, {"method": "nope"}):
+        with pytest.raises(ReidctlError):
+            run_loop(_config(data, tmp_path / "x", **kw))
+
+
+def test_resume_after_kill_9_ends_with_the_same_metrics(data, tmp_path):
+    straight = tmp_path / "straight"
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "reidctl", "loop", "--data", str(data), "--epochs", "2", *CLI_ARGS, "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = subprocess.run([*cmd, "--run-dir", str(straight)], capture_output=True, text=True, env=env)
+    assert ref.returncode == 0, ref.stderr
+    # kill -9 while epoch 1 is under way (after epoch 0's training finished)
+    proc = subprocess.Popen([*cmd, "--run-dir", str(killed)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    log = killed / "log.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and any(json.loads(x)["stage"] == "train" for x in log.read_text().splitlines()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run([*cmd, "--run-dir", str(killed)], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _metrics(json.loads(resumed.stdout)) == _metrics(json.loads(ref.stdout))
+    assert not list(killed.rglob(".*.tmp")), "stale temporary files were left behind"
+
+
+def test_cli_loop_prints_summary(data, tmp_path):
+    result = CliRunner().invoke(app, ["loop", "--data", str(data), "--run-dir", str(tmp_path / "r"),
+                                      "--epochs", "1", *CLI_ARGS])
+    assert result.exit_code == 0, result.output
+    assert "best" in result.output and "last" in result.output and "mAP" in result.output
