@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
 
 Progress = Callable[[int, int], None]
@@ -27,16 +28,6 @@ Progress = Callable[[int, int], None]
 # 512 MiB on a GPU, and at least _MIN_BLOCK_ROWS rows (thin blocks run ~15% slower).
 _BLOCK_ELEMENTS = {"cpu": 1 << 26, "cuda": 1 << 27}
 _MIN_BLOCK_ROWS = 1024
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReidctlError(f"device {device!r} was requested but CUDA is not available")
-    return dev
 
 
 def faiss_gpu_available() -> bool:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from reidctl.cli import options as o
-from reidctl.cli.common import app, out_console, print_json, user_errors
+from reidctl.cli.common import app, out_console, print_json, print_quality, user_errors
 from reidctl.cluster.stage import ClusterParams, run_cluster
 
 
@@ -43,9 +43,4 @@ def cluster(
     table.add_row(*(str(summary[k]) for k in ("rows", "clusters", "outliers", "knn_s", "jaccard_s", "cluster_s")))
     out_console.print(table)
     if "quality" in summary:
-        q = summary["quality"]
-        qt = Table(title="label quality (ground truth used for reporting only)", title_justify="left")
-        for key in q:
-            qt.add_column(key, justify="right")
-        qt.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in q.values()))
-        out_console.print(qt)
+        print_quality(summary["quality"])

@@ -54,3 +54,15 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def print_quality(quality: dict[str, Any]) -> None:
+    """Label quality against ground truth, one metric a row (reported, never used by algorithms)."""
+    from rich.table import Table
+
+    table = Table(title="label quality (ground truth used for reporting only)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in quality.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    out_console.print(table)

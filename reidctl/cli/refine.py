@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from reidctl.cli import options as o
-from reidctl.cli.common import app, out_console, print_json, user_errors
+from reidctl.cli.common import app, out_console, print_json, print_quality, user_errors
 from reidctl.methods import METHODS
 from reidctl.refine import run_refine
 
@@ -39,5 +39,4 @@ def refine(
     table.add_row(*(str(summary[k]) for k in ("rows", "clusters", "outliers")))
     out_console.print(table)
     if "quality" in summary:
-        out_console.print("label quality: " + ", ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary["quality"].items()))
+        print_quality(summary["quality"])
