@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--k2", type=int, default=6)
     ap.add_argument("--eps", type=float, default=0.6)
     ap.add_argument("--device", default="cpu", help="kNN device: cpu, cuda, auto")
-    ap.add_argument("--floor-bytes", type=int, default=8 << 30,
+    ap.add_argument("--floor-bytes", type=int, default=4 << 30,
                     help="largest N×N float32 product timed in one piece")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
