@@ -67,6 +67,15 @@ def paths_digest(paths: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """A file's sha256 (first 32 hex digits), for inputs that are not HDF5 artifacts."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:32]
+
+
 def _array_digest(h: "hashlib._Hash", name: str, value: Any) -> None:
     h.update(name.encode())
     if sp.issparse(value):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from reidctl import dist
-from reidctl.artifacts import write_features
+from reidctl.artifacts import file_digest, write_features
 from reidctl.data.base import SPLIT_CHOICES, Dataset
 from reidctl.data.datasets import load_dataset
 from reidctl.device import resolve_device
@@ -92,7 +92,7 @@ def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
         **provenance, "data": str(req.data), "dataset": ds.name, "layout": ds.layout, "split": req.split,
         "skip_bad_images": req.skip_bad_images,
     }
-    inputs = {"checkpoint": _file_digest(req.checkpoint)} if req.checkpoint else {}
+    inputs = {"checkpoint": file_digest(req.checkpoint)} if req.checkpoint else {}
     if main:
         write_features(
             out, ext.feats, parts=ext.parts,
@@ -106,12 +106,3 @@ def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
             "parts": 0 if ext.parts is None else int(ext.parts.shape[1]), "skipped_images": len(ext.bad),
             "skipped": ext.bad}
 
-
-def _file_digest(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:32]

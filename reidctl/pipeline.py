@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from reidctl.artifacts import atomic_path, read_meta
+from reidctl.artifacts import atomic_path, file_digest, read_meta
 from reidctl.cluster.stage import run_cluster
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
@@ -53,14 +53,6 @@ class LoopConfig:
     deterministic: bool = False
     force_from: str | None = None
     seed: int = 1
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:32]
 
 
 def artifact_digest(path: Path) -> str:
