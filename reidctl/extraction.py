@@ -19,7 +19,7 @@ from reidctl.features import Extracted, extract_features
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.models.weights import build_model, init_description
 from reidctl.progress import progress_bar
-from reidctl.train.checkpoint import load_checkpoint, model_from_checkpoint
+from reidctl.train.checkpoint import load_checkpoint, model_from_payload
 
 
 @dataclass
@@ -40,8 +40,8 @@ class ModelSpec:
     def build(self) -> tuple[ReidModel, dict[str, Any]]:
         """The model and its provenance (what the artifact's ``params`` should record)."""
         if self.checkpoint is not None:
-            model = model_from_checkpoint(self.checkpoint)
-            epoch = load_checkpoint(self.checkpoint).get("epoch")
+            payload = load_checkpoint(self.checkpoint)
+            model, epoch = model_from_payload(payload, self.checkpoint), payload.get("epoch")
             return model, {"model": model.config.to_dict(), "init": f"checkpoint:{Path(self.checkpoint).name}",
                            "epoch": epoch}
         config = ModelConfig(self.arch, self.pooling, self.parts, self.last_stride, self.height, self.width)

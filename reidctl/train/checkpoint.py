@@ -56,12 +56,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(path: str | Path) -> ReidModel:
-    payload = load_checkpoint(path)
+    return model_from_payload(load_checkpoint(path), path)
+
+
+def model_from_payload(payload: dict[str, Any], source: str | Path) -> ReidModel:
+    """The model of an already loaded checkpoint (so callers needing more of it read it once)."""
     model = ReidModel(ModelConfig(**payload["model_config"]))
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
-        raise ArtifactError(f"{path}: weights do not fit the recorded model ({exc})") from None
+        raise ArtifactError(f"{source}: weights do not fit the recorded model ({exc})") from None
     return model
 
 
