@@ -18,17 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from reidctl.artifacts import atomic_path, file_digest, read_meta
 from reidctl.cluster.stage import run_cluster
+from reidctl.data.base import Dataset
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
 from reidctl.evaluation_stage import evaluate_feature_file
 from reidctl.extraction import ExtractRequest, ModelSpec, run_extract
 from reidctl.methods import get_method
+from reidctl.methods.icrefine.intra import read_intra_labels
+from reidctl.methods.icrefine.stage1 import IntraCameraRequest, loop_params, run_intra_camera
 from reidctl.refine import default_cluster_params, run_refine
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 
-STAGES = ("extract", "cluster", "refine", "train", "evaluate")
+STAGES = ("intra", "extract", "cluster", "refine", "train", "evaluate")  # intra: icrefine's stage 1, once
 
 
 @dataclass
@@ -44,6 +49,7 @@ class LoopConfig:
     cluster: Mapping[str, Any] = field(default_factory=dict)  # overrides of the method's clustering
     refine: Mapping[str, Any] = field(default_factory=dict)  # method options of `refine`
     train: Mapping[str, Any] = field(default_factory=dict)  # overrides of the method's Params
+    intra: Mapping[str, Any] = field(default_factory=dict)  # icrefine stage 1: IntraCameraParams overrides
     eval_every: int = 10
     eval_init: bool = True
     extract_batch_size: int = 128
@@ -109,6 +115,26 @@ def _model_params(spec: ModelSpec) -> dict[str, Any]:
     return d
 
 
+def _intra_stage(run: Run, cfg: LoopConfig, ds: Dataset, model: ModelSpec, common: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+    """icrefine's stage 1, run once before epoch 0 into ``RUN/intra/`` (cached like any stage);
+    or the user's own stage-1 file (``refine`` option ``intra``). Returns its record."""
+    given = cfg.refine.get("intra")
+    if given is not None:
+        if cfg.intra:
+            raise ReidctlError("--intra FILE replaces stage 1, so the --intra-* options do not apply with it")
+        _, digest = read_intra_labels(given, paths=[s.relpath for s in ds.train],
+                                      camids=np.array([s.camid for s in ds.train]))
+        return {"output": str(given), "digest": digest, "summary": {"file": str(given)}}
+    params = loop_params(cfg.intra, cfg.train)
+    req = IntraCameraRequest(**dataclasses.asdict(model), data=cfg.data, dataset=cfg.dataset, params=params,
+                             workers=cfg.workers, device=cfg.device, amp=cfg.amp, deterministic=cfg.deterministic,
+                             extract_batch_size=cfg.extract_batch_size)
+    key = {**common, "model": _model_params(model), "intra": dataclasses.asdict(params),
+           "deterministic": cfg.deterministic}
+    return run.stage("intra", "intra", "intra.h5", key, {}, lambda out: run_intra_camera(req, out), "intra")
+
+
 def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the loop; returns per-epoch records plus the best and the last evaluation."""
     if cfg.epochs < 1:
@@ -121,11 +147,17 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None 
         raise ReidctlError(f"{ds.root}: the dataset has no train images to learn from")
     can_eval = bool(ds.query and ds.gallery)
     run = Run(Path(cfg.run_dir), cfg.force_from)
-    cluster_params = default_cluster_params(cfg.method, **cfg.cluster)
+    cluster_params = default_cluster_params(cfg.method, n_samples=len(ds.train), **cfg.cluster)
     train_params = method_cls.resolve_params(None, cfg.train).to_dict()
+    refine_options = method_cls.refine_options(cfg.refine)  # another method's options fail here, not at epoch 0
+    if method_cls.uses_parts and not cfg.model.parts:
+        raise ReidctlError(f"--method {cfg.method} needs part features: pass --parts (PPLR: --parts 3 --pooling avg)")
+    if cfg.intra and not method_cls.intra_camera:
+        raise ReidctlError(f"the --intra-* options apply to --method icrefine, not {cfg.method}")
     model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)
     model_params = _model_params(model)
     common = {"data": str(cfg.data), "dataset": ds.name}
+    intra = _intra_stage(run, cfg, ds, model, common) if method_cls.intra_camera else None
     history: list[dict[str, Any]] = []
 
     def extract(epoch_dir: str, split: str, ckpt: Path | None, ckpt_digest: str, epoch: int | str) -> dict:
@@ -165,10 +197,14 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None 
         clus = run.stage(d, "cluster", "labels.h5", dataclasses.asdict(cluster_params),
                          {"features": feats["digest"]},
                          lambda out: run_cluster(feats["output"], out, cluster_params, seed=cfg.seed), epoch)
-        ref = run.stage(d, "refine", "refined.h5", {"method": cfg.method, "options": dict(cfg.refine)},
-                        {"features": feats["digest"], "labels": clus["digest"]},
+        ref_options, ref_inputs = dict(cfg.refine), {"features": feats["digest"], "labels": clus["digest"]}
+        if intra is not None:  # icrefine: p(e) needs the epoch; the intra-camera labels of stage 1
+            ref_options.update(epoch=epoch, epochs=cfg.epochs, intra=intra["output"])
+            ref_inputs["intra"] = intra["digest"]
+            refine_options = method_cls.refine_options(ref_options)
+        ref = run.stage(d, "refine", "refined.h5", {"method": cfg.method, "options": refine_options}, ref_inputs,
                         lambda out: run_refine(cfg.method, feats["output"], out, labels_path=clus["output"],
-                                               options=cfg.refine, seed=cfg.seed + epoch), epoch)
+                                               options=ref_options, seed=cfg.seed + epoch), epoch)
 
         def train(out: Path) -> dict[str, Any]:
             req = TrainEpochRequest(**{**dataclasses.asdict(model), "checkpoint": ckpt}, data=cfg.data,
@@ -197,6 +233,8 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None 
     result = {"run_dir": str(run.root), "method": cfg.method, "epochs": history,
               "last": {"epoch": evals[-1]["epoch"], **evals[-1]["eval"]} if evals else None,
               "best": best, "checkpoint": str(ckpt)}
+    if intra is not None:
+        result["intra"] = intra["summary"]
     with atomic_path(run.root / "summary.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1, default=str))
     return result

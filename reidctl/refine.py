@@ -13,17 +13,28 @@ from typing import Any, Mapping
 import numpy as np
 
 from reidctl.artifacts import read_features, read_ground_truth, read_labels, write_labels
+from reidctl.cluster.agglomerative import check_linkage_memory
 from reidctl.cluster.quality import label_quality
 from reidctl.cluster.stage import ClusterParams, cluster_features
 from reidctl.errors import ReidctlError
 from reidctl.methods import get_method
 
 
-def default_cluster_params(method: str, **overrides: Any) -> ClusterParams:
-    """The clustering a method's official command runs, with the user's overrides on top."""
-    values = {**dataclasses.asdict(ClusterParams()), **get_method(method).cluster_defaults}
+def default_cluster_params(method: str, *, n_samples: int | None = None, **overrides: Any) -> ClusterParams:
+    """The clustering a method's official command runs, with the user's overrides on top.
+
+    With ``n_samples`` the method fills in what depends on N (icrefine's number of clusters) and
+    average linkage is checked to fit in memory, before any expensive stage runs.
+    """
+    method_cls = get_method(method)
+    values = {**dataclasses.asdict(ClusterParams()), **method_cls.cluster_defaults}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return ClusterParams(**values)
+    params = ClusterParams(**values)
+    if n_samples is not None:
+        params = method_cls.resolve_clustering(params, n_samples)
+        if params.algo == "agglomerative":
+            check_linkage_memory(n_samples)
+    return params
 
 
 def run_refine(
@@ -47,7 +58,7 @@ def run_refine(
         labels, extra, cluster_info = lab.labels, lab.extra, {"labels": str(labels_path)}
         inputs["labels"] = lab.meta.digest
     else:
-        params = default_cluster_params(method, **(cluster or {}))
+        params = default_cluster_params(method, n_samples=len(fe), **(cluster or {}))
         res = cluster_features(fe.feats, params)
         labels = res["labels"]
         extra = {k: res[k] for k in ("knn_index", "knn_dist", "jaccard")}
@@ -66,6 +77,6 @@ def run_refine(
     write_labels(
         out, new_labels, paths=fe.paths, extra={**kept, **refined.extra},
         params={"stage": "refine", "method": method, **cluster_info, "options": refined.options},
-        inputs=inputs, seed=seed, attrs={"summary": summary},
+        inputs=inputs, seed=seed, attrs={"summary": summary, **refined.attrs},
     )
     return summary

@@ -8,7 +8,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from reidctl.cli import icrefine_options as ic
 from reidctl.cli import options as o
+from reidctl.cli import pplr_options as pp
 from reidctl.cli.common import app, err_console, out_console, print_json, user_errors
 from reidctl.extraction import ModelSpec
 from reidctl.pipeline import STAGES, LoopConfig, run_loop
@@ -32,13 +34,13 @@ def loop(
     width: o.Width = 128,
     weights: o.Weights = None,
     pretrained: o.Pretrained = "none",
-    eps: Annotated[Optional[float], Opt("--eps", help="DBSCAN radius (method default: cc 0.6).")] = None,
+    eps: Annotated[Optional[float], Opt("--eps", help="DBSCAN radius (method default: cc 0.6, pplr 0.5).")] = None,
     k1: Annotated[Optional[int], Opt("--k1", help="Jaccard k1 (default 30).")] = None,
     k2: Annotated[Optional[int], Opt("--k2", help="Jaccard k2 (default 6).")] = None,
     min_samples: Annotated[Optional[int], Opt("--min-samples", help="DBSCAN min samples (default 4).")] = None,
-    iters: Annotated[Optional[int], Opt("--iters", help="Iterations per epoch (cc: 200).")] = None,
-    batch_size: Annotated[Optional[int], Opt("--batch-size", help="Training batch = ids × --num-instances (cc: 256).")] = None,
-    num_instances: Annotated[Optional[int], Opt("--num-instances", help="Images per identity in a batch (cc: 16).")] = None,
+    iters: Annotated[Optional[int], Opt("--iters", help="Iterations per epoch (cc: 200, pplr: 400).")] = None,
+    batch_size: Annotated[Optional[int], Opt("--batch-size", help="Training batch = ids × --num-instances (cc: 256, pplr: 64).")] = None,
+    num_instances: Annotated[Optional[int], Opt("--num-instances", help="Images per identity in a batch (cc: 16, pplr: 4).")] = None,
     lr: Annotated[Optional[float], Opt("--lr", help="Adam learning rate (3.5e-4).")] = None,
     weight_decay: Annotated[Optional[float], Opt("--weight-decay", help="Adam weight decay (5e-4).")] = None,
     step_size: Annotated[Optional[int], Opt("--step-size", help="StepLR period in epochs (20).")] = None,
@@ -47,6 +49,23 @@ def loop(
     momentum: Annotated[Optional[float], Opt("--momentum", help="Cluster memory momentum (cc: 0.1).")] = None,
     memory_update: Annotated[Optional[str], Opt("--memory-update", help="sample, hard or mean.")] = None,
     bn_chunks: Annotated[Optional[int], Opt("--bn-chunks", help="BN statistics per chunk (4 = the official 4-GPU runs).")] = None,
+    k: Annotated[Optional[int], Opt("--k", help="pplr (refine stage): top-k neighbours of the cross-agreement (20).")] = None,
+    beta: pp.Beta = None,
+    no_pglr: pp.NoPglr = False,
+    no_aals: pp.NoAals = False,
+    aals_epoch: pp.AalsEpoch = None,
+    agreement_temperature: pp.AgreementTemperature = None,
+    classifier_rows: pp.ClassifierRows = None,
+    camera_proxies: pp.CameraProxies = False,
+    cam_lambda: pp.CamLambda = None,
+    n_clusters: ic.NClusters = None,
+    global_clustering: ic.GlobalClustering = None,
+    decay: ic.Decay = None,
+    info_nodes: ic.InfoNodes = None,
+    intra: Annotated[Optional[Path], Opt("--intra", help="icrefine: use this `reidctl intra-camera` file instead of running stage 1.")] = None,
+    intra_epochs: Annotated[Optional[int], Opt("--intra-epochs", help="icrefine stage 1: epochs per camera (20).")] = None,
+    intra_iters: Annotated[Optional[int], Opt("--intra-iters", help="icrefine stage 1: iterations per epoch (100); batch shape from --batch-size/--num-instances/--bn-chunks.")] = None,
+    intra_clusters: ic.IntraClusters = None,
     eval_every: Annotated[int, Opt("--eval-every", help="Evaluate every N epochs and at the end (0 = never).")] = 10,
     no_eval_init: Annotated[bool, Opt("--no-eval-init", help="Skip evaluating the initial model.")] = False,
     force_from: Annotated[Optional[str], Opt("--force-from", help="Re-run this stage and later ones: " + ", ".join(STAGES) + ".")] = None,
@@ -61,13 +80,23 @@ def loop(
     """Extract → cluster → refine → train-epoch each epoch; re-running resumes where it stopped."""
     train = {"iters": iters, "batch_size": batch_size, "num_instances": num_instances, "lr": lr,
              "weight_decay": weight_decay, "step_size": step_size, "gamma": gamma, "temperature": temperature,
-             "momentum": momentum, "memory_update": memory_update, "bn_chunks": bn_chunks}
+             "momentum": momentum, "memory_update": memory_update, "bn_chunks": bn_chunks,
+             **pp.pplr_overrides(beta=beta, no_pglr=no_pglr, no_aals=no_aals, aals_epoch=aals_epoch,
+                                 agreement_temperature=agreement_temperature, classifier_rows=classifier_rows,
+                                 camera_proxies=camera_proxies, cam_lambda=cam_lambda)}
+    refine = {name: v for name, v in {"k": k}.items() if v is not None}  # method options of the refine stage
+    refine.update(ic.icrefine_refine(decay=decay, info_nodes=info_nodes, intra=intra))
+    cluster = {k: v for k, v in {"eps": eps, "k1": k1, "k2": k2, "min_samples": min_samples}.items() if v is not None}
+    cluster.update(ic.icrefine_cluster(n_clusters, global_clustering))
+    intra_stage = {"epochs": intra_epochs, "iters": intra_iters, "clusters": intra_clusters}
     cfg = LoopConfig(
         data=data, run_dir=run_dir, method=method, epochs=epochs, dataset=dataset,
         model=ModelSpec(arch=arch, pooling=pooling, last_stride=last_stride, parts=parts, height=height,
                         width=width, weights=weights, pretrained=pretrained, seed=seed),
-        cluster={k: v for k, v in {"eps": eps, "k1": k1, "k2": k2, "min_samples": min_samples}.items() if v is not None},
+        cluster=cluster,
         train={k: v for k, v in train.items() if v is not None},
+        refine=refine,
+        intra={k: v for k, v in intra_stage.items() if v is not None},
         eval_every=eval_every, eval_init=not no_eval_init, extract_batch_size=extract_batch_size, workers=workers,
         device=device, amp=amp, deterministic=deterministic, force_from=force_from, seed=seed,
     )

@@ -9,6 +9,7 @@ import typer
 
 from reidctl import dist
 from reidctl.cli import options as o
+from reidctl.cli import pplr_options as pp
 from reidctl.cli.common import app, err_console, print_json, user_errors
 from reidctl.methods import METHODS
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
@@ -30,9 +31,9 @@ def train_epoch(
         "--features", help="Train features to initialise the cluster centroids (default: extract them with the model)."
     )] = None,
     epoch: Annotated[Optional[int], typer.Option("--epoch", help="Epoch number (default: the checkpoint's + 1, or 0).")] = None,
-    iters: Annotated[Optional[int], typer.Option("--iters", help=f"Iterations per epoch; official 200, MSMT17 400 {_M}.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=f"Global batch = ids × --num-instances; official 256 {_M}.")] = None,
-    num_instances: Annotated[Optional[int], typer.Option("--num-instances", help=f"Images per pseudo identity in a batch; official 16 {_M}.")] = None,
+    iters: Annotated[Optional[int], typer.Option("--iters", help=f"Iterations per epoch; official cc 200 (MSMT17 400), pplr 400 {_M}.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=f"Global batch = ids × --num-instances; official cc 256, pplr 64 {_M}.")] = None,
+    num_instances: Annotated[Optional[int], typer.Option("--num-instances", help=f"Images per pseudo identity in a batch; official cc 16, pplr 4 {_M}.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help=f"Adam learning rate; official 3.5e-4 {_M}.")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help=f"Adam weight decay; official 5e-4 {_M}.")] = None,
     step_size: Annotated[Optional[int], typer.Option("--step-size", help=f"StepLR period in epochs; official 20 {_M}.")] = None,
@@ -43,6 +44,14 @@ def train_epoch(
     bn_chunks: Annotated[Optional[int], typer.Option(
         "--bn-chunks", help=f"BatchNorm statistics per chunk of the batch, emulating 4-GPU DataParallel (4); 1 = plain BN {_M}."
     )] = None,
+    beta: pp.Beta = None,
+    no_pglr: pp.NoPglr = False,
+    no_aals: pp.NoAals = False,
+    aals_epoch: pp.AalsEpoch = None,
+    agreement_temperature: pp.AgreementTemperature = None,
+    classifier_rows: pp.ClassifierRows = None,
+    camera_proxies: pp.CameraProxies = False,
+    cam_lambda: pp.CamLambda = None,
     amp: Annotated[str, typer.Option("--amp", help="Mixed precision on CUDA: auto (bf16 where supported, else fp16), bf16, fp16, off.")] = "auto",
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels (slower on GPU).")] = False,
     dataset: o.DatasetName = None,
@@ -65,6 +74,9 @@ def train_epoch(
         "iters": iters, "batch_size": batch_size, "num_instances": num_instances, "lr": lr,
         "weight_decay": weight_decay, "step_size": step_size, "gamma": gamma, "momentum": momentum,
         "temperature": temperature, "memory_update": memory_update, "bn_chunks": bn_chunks,
+        **pp.pplr_overrides(beta=beta, no_pglr=no_pglr, no_aals=no_aals, aals_epoch=aals_epoch,
+                            agreement_temperature=agreement_temperature, classifier_rows=classifier_rows,
+                            camera_proxies=camera_proxies, cam_lambda=cam_lambda),
     }
     req = TrainEpochRequest(
         data=data, labels=labels, dataset=dataset, method=method, features=features, epoch=epoch,

@@ -45,6 +45,23 @@ def linkage_memory(n: int) -> int:
     return 2 * 8 * (n * (n - 1) // 2) + 64 * n
 
 
+def check_linkage_memory(n: int, memory_limit: int | None = None) -> None:
+    """Fail, saying what would fit, when average linkage of n samples cannot fit in memory.
+
+    Callers that know N early (``loop``, ``refine``) call this before hours of other work.
+    """
+    need = linkage_memory(n)
+    limit = available_memory() if memory_limit is None else memory_limit
+    if need > limit:
+        fits = int((1 + np.sqrt(1 + limit / 2)) / 2)  # largest n with 8·n(n−1) ≤ limit
+        raise ReidctlError(
+            f"average-linkage clustering of {n:,} samples needs about {need / _GiB:.1f} GiB "
+            f"(all pairwise distances as float64, twice) but only {limit / _GiB:.1f} GiB is "
+            f"available, enough for about {fits:,} samples; use DBSCAN, or cluster subsets "
+            "(e.g. per camera)"
+        )
+
+
 def agglomerative(
     dist: sp.spmatrix | sp.sparray | np.ndarray,
     n_clusters: int,
@@ -62,16 +79,7 @@ def agglomerative(
         raise ReidctlError(f"distance matrix must be square, got shape {dist.shape}")
     if not 1 <= n_clusters <= n:
         raise ReidctlError(f"n_clusters must be between 1 and {n} (the samples), got {n_clusters}")
-    need = linkage_memory(n)
-    limit = available_memory() if memory_limit is None else memory_limit
-    if need > limit:
-        fits = int((1 + np.sqrt(1 + limit / 2)) / 2)  # largest n with 8·n(n−1) ≤ limit
-        raise ReidctlError(
-            f"average-linkage clustering of {n:,} samples needs about {need / _GiB:.1f} GiB "
-            f"(all pairwise distances as float64, twice) but only {limit / _GiB:.1f} GiB is "
-            f"available, enough for about {fits:,} samples; use DBSCAN, or cluster subsets "
-            "(e.g. per camera)"
-        )
+    check_linkage_memory(n, memory_limit)
     if n == 1:
         return np.zeros(1, np.int64)
     z = linkage(_condensed(dist), method="average")

@@ -8,9 +8,13 @@ from __future__ import annotations
 from reidctl.errors import ReidctlError
 from reidctl.methods.base import Batch, EpochData, Method, Refined, TrainParams
 from reidctl.methods.cc import CCParams, ClusterContrast
+from reidctl.methods.icrefine import Icrefine, IcrefineParams
+from reidctl.methods.pplr import PPLR, PPLRParams
 
 METHODS: dict[str, type[Method]] = {
     "cc": ClusterContrast,
+    "pplr": PPLR,
+    "icrefine": Icrefine,
 }
 
 
@@ -22,5 +26,5 @@ def get_method(name: str) -> type[Method]:
         raise ReidctlError(f"unknown --method '{name}' (choose one of {', '.join(METHODS)})") from None
 
 
-__all__ = ["METHODS", "Batch", "CCParams", "ClusterContrast", "EpochData", "Method", "Refined", "TrainParams",
-           "get_method"]
+__all__ = ["METHODS", "Batch", "CCParams", "ClusterContrast", "EpochData", "Icrefine", "IcrefineParams", "Method",
+           "PPLR", "PPLRParams", "Refined", "TrainParams", "get_method"]

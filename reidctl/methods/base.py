@@ -10,8 +10,9 @@ A method is a class with
   (0-d tensors or floats, averaged over the epoch; tensors avoid a device sync per step);
 * ``after_backward(batch, outputs, state)``: explicit non-differentiable updates that need the
   batch (CC: the memory update), run after ``loss.backward()`` and before the optimiser step;
-* ``refine(features, labels, extra, options, seed=)`` (a classmethod) and ``cluster_defaults``
-  for the ``refine`` stage (default: labels unchanged, CC's clustering);
+* ``refine(features, labels, extra, options, seed=)``, ``refine_options(options)`` (classmethods)
+  and ``cluster_defaults`` for the ``refine`` stage (default: labels unchanged, no options, CC's
+  clustering);
 * optionally ``build_heads(model)``: extra trainable modules (e.g. the PPLR/NCPLR classifiers)
   whose ``forward(outputs)`` returns more outputs (e.g. logits); they are optimised with the
   model, synchronised by DDP and saved in the checkpoint, and
@@ -102,6 +103,7 @@ class Refined:
     extra: dict[str, Any] = field(default_factory=dict)  # arrays for labels.h5 (per-row matrices ...)
     summary: dict[str, Any] = field(default_factory=dict)  # numbers for the stage's report
     options: dict[str, Any] = field(default_factory=dict)  # the resolved refinement options
+    attrs: dict[str, Any] = field(default_factory=dict)  # extra root attributes of labels.h5
 
 
 class Method:
@@ -117,13 +119,30 @@ class Method:
 
     #: ``ClusterParams`` values of the official command that differ from CC's (eps 0.6 ...).
     cluster_defaults: ClassVar[dict[str, Any]] = {}
+    #: Whether ``loop`` runs the intra-camera stage (``reidctl intra-camera``) once before epoch 0
+    #: and passes its labels, the epoch and the number of epochs to ``refine`` (icrefine).
+    intra_camera: ClassVar[bool] = False
+
+    @classmethod
+    def resolve_clustering(cls, params: Any, n_samples: int) -> Any:
+        """The ``ClusterParams`` to run on ``n_samples`` rows: a method may fill in values that
+        depend on N (icrefine: the number of clusters). Default: unchanged."""
+        return params
+
+    @classmethod
+    def refine_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``refine`` stage's options with the method's defaults filled in; options of another
+        method are a user error (``loop`` checks them before its first stage). Default: none."""
+        if options:
+            opts = ", ".join("--" + o.replace("_", "-") for o in options)
+            raise ReidctlError(f"{opts} does not apply to --method {cls.name} (it has no refinement options)")
+        return {}
 
     @classmethod
     def refine(cls, features: Any, labels: np.ndarray, extra: Mapping[str, Any], options: Mapping[str, Any],
                *, seed: int = 1) -> Refined:
         """The ``refine`` stage: features + clustering labels → refined labels. Default: unchanged."""
-        if options:
-            raise ReidctlError(f"--method {cls.name} has no refinement options (got {', '.join(options)})")
+        cls.refine_options(options)
         return Refined(np.asarray(labels, dtype=np.int32))
 
     def __init__(self, params: TrainParams | None = None) -> None:

@@ -1,0 +1,203 @@
+"""icrefine stage 1 (ALGORITHMS.md §5.1-5.2, §5.6): learn intra-camera clusters, camera by camera.
+
+For each camera, a fresh model (the same initial weights for every camera) is trained with
+Cluster Contrast on that camera's images only. Each epoch: extract the camera's features,
+cluster them (Jaccard + average linkage into images/5 clusters), score the clustering with
+the silhouette (sklearn, precomputed Jaccard distance), train ``iters`` iterations on it. The
+labels of the best-scoring epoch are kept; the stage-1 weights are not (only the labels are
+used later). Output: one ``reidctl/intra-camera-labels`` artifact for all cameras.
+
+Two shortcuts that change no saved label: the silhouette of epoch e scores the clustering made
+at its start, so the last epoch's training is skipped; and when a camera's clusters can no
+longer fill a training batch, its training stops and the best clustering so far is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from reidctl import dist
+from reidctl.artifacts import file_digest
+from reidctl.cluster.agglomerative import check_linkage_memory
+from reidctl.data.datasets import load_dataset
+from reidctl.data.samplers import pass_length
+from reidctl.device import resolve_device
+from reidctl.errors import ReidctlError
+from reidctl.extraction import ModelSpec
+from reidctl.features import extract_features
+from reidctl.methods.cc import CCParams, ClusterContrast
+from reidctl.methods.icrefine.intra import (
+    DEFAULT_CLUSTERS, CameraReport, camera_rows, cluster_camera, clusters_for, parse_clusters, silhouette,
+    skip_reason, write_intra_labels,
+)
+from reidctl.progress import progress_bar
+from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, train_epoch
+
+
+@dataclass
+class IntraCameraParams:
+    """Stage-1 defaults of the official ``train_cam.py`` (the one place they live)."""
+
+    epochs: int = 20
+    iters: int = 100
+    batch_size: int = 64
+    num_instances: int = 4
+    momentum: float = 0.2
+    temperature: float = 0.05
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    step_size: int = 20
+    gamma: float = 0.1
+    bn_chunks: int = 4  # 4-GPU DataParallel emulation: 16 images per BN chunk
+    k1: int = 30
+    k2: int = 6
+    clusters: str = DEFAULT_CLUSTERS  # "images/D" or a fixed number per camera (Market's released files: 600)
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise ReidctlError("--intra-epochs / --epochs must be at least 1")
+        parse_clusters(self.clusters)
+        if self.k1 < 2 or self.k2 < 1:
+            raise ReidctlError("--k1 must be at least 2 and --k2 at least 1")
+        if self.bn_chunks > 1 and self.batch_size // self.bn_chunks < 2:
+            raise ReidctlError(f"--bn-chunks {self.bn_chunks} splits a batch of {self.batch_size} into chunks of "
+                               "fewer than 2 images; BatchNorm needs at least 2 per chunk")
+        self.train_params().check()
+
+    def train_params(self) -> CCParams:
+        """The Cluster Contrast options of one camera's training."""
+        names = {f.name for f in dataclasses.fields(CCParams)}
+        return CCParams(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+    @classmethod
+    def resolve(cls, overrides: Mapping[str, Any] | None = None) -> IntraCameraParams:
+        """Defaults with the given (non-None) overrides; unknown names are a user error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(overrides or {}) - names)
+        if bad:
+            raise ReidctlError(f"unknown intra-camera option(s): {', '.join(bad)}")
+        params = cls(**{k: (str(v) if k == "clusters" else v) for k, v in (overrides or {}).items()
+                        if v is not None})
+        params.check()
+        return params
+
+
+#: Options of the loop's training that stage 1 follows when given (both stages officially
+#: use batches of 64 = 16 identities × 4 on 4 GPUs).
+SHARED_WITH_TRAINING = ("batch_size", "num_instances", "bn_chunks")
+
+
+def loop_params(intra: Mapping[str, Any], train: Mapping[str, Any]) -> IntraCameraParams:
+    """Stage-1 options of ``loop``: its ``--intra-*`` options, then the batch shape of ``train``."""
+    shared = {k: train[k] for k in SHARED_WITH_TRAINING if train.get(k) is not None}
+    return IntraCameraParams.resolve({**shared, **{k: v for k, v in intra.items() if v is not None}})
+
+
+@dataclass
+class IntraCameraRequest(ModelSpec):
+    """Inputs of stage 1: the model to start every camera from and the dataset's train split."""
+
+    data: str = ""
+    dataset: str | None = None
+    params: IntraCameraParams = field(default_factory=IntraCameraParams)
+    workers: int = 2
+    device: str = "auto"
+    amp: str = "auto"
+    deterministic: bool = False
+    extract_batch_size: int = 128
+
+
+def run_intra_camera(req: IntraCameraRequest, out: str | Path) -> dict[str, Any]:
+    """Run stage 1 on every camera of the train split and write the artifact ``out``."""
+    p = req.params
+    p.check()
+    ds = load_dataset(req.data, req.dataset)
+    train = ds.train
+    if not train:
+        raise ReidctlError(f"{ds.root}: the dataset has no train images")
+    camids = np.array([s.camid for s in train], np.int64)
+    groups = camera_rows(camids)
+    plans = {cam: clusters_for(p.clusters, len(rows)) for cam, rows in groups.items()}
+    reasons = {cam: skip_reason(len(groups[cam]), k, p.k1) for cam, k in plans.items()}
+    if all(reasons.values()):
+        raise ReidctlError("no camera has enough images to cluster: "
+                           + "; ".join(f"camera {c}: {r}" for c, r in reasons.items()))
+    check_linkage_memory(max(len(groups[c]) for c, r in reasons.items() if r is None))
+    if req.deterministic:
+        prepare_determinism()
+    model0, provenance = req.build()
+    labels = np.full(len(train), -1, np.int64)
+    reports: list[CameraReport] = []
+    offset = 0
+    # under torchrun every rank runs this (sharded extraction, DDP training); rank 0 writes
+    with dist.distributed(resolve_device(req.device)) as device:
+        for cam, rows in groups.items():
+            rep = CameraReport(camera=cam, images=len(rows), skipped=reasons[cam])
+            reports.append(rep)
+            if rep.skipped:
+                continue
+            rep.clusters = plans[cam]
+            best = _train_camera(req, copy.deepcopy(model0), [train[i] for i in rows], camids[rows], rep, device)
+            labels[rows] = best + offset
+            offset += rep.clusters
+        main = dist.is_main()
+        dist.barrier()
+
+    unknown = int(np.sum(camids < 0))
+    summary: dict[str, Any] = {
+        "rows": len(train), "cameras": len(groups), "clustered_cameras": sum(not r.skipped for r in reports),
+        "clusters": offset, "unclustered_rows": int(np.sum(labels < 0)), "unknown_camera_rows": unknown,
+        "per_camera": [r.to_dict() for r in reports],
+    }
+    params = {"stage": "intra-camera", "data": str(req.data), "dataset": ds.name, **provenance,
+              "intra": dataclasses.asdict(p), "deterministic": req.deterministic}
+    inputs = {}
+    if req.weights is not None:
+        inputs["weights"] = file_digest(req.weights)
+    if req.checkpoint is not None:
+        inputs["checkpoint"] = file_digest(req.checkpoint)
+    if main:
+        write_intra_labels(out, labels, camids=camids, paths=[s.relpath for s in train], reports=reports,
+                           epochs=p.epochs, params=params, inputs=inputs, seed=req.seed, summary=summary)
+    return summary
+
+
+def _train_camera(req: IntraCameraRequest, model: Any, samples: list, camids: np.ndarray, rep: CameraReport,
+                  device: Any) -> np.ndarray:
+    """One camera: cluster, score, train, epoch after epoch; returns the best epoch's labels."""
+    p = req.params
+    session = TrainSession(model, ClusterContrast(p.train_params()), device=device, amp=req.amp, seed=req.seed,
+                           generator=np.random.default_rng([req.seed, rep.camera]))
+    best_score, best_labels = -math.inf, None
+    bar = None if dist.is_main() else False
+    for epoch in range(p.epochs):
+        with progress_bar(f"camera {rep.camera}: extract", len(samples), enabled=bar) as advance:
+            ext = extract_features(session.model, samples, batch_size=req.extract_batch_size, workers=req.workers,
+                                   device=device, progress=advance)
+        labels, jaccard = cluster_camera(ext.feats, rep.clusters, k1=p.k1, k2=p.k2, device=str(device))
+        score = silhouette(jaccard, labels)
+        rep.history.append(score)
+        if score > best_score:
+            best_score, best_labels, rep.best_epoch, rep.silhouette = score, labels, epoch, score
+        if epoch == p.epochs - 1:
+            break
+        images = pass_length(labels, p.num_instances)
+        if images < p.batch_size:
+            rep.note = (f"trained {epoch} of {p.epochs} epochs: the {rep.clusters} clusters of epoch {epoch} yield "
+                        f"{images} images per pass, fewer than a batch of {p.batch_size} (lower --batch-size); "
+                        "its labels are the best clustering up to there")
+            break
+        data = prepare_epoch(labels, camids, ext.feats)
+        with progress_bar(f"camera {rep.camera}: epoch {epoch}", p.iters, enabled=bar) as advance:
+            train_epoch(session, samples, data, epoch=epoch, workers=req.workers, deterministic=req.deterministic,
+                        progress=advance)
+        rep.trained_epochs += 1
+    assert best_labels is not None
+    return best_labels

@@ -1,0 +1,300 @@
+"""PPLR, Part-based Pseudo Label Refinement (Cho et al., CVPR 2022), as its official code runs it.
+
+The clustering is CC's on the global features (DBSCAN eps 0.5). The ``refine`` stage leaves the
+labels alone and stores the *cross-agreement* ``S`` (N×P): how much the top-k neighbours of each
+image in the global space and in each part space overlap. Training then uses ``S`` twice:
+
+* PGLR: the global classifier learns from ``β·onehot(y) + (1−β)·Σ_p softmax(S/T)_p·softmax(part logits)``;
+* AALS: each part classifier's target is smoothed towards uniform where the part disagrees
+  (``1−S``), from epoch ``aals_epoch`` on (ordinary label smoothing before);
+
+plus a batch-hard soft triplet on the global BN features and, optionally, the camera-aware proxy
+loss of the official ``train_pplr_cam.py``. The classifiers are bias-free ``Linear`` layers with a
+fixed number of rows (3000 officially), re-initialised every epoch with the normalised cluster
+centroids; their Adam moments persist across epochs, as in the official code.
+
+The official model: ResNet-50, last stride 1, 384×128 input, **average** pooling and 3 average
+pooled stripes (``--pooling avg --parts 3 --height 384``). See ALGORITHMS.md §4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from reidctl.errors import ReidctlError
+from reidctl.methods.base import Batch, EpochData, Method, Refined, TrainParams
+from reidctl.models.reid import ReidModel
+from reidctl.search import knn
+from reidctl.train import losses
+from reidctl.train.memory import cluster_centroids
+
+#: Marks a Params field that belongs to the ``refine`` stage (not a training option).
+REFINE = {"stage": "refine"}
+PARTS_HINT = "build the model with --parts 3 --pooling avg (the official PPLR model)"
+
+
+def top_k_lists(feats: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+    """The official ranked list: k+1 exact neighbours with column 0 dropped (N×k indices).
+
+    Column 0 is assumed to be the query itself. That holds unless an image has an exact
+    duplicate with a smaller row index (ties go to the smaller index): then the duplicate is
+    dropped and the query itself stays in its own list, as in the official code.
+    """
+    n = len(feats)
+    if not 1 <= k < n:
+        raise ReidctlError(f"--k {k}: the agreement needs 1 ≤ k < the number of samples ({n})")
+    _, idx = knn(feats, k + 1)
+    return idx[:, 1:]
+
+
+def list_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Jaccard ``|A∩B| / |A∪B|`` of two N×k index arrays (rows without repeats)."""
+    k = a.shape[1]
+    both = np.sort(np.concatenate([a, b], axis=1), axis=1)
+    inter = (both[:, 1:] == both[:, :-1]).sum(1)
+    return (inter / (2 * k - inter)).astype(np.float32)
+
+
+def cross_agreement(global_feats: np.ndarray | torch.Tensor, part_feats: np.ndarray | torch.Tensor,
+                    k: int = 20) -> np.ndarray:
+    """PPLR's cross-agreement: ``S[i,p]`` = Jaccard of i's top-k lists in the global and part-p space.
+
+    ``global_feats`` N×D and ``part_feats`` N×P×D, L2-normalised. Returns N×P float32 in [0, 1].
+    Uses the exact kNN of :mod:`reidctl.search` and the official "drop column 0" convention
+    (see :func:`top_k_lists` for what that means with exact duplicate images).
+    """
+    parts = np.asarray(part_feats)
+    if parts.ndim != 3 or len(parts) != len(global_feats):
+        raise ReidctlError(f"part features must be N×P×D with N = {len(global_feats)}, got shape {parts.shape}")
+    g = top_k_lists(global_feats, k)
+    return np.stack([list_jaccard(g, top_k_lists(parts[:, p], k)) for p in range(parts.shape[1])], axis=1)
+
+
+@dataclass
+class PPLRParams(TrainParams):
+    """The official command's values (``train_pplr.py``, ALGORITHMS.md §4.6). Adam 3.5e-4 / 5e-4,
+    StepLR 20 × 0.1 and 4 BN chunks (here 16 images each: the 4-GPU runs) are inherited from
+    :class:`TrainParams`. Clustering: DBSCAN eps 0.5 (``PPLR.cluster_defaults``); model: 3
+    average-pooled stripes (``--parts 3 --pooling avg``). The camera-aware variant
+    (``camera_proxies``) officially clusters with eps 0.4 (Market) / 0.6 (MSMT17) and uses
+    ``cam_lambda`` 1.0 on MSMT17."""
+
+    iters: int = 400
+    batch_size: int = 64
+    num_instances: int = 4
+    #: Top-k of the cross-agreement (the ``refine`` stage; not a training option).
+    k: int = field(default=20, metadata=REFINE)
+    #: Weight of the one-hot label in the PGLR target (1 = plain cross entropy).
+    beta: float = 0.5
+    #: False (``--no-pglr``): the global classifier learns from the one-hot label (β = 1).
+    pglr: bool = True
+    #: False (``--no-aals``): the parts keep the warm-up label smoothing in every epoch.
+    aals: bool = True
+    aals_epoch: int = 5
+    #: ε of the warm-up label smoothing of the part classifiers.
+    label_smoothing: float = 0.1
+    #: T in the part weights softmax(S/T) of PGLR (the official code: 1).
+    agreement_temperature: float = 1.0
+    #: Rows of each classifier; the number of clusters K must not exceed it.
+    classifier_rows: int = 3000
+    #: The camera-aware proxy loss of ``train_pplr_cam.py`` (proxies fixed for the epoch): its
+    #: weight λ, temperature τ and number of hard negative proxies.
+    camera_proxies: bool = False
+    cam_lambda: float = 0.5
+    cam_temperature: float = 0.07
+    cam_hard_negatives: int = 50
+
+    def check(self) -> None:
+        super().check()
+        if self.k < 1:
+            raise ReidctlError("--k must be at least 1")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ReidctlError("--beta must lie in [0, 1]")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ReidctlError("--label-smoothing must lie in [0, 1)")
+        if self.aals_epoch < 0:
+            raise ReidctlError("--aals-epoch must not be negative")
+        if self.agreement_temperature <= 0 or self.cam_temperature <= 0:
+            raise ReidctlError("--agreement-temperature and --cam-temperature must be positive")
+        if self.classifier_rows < 1 or self.cam_hard_negatives < 1:
+            raise ReidctlError("--classifier-rows and --cam-hard-negatives must be at least 1")
+        if self.cam_lambda < 0:
+            raise ReidctlError("--cam-lambda must not be negative")
+
+    @classmethod
+    def refine_fields(cls) -> tuple[str, ...]:
+        """Names of the fields that are options of the ``refine`` stage."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("stage") == "refine")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The training options (the refine-stage ``k`` is recorded by the refine stage)."""
+        return {k: v for k, v in super().to_dict().items() if k not in self.refine_fields()}
+
+
+class PPLRHeads(nn.Module):
+    """Bias-free global and per-part classifiers; logits = BN features · rows[:K] (no temperature)."""
+
+    def __init__(self, channels: int, parts: int, rows: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(channels, rows, bias=False)
+        self.part_classifiers = nn.ModuleList(nn.Linear(channels, rows, bias=False) for _ in range(parts))
+        for lin in (self.classifier, *self.part_classifiers):
+            nn.init.normal_(lin.weight, std=0.001)
+        self.active = rows  # K, set every epoch
+
+    @torch.no_grad()
+    def reset(self, centroids: torch.Tensor, part_centroids: list[torch.Tensor]) -> None:
+        """Overwrite rows 0..K-1 in place (the Adam state of the parameters stays)."""
+        k = len(centroids)
+        self.classifier.weight[:k] = centroids.to(self.classifier.weight)
+        for lin, c in zip(self.part_classifiers, part_centroids):
+            lin.weight[:k] = c.to(lin.weight)
+        self.active = k
+
+    def forward(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        k = self.active
+        logits = F.linear(outputs["global"], self.classifier.weight[:k])
+        parts = outputs["parts"]
+        part_logits = torch.stack(
+            [F.linear(parts[:, i], lin.weight[:k]) for i, lin in enumerate(self.part_classifiers)], 1)
+        return {"logits": logits, "part_logits": part_logits}
+
+
+@dataclass
+class PPLRState:
+    """One epoch's constants: the agreement of the epoch's rows and the optional camera proxies."""
+
+    agreement: torch.Tensor  # n×P, rows of EpochData
+    epoch: int
+    proxies: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # global, then each part
+
+
+class PPLR(Method):
+    """``pplr``: PGLR + AALS + soft triplet (+ camera proxies) on a global and P part classifiers."""
+
+    name = "pplr"
+    Params = PPLRParams
+    params: PPLRParams
+    uses_parts = True
+    label_arrays = ("agreement",)
+    cluster_defaults = {"eps": 0.5}
+
+    # ---- refine stage
+
+    @classmethod
+    def refine_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``k`` (PPLRParams' default unless given); any other option is a user error."""
+        names = cls.Params.refine_fields()
+        bad = sorted(set(options) - set(names))
+        if bad:
+            raise ReidctlError(f"{', '.join('--' + b.replace('_', '-') for b in bad)} does not apply to "
+                               f"`refine --method {cls.name}` (its options: {', '.join('--' + n for n in names)})")
+        defaults = cls.Params()
+        opts = {n: getattr(defaults, n) if options.get(n) is None else options[n] for n in names}
+        if int(opts["k"]) < 1:
+            raise ReidctlError("--k must be at least 1")
+        return opts
+
+    @classmethod
+    def refine(cls, features: Any, labels: np.ndarray, extra: Mapping[str, Any], options: Mapping[str, Any],
+               *, seed: int = 1) -> Refined:
+        """Labels unchanged; the cross-agreement of all N rows (outliers included) as ``agreement``."""
+        opts = cls.refine_options(options)
+        if features.parts is None:
+            raise ReidctlError(f"{getattr(features, 'path', 'the features')} has no part features: "
+                               f"--method pplr needs them; extract with --parts 3 --pooling avg")
+        scores = cross_agreement(features.feats, features.parts, k=int(opts["k"]))
+        summary = {"agreement_mean": [round(float(v), 4) for v in scores.mean(0)]}
+        return Refined(np.asarray(labels, dtype=np.int32), extra={"agreement": scores}, summary=summary,
+                       options=opts)
+
+    @classmethod
+    def resolve_params(cls, base: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+                       ) -> PPLRParams:
+        stage = sorted(set(overrides or {}) & set(cls.Params.refine_fields()))
+        if stage:
+            raise ReidctlError(f"--{stage[0]} is an option of the refine stage (`reidctl refine --method pplr "
+                               f"--{stage[0]} ...`), not of training")
+        return super().resolve_params(base, overrides)  # type: ignore[return-value]
+
+    # ---- training
+
+    def build_heads(self, model: ReidModel) -> PPLRHeads:
+        if model.config.parts < 1:
+            raise ReidctlError(f"--method pplr needs part features: {PARTS_HINT}")
+        return PPLRHeads(model.channels, model.config.parts, self.params.classifier_rows)
+
+    def make_state(self, data: EpochData, heads: nn.Module | None) -> PPLRState:
+        """Re-initialise the classifiers' first K rows with the epoch's normalised centroids (global
+        and per part), take the agreement rows of the clustered samples, build the camera proxies."""
+        p = self.params
+        k = data.num_clusters
+        if not isinstance(heads, PPLRHeads):
+            raise ReidctlError("--method pplr: the session has no PPLR classifiers")
+        if k > p.classifier_rows:
+            raise ReidctlError(f"{k} clusters exceed the {p.classifier_rows} classifier rows "
+                               "(--classifier-rows; the official code has 3000): raise it or cluster coarser")
+        if data.parts is None:
+            raise ReidctlError(f"--method pplr needs part features: {PARTS_HINT}")
+        nparts = len(heads.part_classifiers)
+        if data.parts.shape[1] != nparts:
+            raise ReidctlError(f"the features have {data.parts.shape[1]} parts, the model {nparts}")
+        if "agreement" not in data.extra:
+            raise ReidctlError("the labels file has no 'agreement' array: make it with `reidctl refine --method pplr`")
+        agreement = np.asarray(data.extra["agreement"], dtype=np.float32)
+        if agreement.ndim != 2 or agreement.shape[1] != nparts:
+            raise ReidctlError(f"the labels file's agreement is {agreement.shape}, expected N×{nparts}")
+        agreement = agreement[data.rows]
+        parts = [np.ascontiguousarray(data.parts[:, i]) for i in range(nparts)]
+        heads.reset(cluster_centroids(data.features, data.labels, k),
+                    [cluster_centroids(x, data.labels, k) for x in parts])
+        proxies = None
+        if p.camera_proxies:
+            if (data.camids < 0).any():
+                raise ReidctlError("--camera-proxies needs camera ids, and some images have none")
+            y, cams = torch.as_tensor(data.labels), torch.as_tensor(data.camids)
+            proxies = [tuple(t.to(data.device) for t in losses.camera_proxies(torch.as_tensor(x), y, cams))
+                       for x in (data.features, *parts)]
+        return PPLRState(torch.as_tensor(agreement, device=data.device), data.epoch, proxies)  # type: ignore[arg-type]
+
+    def loss(self, batch: Batch, outputs: dict[str, torch.Tensor], state: PPLRState
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """``L_GCE (PGLR) + L_PCE (AALS or label smoothing) + L_TRI (+ λ_cam·L_cam)``, weights 1."""
+        p = self.params
+        y = batch.labels
+        s = state.agreement[batch.index]
+        logits, part_logits = outputs["logits"], outputs["part_logits"]
+        if p.pglr:
+            target = losses.pglr_target(y, part_logits, s, p.beta, p.agreement_temperature)
+            l_global = losses.soft_cross_entropy(logits, target)
+        else:
+            l_global = F.cross_entropy(logits.float(), y)
+        if p.aals and state.epoch >= p.aals_epoch:
+            l_parts = losses.aals_loss(part_logits, y, s)
+        else:
+            l_parts = torch.stack([losses.label_smoothing_cross_entropy(part_logits[:, i], y, p.label_smoothing)
+                                   for i in range(part_logits.shape[1])]).mean()
+        l_tri = losses.soft_triplet_loss(outputs["global"], y)
+        loss = l_global + l_parts + l_tri
+        logs: dict[str, torch.Tensor | float] = {"global_ce": l_global.detach(), "part_ce": l_parts.detach(),
+                                                 "triplet": l_tri.detach()}
+        if state.proxies is not None:
+            feats = [outputs["global"], *outputs["parts"].unbind(1)]
+            cam = [losses.camera_proxy_loss(f, y, batch.camids, *prox, temperature=p.cam_temperature,
+                                            hard_negatives=p.cam_hard_negatives)
+                   for f, prox in zip(feats, state.proxies)]
+            l_cam = cam[0] + torch.stack(cam[1:]).mean()
+            loss = loss + p.cam_lambda * l_cam
+            logs["camera"] = l_cam.detach()
+        return loss, logs
+
+    def epoch_summary(self, state: PPLRState) -> dict[str, Any]:
+        return {"aals": bool(self.params.aals and state.epoch >= self.params.aals_epoch),
+                "agreement_mean": float(state.agreement.mean())}
