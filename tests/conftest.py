@@ -23,3 +23,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
     if "REIDCTL_CACHE" not in os.environ:
         monkeypatch.setenv("REIDCTL_CACHE", str(tmp_path_factory.getbasetemp() / "reidctl-cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread, and the test machine's cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

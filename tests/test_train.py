@@ -27,13 +27,7 @@ from reidctl.train.memory import ClusterMemory, cluster_centroids, update_hard, 
 from reidctl.train.stage import TrainEpochRequest, open_session, run_train_epoch
 from reidctl.train.trainer import prepare_epoch, train_epoch
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST = ["--arch", "mobilenet_v2", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
