@@ -293,7 +293,7 @@ def test_train_epoch_command(tiny, tmp_path):
     assert res["epoch"] == 1 and res["logs"]["aals"] is True
     assert res["params"]["pglr"] is False and res["params"]["classifier_rows"] == 50  # carried over
     for args, message in [
-        (("--labels", refined, "--out", tmp_path / "x.pt"), "--parts 3 --pooling avg"),
+        (("--labels", refined, "--out", tmp_path / "x.pt", "--parts", "0"), "--parts 3 --pooling avg"),
         (("--labels", labels, "--out", tmp_path / "x.pt", "--parts", "3"), "no 'agreement'"),
         (("--labels", refined, "--out", tmp_path / "x.pt", "--parts", "3", "--classifier-rows", "4"),
          "6 clusters exceed"),
@@ -308,14 +308,15 @@ def test_loop_runs_pplr_on_synthetic_tiny(tmp_path):
     run_dir = tmp_path / "run"
     base = ["loop", "--data", "synthetic:tiny", "--run-dir", run_dir, "--epochs", "1", *FAST, *SMALL,
             "--k1", "10", "--no-eval-init", "--eval-every", "1"]
-    r = _cli(*base, "--method", "pplr", "--parts", "3", "--pooling", "avg", "--k", "10", "--aals-epoch", "0",
-             "--json")
+    r = _cli(*base, "--method", "pplr", "--k", "10", "--aals-epoch", "0", "--json")  # its model: 3 avg stripes
     assert r.exit_code == 0, r.output
+    config = torch.load(run_dir / "epoch_000" / "model.pt", weights_only=False)["model_config"]
+    assert (config["parts"], config["pooling"]) == (3, "avg")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["method"] == "pplr" and summary["last"]["epoch"] == 0
     assert len(summary["epochs"][0]["refine"]["agreement_mean"]) == 3
     assert read_labels(run_dir / "epoch_000" / "refined.h5").extra["agreement"].shape[1] == 3
-    for args, message in [(("--method", "pplr"), "--parts"), (("--method", "cc", "--k", "5"), "--k does not apply")]:
+    for args, message in [(("--method", "pplr", "--parts", "0"), "--parts 0"), (("--method", "cc", "--k", "5"), "--k does not apply")]:
         r = _cli(*base[:4], tmp_path / "bad", *base[5:], *args)
         assert r.exit_code == 2 and message in r.output, r.output
         assert not (tmp_path / "bad" / "epoch_000").exists()  # refused before any stage ran

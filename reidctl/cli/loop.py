@@ -13,6 +13,7 @@ from reidctl.cli import options as o
 from reidctl.cli import pplr_options as pp
 from reidctl.cli.common import app, err_console, out_console, print_json, user_errors
 from reidctl.extraction import ModelSpec
+from reidctl.methods import get_method
 from reidctl.pipeline import STAGES, LoopConfig, run_loop
 
 Opt = typer.Option
@@ -27,9 +28,9 @@ def loop(
     epochs: Annotated[int, Opt("--epochs", help="Number of epochs.")] = 50,
     dataset: o.DatasetName = None,
     arch: o.Arch = "resnet50",
-    pooling: o.Pooling = "gem",
+    pooling: o.MethodPooling = None,
     last_stride: o.LastStride = 1,
-    parts: o.Parts = 0,
+    parts: o.MethodParts = None,
     height: o.Height = 256,
     width: o.Width = 128,
     weights: o.Weights = None,
@@ -91,7 +92,8 @@ def loop(
     intra_stage = {"epochs": intra_epochs, "iters": intra_iters, "clusters": intra_clusters}
     cfg = LoopConfig(
         data=data, run_dir=run_dir, method=method, epochs=epochs, dataset=dataset,
-        model=ModelSpec(arch=arch, pooling=pooling, last_stride=last_stride, parts=parts, height=height,
+        model=ModelSpec(arch=arch, **get_method(method).model_settings(pooling=pooling, parts=parts),
+                        last_stride=last_stride, height=height,
                         width=width, weights=weights, pretrained=pretrained, seed=seed),
         cluster=cluster,
         train={k: v for k, v in train.items() if v is not None},

@@ -17,6 +17,10 @@ Arch = Annotated[str, typer.Option("--arch", help="Backbone: resnet50, resnet18 
 Pooling = Annotated[str, typer.Option("--pooling", help="Global pooling: gem (learnable p) or avg.")]
 LastStride = Annotated[int, typer.Option("--last-stride", help="Stride of the last stage: 1 (the papers' default) or 2.")]
 Parts = Annotated[int, typer.Option("--parts", help="Number of horizontal part stripes (0 = none; PPLR 3, NCPLR 2).")]
+MethodPooling = Annotated[Optional[str], typer.Option(
+    "--pooling", help="Global pooling of a fresh model: gem or avg (default: the method's; pplr avg, others gem).")]
+MethodParts = Annotated[Optional[int], typer.Option(
+    "--parts", help="Part stripes of a fresh model (default: the method's; pplr 3, others 0).")]
 Height = Annotated[int, typer.Option("--height", help="Input height in pixels (128 suits CPU work).")]
 Width = Annotated[int, typer.Option("--width", help="Input width in pixels (64 suits CPU work).")]
 Weights = Annotated[

@@ -11,7 +11,7 @@ from reidctl import dist
 from reidctl.cli import options as o
 from reidctl.cli import pplr_options as pp
 from reidctl.cli.common import app, err_console, print_json, user_errors
-from reidctl.methods import METHODS
+from reidctl.methods import METHODS, get_method
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 
 _M = "(unset: the checkpoint's value, else the official one)"
@@ -56,9 +56,9 @@ def train_epoch(
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels (slower on GPU).")] = False,
     dataset: o.DatasetName = None,
     arch: o.Arch = "resnet50",
-    pooling: o.Pooling = "gem",
+    pooling: o.MethodPooling = None,
     last_stride: o.LastStride = 1,
-    parts: o.Parts = 0,
+    parts: o.MethodParts = None,
     height: o.Height = 256,
     width: o.Width = 128,
     weights: o.Weights = None,
@@ -81,7 +81,8 @@ def train_epoch(
     req = TrainEpochRequest(
         data=data, labels=labels, dataset=dataset, method=method, features=features, epoch=epoch,
         overrides={k: v for k, v in overrides.items() if v is not None},
-        checkpoint=checkpoint, arch=arch, pooling=pooling, last_stride=last_stride, parts=parts,
+        checkpoint=checkpoint, arch=arch, **get_method(method).model_settings(pooling=pooling, parts=parts),
+        last_stride=last_stride,
         height=height, width=width, weights=weights, pretrained=pretrained, seed=seed,
         workers=workers, device=device, amp=amp, deterministic=deterministic,
         extract_batch_size=extract_batch_size,

@@ -119,6 +119,16 @@ class Method:
 
     #: ``ClusterParams`` values of the official command that differ from CC's (eps 0.6 ...).
     cluster_defaults: ClassVar[dict[str, Any]] = {}
+    #: Model settings of the official command that differ from CC's (GeM, no parts), used for a
+    #: fresh model when the user leaves them unset (PPLR: 3 average-pooled stripes).
+    model_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def model_settings(cls, *, pooling: str | None, parts: int | None) -> dict[str, Any]:
+        """``pooling`` and ``parts`` as given, else the method's official value, else CC's."""
+        base = {"pooling": "gem", "parts": 0, **cls.model_defaults}
+        return {"pooling": base["pooling"] if pooling is None else pooling,
+                "parts": base["parts"] if parts is None else parts}
     #: Whether ``loop`` runs the intra-camera stage (``reidctl intra-camera``) once before epoch 0
     #: and passes its labels, the epoch and the number of epochs to ``refine`` (icrefine).
     intra_camera: ClassVar[bool] = False

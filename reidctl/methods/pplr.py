@@ -185,6 +185,7 @@ class PPLR(Method):
     uses_parts = True
     label_arrays = ("agreement",)
     cluster_defaults = {"eps": 0.5}
+    model_defaults = {"parts": 3, "pooling": "avg"}
 
     # ---- refine stage
 
