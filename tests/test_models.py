@@ -4,7 +4,6 @@ import torchvision
 
 from reidctl.errors import ReidctlError
 from reidctl.models import ModelConfig, build_model
-from reidctl.models import weights as W
 from reidctl.models.reid import GeneralizedMeanPooling
 from tests.conftest import shared_path
 
