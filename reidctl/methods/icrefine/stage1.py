@@ -42,20 +42,16 @@ from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epo
 
 
 @dataclass
-class IntraCameraParams:
-    """Stage-1 defaults of the official ``train_cam.py`` (the one place they live)."""
+class IntraCameraParams(CCParams):
+    """Stage-1 defaults of the official ``train_cam.py`` (the one place they live): Cluster
+    Contrast per camera with batch 64 = 16 × 4, 100 iterations and memory momentum 0.2; τ 0.05,
+    Adam 3.5e-4 / 5e-4, StepLR 20 × 0.1 (never fires in 20 epochs) and 4 BN chunks are CC's."""
 
-    epochs: int = 20
     iters: int = 100
     batch_size: int = 64
     num_instances: int = 4
     momentum: float = 0.2
-    temperature: float = 0.05
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    step_size: int = 20
-    gamma: float = 0.1
-    bn_chunks: int = 4  # 4-GPU DataParallel emulation: 16 images per BN chunk
+    epochs: int = 20
     k1: int = 30
     k2: int = 6
     clusters: str = DEFAULT_CLUSTERS  # "images/D" or a fixed number per camera (Market's released files: 600)
