@@ -241,6 +241,10 @@ def test_cli_refine_icrefine_cosine(feats_file, tmp_path):
     r = invoke("refine", "--method", "icrefine", "--global-clustering", "dbscan", "--k1", "10", feats_file,
                "--out", out, "--json")
     assert r.exit_code == 0, r.output
+    r = invoke("refine", "--method", "icrefine", "--decay", "cosine", feats_file)  # as DESIGN.md writes it
+    assert r.exit_code == 0, r.output
+    default_out = feats_file.with_name(f"{feats_file.stem}.icrefine.h5")
+    assert len(read_labels(default_out).labels) == 108
     for args, message in [
         (("--method", "cc", "--decay", "cosine"), "--decay does not apply to --method cc"),
         (("--method", "icrefine", "--decay", "step"), "--decay step"),

@@ -20,7 +20,8 @@ from reidctl.refine import run_refine
 @user_errors
 def refine(
     features: Annotated[Path, typer.Argument(help="Features file (reidctl extract).")],
-    out: Annotated[Path, typer.Option("--out", help="Refined labels file to write (HDF5).")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Refined labels file to write (HDF5; default: FEATURES.METHOD.h5 beside the features).")] = None,
     method: Annotated[str, typer.Option("--method", help="Refinement method: " + ", ".join(METHODS) + ".")] = "cc",
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels from `reidctl cluster` (default: cluster here).")] = None,
     eps: Annotated[Optional[float], typer.Option("--eps", help="DBSCAN radius when clustering here (method default).")] = None,
@@ -44,6 +45,8 @@ def refine(
     options = {name: v for name, v in {"k": k}.items() if v is not None}
     options.update(ic.icrefine_refine(decay=decay, info_nodes=info_nodes, intra=intra, intra_clusters=intra_clusters,
                                       epoch=epoch, epochs=epochs))
+    if out is None:  # `reidctl refine --method icrefine feats.h5` works as written
+        out = features.with_name(f"{features.stem}.{method}.h5")
     summary = run_refine(method, features, out, labels_path=labels, cluster=cluster, options=options, seed=seed)
     if json:
         print_json(summary)
