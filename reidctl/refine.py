@@ -14,7 +14,7 @@ import numpy as np
 
 from reidctl.artifacts import read_features, read_ground_truth, read_labels, write_labels
 from reidctl.cluster.agglomerative import check_linkage_memory
-from reidctl.cluster.quality import label_quality
+from reidctl.cluster.report import labels_report
 from reidctl.cluster.stage import ClusterParams, cluster_features
 from reidctl.errors import ReidctlError
 from reidctl.methods import get_method
@@ -65,14 +65,11 @@ def run_refine(
         cluster_info = {"cluster": dataclasses.asdict(params)}
     refined = method_cls.refine(fe, labels, extra, dict(options or {}), seed=seed)
     new_labels = np.asarray(refined.labels, dtype=np.int32)
-    summary: dict[str, Any] = {
-        "method": method, "rows": len(new_labels),
-        "clusters": int(len(set(new_labels.tolist()) - {-1})), "outliers": int(np.sum(new_labels < 0)),
-        **refined.summary,
-    }
-    pids = read_ground_truth(features_path)
-    if pids is not None:
-        summary["quality"] = label_quality(new_labels, pids)
+    report = labels_report(new_labels, fe.camids, read_ground_truth(features_path))
+    quality = report.pop("quality", None)
+    summary: dict[str, Any] = {"method": method, "rows": len(new_labels), **report, **refined.summary}
+    if quality is not None:
+        summary["quality"] = quality
     kept = {k: v for k, v in extra.items() if k in ("knn_index", "knn_dist", "jaccard")}
     write_labels(
         out, new_labels, paths=fe.paths, extra={**kept, **refined.extra},

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -111,6 +112,8 @@ def test_cluster_and_refine_commands(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["rows"] == 24 and summary["clusters"] == 6 and summary["quality"]["f_score"] == 1.0
+    # each identity: 2 images in each of 2 cameras → 4 of its 6 pairs cross cameras
+    assert summary["camera_mix"] == {"cameras": 2, "multi_camera_clusters": 6, "cross_camera_pairs": 4 / 6}
     desc = json.loads(invoke("inspect", labels, "--json").stdout)
     assert desc["schema"] == "reidctl/labels" and "sparse csr 24×24" in desc["datasets"]["jaccard"]
     assert desc["inputs"]["features"] == json.loads(invoke("inspect", feats, "--json").stdout)["digest"]
@@ -135,3 +138,26 @@ def test_cluster_and_refine_commands(tiny, tmp_path):
                "--k1", "4", "--k2", "1", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["clusters"] == 6
+
+
+def test_single_camera_clusters_warn(tmp_path):
+    """Features that group by camera, not by person: the commands say so (exit 0, a warning)."""
+    from reidctl.artifacts import write_features
+
+    n = 16
+    cams = np.repeat([0, 1], n // 2)
+    feats = np.zeros((n, 8), np.float32)
+    feats[np.arange(n), cams] = 1.0  # one direction per camera
+    feats += 0.01 * np.random.default_rng(0).normal(size=feats.shape).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    path = tmp_path / "f.h5"
+    write_features(path, feats, camids=cams, paths=[f"{i:02d}.jpg" for i in range(n)], split=["train"] * n,
+                   pids=np.tile(np.arange(n // 2), 2))
+    r = invoke("cluster", path, "--out", tmp_path / "l.h5", "--k1", "4", "--k2", "2", "--min-samples", "2")
+    assert r.exit_code == 0, r.output
+    assert "pseudo identities spans two of the 2 cameras" in r.output
+    r = invoke("cluster", path, "--out", tmp_path / "l.h5", "--k1", "4", "--k2", "2", "--min-samples", "2", "--json")
+    mix = json.loads(r.stdout)["camera_mix"]
+    assert mix["multi_camera_clusters"] == 0 and mix["cross_camera_pairs"] == 0.0
+    r = invoke("refine", path, "--method", "cc", "--k1", "4", "--k2", "2", "--out", tmp_path / "r.h5")
+    assert r.exit_code == 0 and "cannot teach cross-camera matching" in r.output

@@ -14,6 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from reidctl import search
 from reidctl.cluster import agglomerative, dbscan, jaccard_distance, label_quality
+from reidctl.cluster.report import camera_mix, labels_report, single_camera_warning
 from reidctl.errors import ReidctlError
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
@@ -272,3 +273,31 @@ def test_label_quality_hand_made():
     assert none["n_clusters"] == 0 and np.isnan(none["clustered_nmi"])
     with pytest.raises(ReidctlError):
         label_quality(np.zeros(3), np.zeros(4))
+
+
+def test_camera_mix_hand_made():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, -1])
+    cams = np.array([1, 1, 2, 3, 3, 1, 3, 2])
+    mix = camera_mix(labels, cams)
+    # cluster 0 spans cameras 1 and 2, cluster 2 cameras 1 and 3; cluster 1 is camera 3 only.
+    # same-cluster pairs: 3 + 1 + 1 = 5, of which (0,2) (1,2) (5,6) cross cameras
+    assert mix == {"cameras": 3, "multi_camera_clusters": 2, "cross_camera_pairs": pytest.approx(3 / 5)}
+    assert camera_mix(labels, np.where(cams == 2, -1, cams)) is None  # an unknown camera
+    assert camera_mix(labels, np.ones(8, int)) is None  # one camera
+    assert camera_mix(np.full(8, -1), cams)["multi_camera_clusters"] == 0
+    with pytest.raises(ReidctlError):
+        camera_mix(labels, cams[:5])
+
+
+def test_labels_report_and_single_camera_warning():
+    gt = np.array([0, 0, 1, 1])
+    cams = np.array([0, 1, 0, 1])
+    per_camera = labels_report(np.array([0, 1, 2, 3]), cams, gt)  # every cluster one camera
+    assert per_camera["clusters"] == 4 and per_camera["outliers"] == 0
+    assert per_camera["camera_mix"]["multi_camera_clusters"] == 0 and per_camera["quality"]["precision"] == 1.0
+    assert "none of the 4 pseudo identities spans two of the 2 cameras" in single_camera_warning(per_camera)
+    right = labels_report(np.array([0, 0, 1, -1]), cams, None)
+    assert "quality" not in right and right["camera_mix"]["multi_camera_clusters"] == 1
+    assert single_camera_warning(right) is None
+    assert single_camera_warning(labels_report(np.full(4, -1), cams, None)) is None  # no clusters at all
+    assert "camera_mix" not in labels_report(np.array([0, 0, 1, 1]), np.full(4, -1), None)

@@ -55,6 +55,7 @@ def test_loop_runs_then_skips_every_stage_on_rerun(data, tmp_path):
             assert (run_dir / epoch / name).exists()
     rec = first["epochs"][1]
     assert rec["refine"]["clusters"] == 6 and rec["refine"]["quality"]["f_score"] == 1.0
+    assert rec["refine"]["camera_mix"]["multi_camera_clusters"] == 6  # each colour seen by both cameras
     assert rec["train"]["iterations"] == 2
     n = len(_log(run_dir))
     assert all(not r["cached"] for r in _log(run_dir))
@@ -123,3 +124,4 @@ def test_cli_loop_prints_summary(data, tmp_path):
                                       "--epochs", "1", *CLI_ARGS])
     assert result.exit_code == 0, result.output
     assert "best" in result.output and "last" in result.output and "mAP" in result.output
+    assert "(6 multi-camera)" in result.output and "warning" not in result.output

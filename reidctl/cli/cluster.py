@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from reidctl.cli import options as o
-from reidctl.cli.common import app, out_console, print_json, print_quality, user_errors
+from reidctl.cli.common import (app, multi_camera_cell, out_console, print_json, print_quality, user_errors,
+                                warn_single_camera)
 from reidctl.cluster.stage import ClusterParams, run_cluster
 
 
@@ -38,9 +39,11 @@ def cluster(
         print_json(summary)
         return
     table = Table(title=f"{out}", title_justify="left")
-    for col in ("rows", "clusters", "outliers", "kNN s", "Jaccard s", "cluster s"):
+    for col in ("rows", "clusters", "outliers", "multi-camera", "kNN s", "Jaccard s", "cluster s"):
         table.add_column(col, justify="right")
-    table.add_row(*(str(summary[k]) for k in ("rows", "clusters", "outliers", "knn_s", "jaccard_s", "cluster_s")))
+    table.add_row(*(str(summary[k]) for k in ("rows", "clusters", "outliers")), multi_camera_cell(summary),
+                  *(str(summary[k]) for k in ("knn_s", "jaccard_s", "cluster_s")))
     out_console.print(table)
+    warn_single_camera(summary)
     if "quality" in summary:
         print_quality(summary["quality"])

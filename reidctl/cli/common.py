@@ -56,6 +56,21 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def multi_camera_cell(summary: dict[str, Any]) -> str:
+    """How many clusters span two or more cameras, or "—" when the cameras are unknown."""
+    mix = summary.get("camera_mix")
+    return "—" if not mix else str(mix["multi_camera_clusters"])
+
+
+def warn_single_camera(summary: dict[str, Any]) -> None:
+    """Print the single-camera warning of :func:`reidctl.cluster.report.single_camera_warning`."""
+    from reidctl.cluster.report import single_camera_warning
+
+    warning = single_camera_warning(summary)
+    if warning:
+        err_console.print(f"[yellow]{warning}[/]", highlight=False, soft_wrap=True)
+
+
 def print_quality(quality: dict[str, Any]) -> None:
     """Label quality against ground truth, one metric a row (reported, never used by algorithms)."""
     from rich.table import Table

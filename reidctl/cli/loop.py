@@ -11,7 +11,8 @@ from rich.table import Table
 from reidctl.cli import icrefine_options as ic
 from reidctl.cli import options as o
 from reidctl.cli import pplr_options as pp
-from reidctl.cli.common import app, err_console, out_console, print_json, user_errors
+from reidctl.cli.common import (app, err_console, multi_camera_cell, out_console, print_json, user_errors,
+                                warn_single_camera)
 from reidctl.extraction import ModelSpec
 from reidctl.methods import get_method
 from reidctl.pipeline import STAGES, LoopConfig, run_loop
@@ -114,28 +115,30 @@ def _pct(x: Any) -> str:
 
 
 def _print_epoch(rec: dict[str, Any]) -> None:
-    q = rec["refine"].get("quality", {})
-    msg = (f"epoch {rec['epoch']}: {rec['refine']['clusters']} clusters, {rec['refine']['outliers']} outliers"
-           f"{', F ' + _pct(q.get('f_score')) if q else ''}, loss {rec['train']['loss']:.3f}")
+    ref = rec["refine"]
+    q = ref.get("quality", {})
+    msg = (f"epoch {rec['epoch']}: {ref['clusters']} clusters ({multi_camera_cell(ref)} multi-camera), "
+           f"{ref['outliers']} outliers{', F ' + _pct(q.get('f_score')) if q else ''}, loss {rec['train']['loss']:.3f}")
     if "eval" in rec:
         msg += f", mAP {_pct(rec['eval']['mAP'])}, R1 {_pct(rec['eval']['rank1'])}"
     err_console.print(msg, highlight=False)
+    warn_single_camera(ref)
 
 
 def summary_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"{result['run_dir']} ({result['method']})", title_justify="left")
-    for col in ("epoch", "clusters", "outliers", "pairwise F", "NMI", "loss", "mAP", "R1", "R5", "R10"):
+    for col in ("epoch", "clusters", "multi-cam", "outliers", "pairwise F", "NMI", "loss", "mAP", "R1", "R5", "R10"):
         table.add_column(col, justify="right")
     for rec in result["epochs"]:
         ref, ev = rec.get("refine", {}), rec.get("eval", {})
         q = ref.get("quality", {})
-        table.add_row(str(rec["epoch"]), str(ref.get("clusters", "—")), str(ref.get("outliers", "—")),
-                      _pct(q.get("f_score")), _pct(q.get("nmi")),
+        table.add_row(str(rec["epoch"]), str(ref.get("clusters", "—")), multi_camera_cell(ref),
+                      str(ref.get("outliers", "—")), _pct(q.get("f_score")), _pct(q.get("nmi")),
                       f"{rec['train']['loss']:.3f}" if "train" in rec else "—",
                       _pct(ev.get("mAP")), _pct(ev.get("rank1")), _pct(ev.get("rank5")), _pct(ev.get("rank10")))
     for label in ("best", "last"):
         ev = result.get(label)
         if ev:
-            table.add_row(f"[bold]{label}[/] ({ev['epoch']})", "", "", "", "", "", _pct(ev["mAP"]),
+            table.add_row(f"[bold]{label}[/] ({ev['epoch']})", "", "", "", "", "", "", _pct(ev["mAP"]),
                           _pct(ev["rank1"]), _pct(ev["rank5"]), _pct(ev["rank10"]))
     return table

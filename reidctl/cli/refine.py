@@ -10,7 +10,8 @@ from rich.table import Table
 
 from reidctl.cli import icrefine_options as ic
 from reidctl.cli import options as o
-from reidctl.cli.common import app, err_console, out_console, print_json, print_quality, user_errors
+from reidctl.cli.common import (app, err_console, multi_camera_cell, out_console, print_json, print_quality,
+                                user_errors, warn_single_camera)
 from reidctl.methods import METHODS
 from reidctl.refine import run_refine
 
@@ -52,10 +53,11 @@ def refine(
         print_json(summary)
         return
     table = Table(title=f"{out} ({method})", title_justify="left")
-    for col in ("rows", "clusters", "outliers"):
+    for col in ("rows", "clusters", "outliers", "multi-camera"):
         table.add_column(col, justify="right")
-    table.add_row(*(str(summary[k]) for k in ("rows", "clusters", "outliers")))
+    table.add_row(*(str(summary[k]) for k in ("rows", "clusters", "outliers")), multi_camera_cell(summary))
     out_console.print(table)
+    warn_single_camera(summary)
     for note in summary.get("notes", []):
         err_console.print(note, highlight=False)
     if "quality" in summary:

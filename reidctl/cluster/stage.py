@@ -13,7 +13,7 @@ from reidctl.artifacts import read_features, read_ground_truth, write_labels
 from reidctl.cluster.agglomerative import agglomerative
 from reidctl.cluster.dbscan import dbscan
 from reidctl.cluster.jaccard import jaccard_distance
-from reidctl.cluster.quality import label_quality
+from reidctl.cluster.report import labels_report
 from reidctl.errors import ReidctlError
 from reidctl.progress import callback, progress_bar
 from reidctl.search import knn
@@ -80,15 +80,8 @@ def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParam
     fe = read_features(features_path)
     res = cluster_features(fe.feats, params)
     labels = res["labels"]
-    summary: dict[str, Any] = {
-        "rows": len(labels),
-        "clusters": int(len(set(labels.tolist()) - {-1})),
-        "outliers": int(np.sum(labels < 0)),
-        **{k: round(v, 3) for k, v in res["times"].items()},
-    }
-    pids = read_ground_truth(features_path)
-    if pids is not None:
-        summary["quality"] = label_quality(labels, pids)
+    summary: dict[str, Any] = {"rows": len(labels), **{k: round(v, 3) for k, v in res["times"].items()},
+                               **labels_report(labels, fe.camids, read_ground_truth(features_path))}
     write_labels(
         out, labels, paths=fe.paths,
         extra={"knn_index": res["knn_index"], "knn_dist": res["knn_dist"], "jaccard": res["jaccard"]},
