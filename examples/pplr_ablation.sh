@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PPLR ablation: cc, pplr, pplr --no-pglr, pplr --no-aals, each a `reidctl loop` run, then one table
-# of best / last mAP and the last epoch's pairwise F of the pseudo labels (from each summary.json).
+# of best / last mAP, the last epoch's pairwise F of the pseudo labels and how many of its clusters
+# span two or more cameras (from each summary.json).
 #
 # usage: examples/pplr_ablation.sh DATA OUT_DIR [loop options shared by all four runs ...]
 #
@@ -21,7 +22,7 @@
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 DATA=$1
@@ -60,13 +61,16 @@ def pct(x):
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-print("| run | best mAP (epoch) | last mAP (epoch) | last pairwise F |")
-print("|---|---|---|---|")
+print("| run | best mAP (epoch) | last mAP (epoch) | last pairwise F | last multi-camera clusters |")
+print("|---|---|---|---|---|")
 for name in names:
     s = json.loads((out / name / "summary.json").read_text())
     best, last = s.get("best") or {}, s.get("last") or {}
     trained = [e for e in s["epochs"] if "refine" in e]
-    f = trained[-1]["refine"].get("quality", {}).get("f_score") if trained else None
+    ref = trained[-1]["refine"] if trained else {}
+    f = ref.get("quality", {}).get("f_score")
+    mix = ref.get("camera_mix")
+    multi = f"{mix['multi_camera_clusters']} of {ref['clusters']}" if mix else "—"
     print(f"| {name} | {pct(best.get('mAP'))} ({best.get('epoch', '—')}) "
-          f"| {pct(last.get('mAP'))} ({last.get('epoch', '—')}) | {pct(f)} |")
+          f"| {pct(last.get('mAP'))} ({last.get('epoch', '—')}) | {pct(f)} | {multi} |")
 EOF
