@@ -151,7 +151,8 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None 
     train_params = method_cls.resolve_params(None, cfg.train).to_dict()
     refine_options = method_cls.refine_options(cfg.refine)  # another method's options fail here, not at epoch 0
     if method_cls.uses_parts and not cfg.model.parts:
-        raise ReidctlError(f"--method {cfg.method} needs part features: --parts 0 leaves the model without them (PPLR: 3 average-pooled stripes, its default)")
+        raise ReidctlError(f"--method {cfg.method} needs part features: --parts 0 leaves the model without them "
+                           "(PPLR: 3 average-pooled stripes, its default)")
     if cfg.intra and not method_cls.intra_camera:
         raise ReidctlError(f"the --intra-* options apply to --method icrefine, not {cfg.method}")
     model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)

@@ -65,11 +65,8 @@ def run_refine(
         cluster_info = {"cluster": dataclasses.asdict(params)}
     refined = method_cls.refine(fe, labels, extra, dict(options or {}), seed=seed)
     new_labels = np.asarray(refined.labels, dtype=np.int32)
-    report = labels_report(new_labels, fe.camids, read_ground_truth(features_path))
-    quality = report.pop("quality", None)
-    summary: dict[str, Any] = {"method": method, "rows": len(new_labels), **report, **refined.summary}
-    if quality is not None:
-        summary["quality"] = quality
+    summary: dict[str, Any] = {"method": method, "rows": len(new_labels), **refined.summary,
+                               **labels_report(new_labels, fe.camids, read_ground_truth(features_path))}
     kept = {k: v for k, v in extra.items() if k in ("knn_index", "knn_dist", "jaccard")}
     write_labels(
         out, new_labels, paths=fe.paths, extra={**kept, **refined.extra},
