@@ -121,10 +121,12 @@ class PPLRParams(TrainParams):
             raise ReidctlError("--label-smoothing must lie in [0, 1)")
         if self.aals_epoch < 0:
             raise ReidctlError("--aals-epoch must not be negative")
-        if self.agreement_temperature <= 0 or self.cam_temperature <= 0:
-            raise ReidctlError("--agreement-temperature and --cam-temperature must be positive")
-        if self.classifier_rows < 1 or self.cam_hard_negatives < 1:
-            raise ReidctlError("--classifier-rows and --cam-hard-negatives must be at least 1")
+        if self.agreement_temperature <= 0:
+            raise ReidctlError("--agreement-temperature must be positive")
+        if self.classifier_rows < 1:
+            raise ReidctlError("--classifier-rows must be at least 1")
+        if self.cam_temperature <= 0 or self.cam_hard_negatives < 1:  # Python API only (official: 0.07, 50)
+            raise ReidctlError("cam_temperature must be positive and cam_hard_negatives at least 1")
         if self.cam_lambda < 0:
             raise ReidctlError("--cam-lambda must not be negative")
 
