@@ -15,7 +15,9 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -38,23 +40,117 @@ _STR = h5py.string_dtype(encoding="utf-8")
 # --------------------------------------------------------------------------------------------
 # atomic writes and digests
 
+_TEMP_SUFFIX = ".tmp"
+
+
+def os_reason(exc: BaseException, path: str | os.PathLike | None = None) -> str:
+    """The OS's reason for a failed file operation on ``path``, without Python's decoration;
+    "X is a file, not a folder" where a component of ``path`` is a file (mkdir says "File exists")."""
+    if path is not None:
+        anchor = _first_existing(Path(path).parent)
+        if not anchor.is_dir():
+            return f"{anchor} is a file, not a folder"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _first_existing(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            return p
+    return Path("/")
+
+
+def write_target(path: str | os.PathLike) -> Path:
+    """The file a write of ``path`` must replace, or an ArtifactError saying why it cannot be one.
+
+    A symbolic link is followed, so writing ``link.h5`` updates the file it points to and the
+    link stays a link. A folder, or a path below a file, is refused before anything is written.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target.is_dir():
+        raise ArtifactError(f"cannot write {path}: it is a folder, not a file")
+    anchor = _first_existing(target.parent)
+    if not anchor.is_dir():
+        raise ArtifactError(f"cannot write {path}: {anchor} is a file, not a folder")
+    return target
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing the same file twice at once
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> int:
+    """Delete temporary files left beside ``target`` by writers that were killed (``kill -9``).
+
+    Temporary names carry their writer's pid (``.NAME.PID.TOKEN.tmp``); files of a live process
+    are left alone. Returns how many were removed.
+    """
+    removed = 0
+    prefix = f".{target.name}."
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+def _new_temp(target: Path) -> Path:
+    """An empty new file beside ``target``, created with the user's umask (not mkstemp's 0600)."""
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise ArtifactError(f"cannot create a temporary file beside {target}")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
 
-    A killed or failing stage therefore never leaves a file that a later stage would trust.
+    A killed or failing stage therefore never leaves a file that a later stage would trust, and
+    the next write of the same file removes what a killed writer left. File-system failures
+    (no permission, a full disk, a folder where the file should be) become one ArtifactError
+    naming ``path`` and the OS's reason; the temporary file is removed.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    target = write_target(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        tmp_path = _new_temp(target)
+    except OSError as exc:
+        raise ArtifactError(f"cannot write {path}: {os_reason(exc, target)}") from None
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        os.replace(tmp_path, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        if isinstance(exc, OSError):
+            raise ArtifactError(f"cannot write {path}: {os_reason(exc, target)}") from None
         raise
 
 
@@ -88,6 +184,49 @@ def _array_digest(h: "hashlib._Hash", name: str, value: Any) -> None:
         arr = np.ascontiguousarray(np.asarray(value))
         h.update(str(arr.dtype).encode() + str(arr.shape).encode())
         h.update(arr.tobytes())
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def existing_schema(path: str | os.PathLike) -> str | None:
+    """The schema of the reidctl artifact at ``path`` (HDF5 or checkpoint), or None if it is not one."""
+    path = Path(path)
+    try:
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                return _plain(f.attrs.get("schema")) or None
+        if zipfile.is_zipfile(path):  # torch.save's format
+            import torch  # noqa: PLC0415  (only checkpoints need it)
+
+            payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            return payload.get("schema") if isinstance(payload, dict) else None
+    except Exception:  # noqa: BLE001  (anything unreadable is simply not one of ours)
+        return None
+    return None
+
+
+def check_output(out: str | os.PathLike, *, schema: str, inputs: Sequence[str | os.PathLike | None] = (),
+                 force: bool = False) -> Path:
+    """Refuse an output path that would destroy data: one of the command's own inputs, or an
+    existing file that is not an artifact of ``schema`` (a features file given as a labels
+    ``--out``, a photo, anything not ours) unless ``force``. Returns the path to write."""
+    out = Path(out)
+    for given in inputs:
+        if given is not None and _same_file(out, Path(given)):
+            raise ArtifactError(f"--out {out} is also an input of this command ({given}); write to another file")
+    target = write_target(out)
+    if target.exists() and not force:
+        found = existing_schema(target)
+        if found != schema:
+            what = "not a reidctl artifact" if found is None else f"a '{found}' artifact"
+            raise ArtifactError(f"--out {out} already exists and is {what}, not '{schema}': refusing to overwrite "
+                                "it (choose another --out, or --force)")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,15 +306,36 @@ def _open(path: str | os.PathLike) -> h5py.File:
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: no such file")
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a folder, not an HDF5 artifact")
     try:
         return h5py.File(path, "r")
     except OSError as exc:
         raise ArtifactError(f"{path}: not a readable HDF5 artifact ({exc})") from None
 
 
+#: What h5py (and what we decode from it) raises on a damaged file: a corrupt compressed chunk
+#: is an OSError mid-read, a damaged attribute a ValueError or a KeyError.
+_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """Open an artifact for reading; any HDF5 error while reading becomes an ArtifactError that
+    names the file (a corrupt chunk must not end in a traceback halfway through a stage)."""
+    path = Path(path)
+    f = _open(path)
+    try:
+        with f:
+            yield f
+    except _READ_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArtifactError(f"{path}: corrupt artifact, reading it failed ({reason})") from None
+
+
 def read_meta(path: str | os.PathLike, expect_schema: str | None = None) -> Meta:
     """Root attributes of an artifact; with ``expect_schema``, refuse any other schema/version."""
-    with _open(path) as f:
+    with reading(path) as f:
         return _meta(f, Path(path), expect_schema)
 
 
@@ -313,7 +473,7 @@ def write_features(
 def read_features(path: str | os.PathLike, expect_paths: Sequence[str] | None = None) -> Features:
     """Read features (never pids); with ``expect_paths``, refuse rows that do not line up."""
     path = Path(path)
-    with _open(path) as f:
+    with reading(path) as f:
         meta = _meta(f, path, FEATURES)
         _require(f, path, ("global", "camids", "paths", "split"))
         paths = _read_value(f["paths"])
@@ -325,8 +485,20 @@ def read_features(path: str | os.PathLike, expect_paths: Sequence[str] | None = 
         raise ArtifactError(f"{path}: corrupt artifact, datasets have different row counts")
     if meta.attrs.get("paths_digest") not in (None, paths_digest(paths)):
         raise ArtifactError(f"{path}: corrupt artifact, 'paths' does not match its recorded digest")
+    _refuse_non_finite(path, paths, feats, parts)
     check_rows(path, paths, expect_paths)
     return Features(feats, parts, camids, paths, split, meta, path)
+
+
+def _refuse_non_finite(path: Path, paths: Sequence[str], feats: np.ndarray, parts: np.ndarray | None) -> None:
+    """NaN or Inf in a feature row silently changes every distance it enters: refuse the file."""
+    bad = ~np.isfinite(feats).all(axis=1)
+    if parts is not None:
+        bad |= ~np.isfinite(parts.reshape(len(parts), -1)).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ArtifactError(f"{path}: {int(bad.sum())} rows hold NaN or Inf features, the first is row {first} "
+                            f"('{paths[first]}'); re-extract them")
 
 
 def read_ground_truth(path: str | os.PathLike) -> np.ndarray | None:
@@ -335,7 +507,7 @@ def read_ground_truth(path: str | os.PathLike) -> np.ndarray | None:
     For evaluation and label-quality reports only: no clustering or refinement may use them.
     """
     path = Path(path)
-    with _open(path) as f:
+    with reading(path) as f:
         _meta(f, path, FEATURES)
         if "pids" not in f:
             return None
@@ -394,7 +566,7 @@ def read_labels(
 ) -> Labels:
     """Read a labels artifact; ``load`` limits which extra datasets are read (default: all)."""
     path = Path(path)
-    with _open(path) as f:
+    with reading(path) as f:
         meta = _meta(f, path, schema)
         _require(f, path, ("labels", "paths"))
         paths = _read_value(f["paths"])
@@ -416,7 +588,7 @@ def read_labels(
 def describe(path: str | os.PathLike) -> dict[str, Any]:
     """What an artifact holds: its root attributes and every dataset's shape and dtype."""
     path = Path(path)
-    with _open(path) as f:
+    with reading(path) as f:
         meta = _meta(f, path, None)
         items: dict[str, str] = {}
 
@@ -444,6 +616,17 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike, saver: Callable[[Any, Path], None]) -> None:
-    """Save any object through ``saver(obj, tmp_path)`` atomically (used for checkpoints)."""
+    """Save any object through ``saver(obj, tmp_path)`` atomically (used for checkpoints).
+
+    ``torch.save`` reports a failed write (a full disk) as a RuntimeError, not an OSError; it
+    becomes the same one-line ArtifactError as any other failed write.
+    """
     with atomic_path(path) as tmp:
-        saver(obj, tmp)
+        try:
+            saver(obj, tmp)
+        except RuntimeError as exc:
+            if "writ" not in str(exc).lower():
+                raise
+            free = shutil.disk_usage(tmp.parent).free
+            why = "no space left on the device" if free < (1 << 20) else str(exc).strip().splitlines()[-1]
+            raise ArtifactError(f"cannot write {path}: {why}") from None

@@ -16,3 +16,10 @@ class DatasetError(ReidctlError):
 
 class ArtifactError(ReidctlError):
     """An HDF5/checkpoint artifact is missing, of the wrong schema, or does not line up."""
+
+
+def naming(path: object, exc: ReidctlError) -> ReidctlError:
+    """``exc`` with ``path`` in front of its message, unless it already names a file (an
+    ArtifactError always does) or ``path``: an error about a file's content must say which file."""
+    text = str(exc)
+    return exc if isinstance(exc, ArtifactError) or str(path) in text else type(exc)(f"{path}: {text}")

@@ -8,6 +8,7 @@ last completed one), ``optimizer``, ``scheduler``, ``scaler`` (fp16 AMP), ``rng`
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,8 +25,21 @@ CHECKPOINT_SCHEMA = "reidctl/checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, model: ReidModel, **state: Any) -> None:
-    """Write atomically: model config + weights, and any extra state (optimiser, epoch, RNG ...)."""
+#: Entries of a checkpoint that describe it but do not change what continuing from it computes:
+#: wall-clock timings (``history``), where its inputs lay (``provenance``), the writer's version.
+NOT_DIGESTED = ("digest", "history", "provenance", "reidctl_version")
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """torch's multi-line load errors as one line (an ``error:`` message is one line)."""
+    text = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def save_checkpoint(path: str | Path, model: ReidModel, **state: Any) -> str:
+    """Write atomically: model config + weights, and any extra state (optimiser, epoch, RNG ...).
+
+    Returns the checkpoint's content digest (also stored in it as ``digest``)."""
     payload = {
         "schema": CHECKPOINT_SCHEMA,
         "schema_version": CHECKPOINT_VERSION,
@@ -34,17 +48,61 @@ def save_checkpoint(path: str | Path, model: ReidModel, **state: Any) -> None:
         "model": model.state_dict(),
         **state,
     }
+    payload["digest"] = content_digest(payload)
     atomic_save(payload, path, lambda obj, tmp: torch.save(obj, tmp))
+    return payload["digest"]
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def content_digest(payload: Mapping[str, Any]) -> str:
+    """A digest of what a checkpoint holds (weights, optimiser, RNG, method state ...), leaving
+    out :data:`NOT_DIGESTED`: re-training the same epoch to the same weights gives the same
+    digest wherever the file lies, so the stages after it stay cached."""
+    h = hashlib.sha256()
+    _hash_value(h, {k: v for k, v in payload.items() if k not in NOT_DIGESTED})
+    return h.hexdigest()[:32]
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """The content digest of a checkpoint file (read lazily: tensors are memory-mapped)."""
+    payload = load_checkpoint(path, mmap=True)
+    return str(payload.get("digest") or content_digest(payload))
+
+
+def _hash_value(h: Any, value: Any) -> None:
+    """Feed a nested structure of dicts, sequences, tensors, arrays and scalars into ``h``."""
+    if isinstance(value, Mapping):
+        h.update(b"{%d" % len(value))
+        for key in sorted(value, key=str):
+            _hash_value(h, str(key))
+            _hash_value(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[%d" % len(value))
+        for item in value:
+            _hash_value(h, item)
+    elif isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        h.update(f"A{value.dtype}{value.shape}".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, bytes):
+        h.update(b"B" + value)
+    else:  # str, int, float, bool, None, numpy scalars
+        h.update(f"{type(value).__name__}:{value!r}".encode())
+
+
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's payload, checked to be ours and of a version this reidctl reads.
+
+    ``mmap`` maps tensors instead of reading them (cheap when only metadata is needed)."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:
-        raise ArtifactError(f"{path}: not a readable checkpoint ({exc})") from None
+        raise ArtifactError(f"{path}: not a readable checkpoint ({one_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("schema") != CHECKPOINT_SCHEMA:
         raise ArtifactError(f"{path}: not a reidctl checkpoint (for plain weights use --weights)")
     if payload.get("schema_version") != CHECKPOINT_VERSION:
@@ -53,6 +111,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"(this reidctl reads version {CHECKPOINT_VERSION})"
         )
     return payload
+
+
+def read_model_config(path: str | Path) -> dict[str, Any]:
+    """The ``model_config`` a checkpoint records (tensors memory-mapped, not read)."""
+    payload = load_checkpoint(path, mmap=True)
+    config = payload.get("model_config")
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path}: corrupt checkpoint, it records no model configuration")
+    return config
 
 
 def model_from_checkpoint(path: str | Path) -> ReidModel:
@@ -65,7 +132,7 @@ def model_from_payload(payload: dict[str, Any], source: str | Path) -> ReidModel
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
-        raise ArtifactError(f"{source}: weights do not fit the recorded model ({exc})") from None
+        raise ArtifactError(f"{source}: weights do not fit the recorded model ({one_line(exc)})") from None
     return model
 
 
@@ -129,19 +196,19 @@ def load_training_state(
         try:
             model.load_state_dict(payload["model"])
         except RuntimeError as exc:
-            raise ArtifactError(f"{source}: weights do not fit the recorded model ({exc})") from None
+            raise ArtifactError(f"{source}: weights do not fit the recorded model ({one_line(exc)})") from None
     if heads is not None and payload.get("heads") is not None:
         try:
             heads.load_state_dict(payload["heads"])
         except RuntimeError as exc:
-            raise ArtifactError(f"{source}: the method's heads do not fit ({exc})") from None
+            raise ArtifactError(f"{source}: the method's heads do not fit ({one_line(exc)})") from None
     if optimizer is not None and payload.get("optimizer") is not None:
         try:
             optimizer.load_state_dict(payload["optimizer"])
         except (ValueError, KeyError) as exc:
             raise ArtifactError(
                 f"{source}: the saved optimiser state does not fit this model/method "
-                f"(checkpoint method '{payload.get('method')}'): {exc}"
+                f"(checkpoint method '{payload.get('method')}'): {one_line(exc)}"
             ) from None
     if scaler is not None and payload.get("scaler"):
         scaler.load_state_dict(payload["scaler"])
