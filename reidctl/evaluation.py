@@ -44,6 +44,7 @@ from reidctl.errors import ReidctlError
 __all__ = [
     "AP_KINDS",
     "DEFAULT_RERANK_MAX_BYTES",
+    "count_valid_queries",
     "PAIRS",
     "evaluate_features",
     "evaluate_ranking",
@@ -137,6 +138,31 @@ def _masks(
     else:  # same-camera
         valid = same_cam
     return valid, same_pid & valid
+
+
+def count_valid_queries(q_pids, q_camids, g_pids, g_camids, pairs: str = "market") -> int:
+    """How many queries have at least one correct match under ``pairs`` (the rule of
+    :func:`_masks`), from identities and cameras alone: no distances, O(Q + G). A split with
+    none (one camera under the Market protocol) cannot be evaluated."""
+    from collections import Counter  # noqa: PLC0415
+
+    q_pids, q_camids = np.asarray(q_pids).reshape(-1), np.asarray(q_camids).reshape(-1)
+    g_pids, g_camids = np.asarray(g_pids).reshape(-1), np.asarray(g_camids).reshape(-1)
+    per_pid = Counter(g_pids.tolist())
+    per_pid_cam = Counter(zip(g_pids.tolist(), g_camids.tolist()))
+    valid = 0
+    for pid, cam in zip(q_pids.tolist(), q_camids.tolist()):
+        if pid < 0:
+            continue
+        same = per_pid_cam[(pid, cam)]
+        if pairs == "market":
+            matches = per_pid[pid] - (same if cam >= 0 else 0)
+        elif pairs == "cross-camera":
+            matches = per_pid[pid] - same
+        else:
+            matches = same
+        valid += matches > 0
+    return int(valid)
 
 
 def _evaluate_block(

@@ -1,19 +1,20 @@
 """`loop`: extract → cluster → refine → train-epoch (→ evaluate), epoch after epoch, cached.
 
-Each stage's output sits in ``RUN/epoch_XXX/`` beside a ``STAGE.done.json`` record holding a key
-made of the stage, its resolved parameters and the digests of its inputs. Re-running the same
-command skips every stage whose record matches; a stage killed half-way left no artifact (writes
-are atomic) and no record, so it simply runs again. ``--force-from STAGE`` re-runs that stage and
-all later ones.
+Each stage's output sits in ``RUN/epoch_XXX/`` beside a ``STAGE.done.json`` record
+(:mod:`reidctl.rundir`). A stage's key holds everything that can change its output: its
+resolved options, the seed, the content digests of its input artifacts, a fingerprint of the
+images it reads (:mod:`reidctl.data.fingerprint`), the numeric precision it runs at, and the
+reidctl version; never a path or a timing, so a run folder can be moved or copied. Re-running
+the same command skips every stage whose record matches and whose output is intact; a stage
+killed half-way left no artifact (writes are atomic) and no record, so it simply runs again.
+``--force-from STAGE`` re-runs that stage and all later ones. The run folder is locked while a
+process works in it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -24,16 +25,24 @@ from reidctl.artifacts import atomic_path, file_digest, read_meta
 from reidctl.cluster.stage import run_cluster
 from reidctl.data.base import Dataset
 from reidctl.data.datasets import load_dataset
+from reidctl.data.fingerprint import split_fingerprint
+from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
+from reidctl.evaluation import count_valid_queries
 from reidctl.evaluation_stage import evaluate_feature_file
-from reidctl.extraction import ExtractRequest, ModelSpec, run_extract
+from reidctl.extraction import ExtractRequest, ModelSpec, check_loader_options, extraction_precision, run_extract
 from reidctl.methods import get_method
 from reidctl.methods.icrefine.intra import read_intra_labels
 from reidctl.methods.icrefine.stage1 import IntraCameraRequest, loop_params, run_intra_camera
 from reidctl.refine import default_cluster_params, run_refine
+from reidctl.rundir import Notice, RunDir, StageResult, stage_key
+from reidctl.train.checkpoint import checkpoint_digest
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
+from reidctl.train.trainer import precision_name
 
 STAGES = ("intra", "extract", "cluster", "refine", "train", "evaluate")  # intra: icrefine's stage 1, once
+#: How the loop's evaluation ranks (recorded in the evaluate stage's key).
+EVAL_SETTINGS = {"ap": "sklearn", "pairs": "market", "rerank": False}
 
 
 @dataclass
@@ -57,186 +66,218 @@ class LoopConfig:
     device: str = "auto"
     amp: str = "auto"
     deterministic: bool = False
+    skip_bad_images: bool = False
     force_from: str | None = None
     seed: int = 1
 
 
 def artifact_digest(path: Path) -> str:
-    """The content digest of an HDF5 artifact, or a file hash for anything else (checkpoints)."""
-    return read_meta(path).digest if path.suffix == ".h5" else file_digest(path)
+    """The content digest of an artifact: the HDF5 ``digest`` attribute, a checkpoint's content
+    digest (timings and paths left out), or the file hash of anything else (eval.json)."""
+    if path.suffix == ".h5":
+        return read_meta(path).digest
+    if path.suffix == ".pt":
+        return checkpoint_digest(path)
+    return file_digest(path)
 
 
-class Run:
-    """A run folder: cached stage records and the JSON-lines log."""
-
-    def __init__(self, root: Path, force_from: str | None) -> None:
-        if force_from is not None and force_from not in STAGES:
-            raise ReidctlError(f"--force-from {force_from}: choose one of {', '.join(STAGES)}")
-        self.root = root
-        self.forced = set(STAGES[STAGES.index(force_from):]) if force_from else set()
-        root.mkdir(parents=True, exist_ok=True)
-        self.log_path = root / "log.jsonl"
-        for stale in root.rglob(".*.tmp"):  # left by a stage killed mid-write (kill -9)
-            stale.unlink(missing_ok=True)
-
-    def log(self, record: Mapping[str, Any]) -> None:
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def stage(self, epoch_dir: str, stage: str, out_name: str, params: Mapping[str, Any],
-              inputs: Mapping[str, str], run: Callable[[Path], dict[str, Any]], epoch: int | str) -> dict[str, Any]:
-        """Run ``run(out_path)`` unless a matching record says its output is already there."""
-        folder = self.root / epoch_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        out = folder / out_name
-        record_path = folder / f"{stage}.done.json"
-        key = hashlib.sha256(json.dumps({"stage": stage, "params": params, "inputs": inputs},
-                                        sort_keys=True, default=str).encode()).hexdigest()[:32]
-        if stage not in self.forced and record_path.exists() and out.exists():
-            record = json.loads(record_path.read_text())
-            if record.get("key") == key:
-                self.log({"epoch": epoch, "stage": stage, "cached": True, **record["summary"]})
-                return record
-        t0 = time.perf_counter()
-        summary = run(out)
-        summary = {**summary, "seconds": round(time.perf_counter() - t0, 2)}
-        record = {"key": key, "output": str(out), "digest": artifact_digest(out), "summary": summary}
-        with atomic_path(record_path) as tmp:
-            tmp.write_text(json.dumps(record, indent=1, default=str))
-        self.log({"epoch": epoch, "stage": stage, "cached": False, **summary})
-        return record
-
-
-def _model_params(spec: ModelSpec) -> dict[str, Any]:
+def model_key(spec: ModelSpec) -> dict[str, Any]:
+    """What builds a fresh model, location-free: the options, and the weights file's content."""
     d = dataclasses.asdict(spec)
     d.pop("checkpoint")
+    if spec.weights is not None:
+        d["weights"] = file_digest(spec.weights)
     return d
 
 
-def _intra_stage(run: Run, cfg: LoopConfig, ds: Dataset, model: ModelSpec, common: Mapping[str, Any]
-                 ) -> dict[str, Any]:
-    """icrefine's stage 1, run once before epoch 0 into ``RUN/intra/`` (cached like any stage);
-    or the user's own stage-1 file (``refine`` option ``intra``). Returns its record."""
-    given = cfg.refine.get("intra")
-    if given is not None:
-        if cfg.intra:
-            raise ReidctlError("--intra FILE replaces stage 1, so the --intra-* options do not apply with it")
-        _, digest = read_intra_labels(given, paths=[s.relpath for s in ds.train],
-                                      camids=np.array([s.camid for s in ds.train]))
-        return {"output": str(given), "digest": digest, "summary": {"file": str(given)}}
-    params = loop_params(cfg.intra, cfg.train)
-    req = IntraCameraRequest(**dataclasses.asdict(model), data=cfg.data, dataset=cfg.dataset, params=params,
-                             workers=cfg.workers, device=cfg.device, amp=cfg.amp, deterministic=cfg.deterministic,
-                             extract_batch_size=cfg.extract_batch_size)
-    key = {**common, "model": _model_params(model), "intra": dataclasses.asdict(params),
-           "deterministic": cfg.deterministic}
-    return run.stage("intra", "intra", "intra.h5", key, {}, lambda out: run_intra_camera(req, out), "intra")
+class _Loop:
+    """One ``loop`` run: the resolved settings and the stages, on a locked run folder."""
 
+    def __init__(self, cfg: LoopConfig, ds: Dataset) -> None:
+        self.cfg, self.ds = cfg, ds
+        self.run: RunDir  # set by :meth:`epochs`
+        self.method_cls = get_method(cfg.method)
+        device = resolve_device(cfg.device)
+        self.extract_precision = extraction_precision(device)
+        self.train_precision = precision_name(cfg.amp, device)
+        self.cluster_params = default_cluster_params(cfg.method, n_samples=len(ds.train), **cfg.cluster)
+        self.train_params = self.method_cls.resolve_params(None, cfg.train).to_dict()
+        self.refine_options = self.method_cls.refine_options(cfg.refine)
+        self.model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)
+        self.model_key = model_key(self.model)
+        self.data = {"train": split_fingerprint(ds.train), "test": split_fingerprint(ds.samples("test"))}
 
-def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) the loop; returns per-epoch records plus the best and the last evaluation."""
-    if cfg.epochs < 1:
-        raise ReidctlError("--epochs must be at least 1")
-    if cfg.eval_every < 0:
-        raise ReidctlError("--eval-every must be 0 (never) or positive")
-    method_cls = get_method(cfg.method)
-    ds = load_dataset(cfg.data, cfg.dataset)
-    if not ds.train:
-        raise ReidctlError(f"{ds.root}: the dataset has no train images to learn from")
-    can_eval = bool(ds.query and ds.gallery)
-    run = Run(Path(cfg.run_dir), cfg.force_from)
-    cluster_params = default_cluster_params(cfg.method, n_samples=len(ds.train), **cfg.cluster)
-    train_params = method_cls.resolve_params(None, cfg.train).to_dict()
-    refine_options = method_cls.refine_options(cfg.refine)  # another method's options fail here, not at epoch 0
-    if method_cls.uses_parts and not cfg.model.parts:
-        raise ReidctlError(f"--method {cfg.method} needs part features: --parts 0 leaves the model without them "
-                           "(PPLR: 3 average-pooled stripes, its default)")
-    if cfg.intra and not method_cls.intra_camera:
-        raise ReidctlError(f"the --intra-* options apply to --method icrefine, not {cfg.method}")
-    model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)
-    model_params = _model_params(model)
-    common = {"data": str(cfg.data), "dataset": ds.name}
-    intra = _intra_stage(run, cfg, ds, model, common) if method_cls.intra_camera else None
-    history: list[dict[str, Any]] = []
+    # ---------------------------------------------------------------------------------- stages
 
-    def extract(epoch_dir: str, split: str, ckpt: Path | None, ckpt_digest: str, epoch: int | str) -> dict:
+    def stage(self, folder: str, stage: str, out_name: str, spec: Mapping[str, Any],
+              go: Callable[[Path], dict[str, Any]], epoch: int | str) -> StageResult:
+        return self.run.stage(folder, stage, out_name, stage_key(stage, spec), go, artifact_digest, epoch)
+
+    def intra(self) -> StageResult:
+        """icrefine's stage 1, run once before epoch 0 into ``RUN/intra/`` (cached like any stage);
+        or the user's own stage-1 file (``refine`` option ``intra``)."""
+        cfg, ds = self.cfg, self.ds
+        given = cfg.refine.get("intra")
+        if given is not None:
+            if cfg.intra:
+                raise ReidctlError(f"--intra FILE replaces stage 1, so {_intra_flags(cfg.intra)} do not apply with it")
+            _, digest = read_intra_labels(given, paths=[s.relpath for s in ds.train],
+                                          camids=np.array([s.camid for s in ds.train]))
+            return StageResult(Path(given).absolute(), digest, {"file": str(given)}, cached=True)
+        params = loop_params(cfg.intra, cfg.train)
+        req = IntraCameraRequest(**dataclasses.asdict(self.model), data=cfg.data, dataset=cfg.dataset, params=params,
+                                 workers=cfg.workers, device=cfg.device, amp=cfg.amp,
+                                 deterministic=cfg.deterministic, extract_batch_size=cfg.extract_batch_size)
+        spec = {"data": self.data["train"], "layout": ds.layout, "model": self.model_key,
+                "intra": dataclasses.asdict(params), "deterministic": cfg.deterministic,
+                "precision": self.train_precision}
+        return self.stage("intra", "intra", "intra.h5", spec, lambda out: run_intra_camera(req, out), "intra")
+
+    def extract(self, folder: str, split: str, ckpt: StageResult | None, epoch: int | str) -> StageResult:
+        cfg = self.cfg
+
         def go(out: Path) -> dict[str, Any]:
-            req = ExtractRequest(**{**dataclasses.asdict(model), "checkpoint": ckpt}, data=cfg.data,
-                                 dataset=cfg.dataset, split=split, batch_size=cfg.extract_batch_size,
-                                 workers=cfg.workers, device=cfg.device)
+            req = ExtractRequest(**{**dataclasses.asdict(self.model), "checkpoint": ckpt and ckpt.path},
+                                 data=cfg.data, dataset=cfg.dataset, split=split,
+                                 batch_size=cfg.extract_batch_size, workers=cfg.workers, device=cfg.device,
+                                 skip_bad_images=cfg.skip_bad_images)
             res = run_extract(req, out)
             return {k: res[k] for k in ("rows", "dim", "parts", "skipped_images")}
 
+        spec = {"split": split, "layout": self.ds.layout, "data": self.data["train" if split == "train" else "test"],
+                "skip_bad_images": cfg.skip_bad_images, "precision": self.extract_precision,
+                "model": None if ckpt else self.model_key, "inputs": {"checkpoint": ckpt and ckpt.digest}}
         name = "extract" if split == "train" else "extract_test"
-        params = {**common, "split": split, **({} if ckpt else {"model": model_params})}
-        return run.stage(epoch_dir, name, f"{split}.h5", params, {"checkpoint": ckpt_digest}, go, epoch)
+        return self.stage(folder, name, f"{split}.h5", spec, go, epoch)
 
-    def evaluate(epoch_dir: str, ckpt: Path | None, ckpt_digest: str, epoch: int | str) -> dict[str, Any]:
-        test = extract(epoch_dir, "test", ckpt, ckpt_digest, epoch)
+    def evaluate(self, folder: str, ckpt: StageResult | None, epoch: int | str) -> dict[str, Any]:
+        test = self.extract(folder, "test", ckpt, epoch)
+
         def go(out: Path) -> dict[str, Any]:
-            result = evaluate_feature_file(test["output"])
+            result = evaluate_feature_file(test.path, **EVAL_SETTINGS)
             with atomic_path(out) as tmp:
                 tmp.write_text(json.dumps(result, indent=1))
             return result
 
-        return run.stage(epoch_dir, "evaluate", "eval.json", {"ap": "sklearn"}, {"test": test["digest"]},
-                         go, epoch)["summary"]
+        spec = {**EVAL_SETTINGS, "inputs": {"test": test.digest}}
+        return self.stage(folder, "evaluate", "eval.json", spec, go, epoch).summary
 
-    best: dict[str, Any] | None = None
-    if can_eval and cfg.eval_init and cfg.eval_every:
-        init_eval = evaluate("epoch_init", None, "none", "init")
-        history.append({"epoch": "init", "eval": init_eval})
-        best = {"epoch": "init", **init_eval}
+    def cluster(self, folder: str, feats: StageResult, epoch: int) -> StageResult:
+        params, seed = self.cluster_params, self.cfg.seed
+        spec = {"params": dataclasses.asdict(params), "seed": seed, "inputs": {"features": feats.digest}}
+        return self.stage(folder, "cluster", "labels.h5", spec,
+                          lambda out: run_cluster(feats.path, out, params, seed=seed), epoch)
 
-    ckpt: Path | None = None
-    ckpt_digest = "none"
-    for epoch in range(cfg.epochs):
-        d = f"epoch_{epoch:03d}"
-        feats = extract(d, "train", ckpt, ckpt_digest, epoch)
-        clus = run.stage(d, "cluster", "labels.h5", dataclasses.asdict(cluster_params),
-                         {"features": feats["digest"]},
-                         lambda out: run_cluster(feats["output"], out, cluster_params, seed=cfg.seed), epoch)
-        ref_options, ref_inputs = dict(cfg.refine), {"features": feats["digest"], "labels": clus["digest"]}
+    def refine(self, folder: str, feats: StageResult, clus: StageResult, intra: StageResult | None,
+               epoch: int) -> StageResult:
+        cfg = self.cfg
+        options, key_options = dict(cfg.refine), self.refine_options
+        inputs = {"features": feats.digest, "labels": clus.digest}
         if intra is not None:  # icrefine: p(e) needs the epoch; the intra-camera labels of stage 1
-            ref_options.update(epoch=epoch, epochs=cfg.epochs, intra=intra["output"])
-            ref_inputs["intra"] = intra["digest"]
-            refine_options = method_cls.refine_options(ref_options)
-        ref = run.stage(d, "refine", "refined.h5", {"method": cfg.method, "options": refine_options}, ref_inputs,
-                        lambda out: run_refine(cfg.method, feats["output"], out, labels_path=clus["output"],
-                                               options=ref_options, seed=cfg.seed + epoch), epoch)
+            options.update(epoch=epoch, epochs=cfg.epochs, intra=str(intra.path))
+            key_options = {k: v for k, v in self.method_cls.refine_options(options).items() if k != "intra"}
+            inputs["intra"] = intra.digest  # the file by its content, not by where it lies
+        seed = cfg.seed + epoch
+        spec = {"method": cfg.method, "options": key_options, "seed": seed, "inputs": inputs}
+        return self.stage(folder, "refine", "refined.h5", spec,
+                          lambda out: run_refine(cfg.method, feats.path, out, labels_path=clus.path,
+                                                 options=options, seed=seed), epoch)
 
-        def train(out: Path) -> dict[str, Any]:
-            req = TrainEpochRequest(**{**dataclasses.asdict(model), "checkpoint": ckpt}, data=cfg.data,
-                                    dataset=cfg.dataset, labels=Path(ref["output"]), method=cfg.method,
-                                    overrides=cfg.train, features=Path(feats["output"]), epoch=epoch,
-                                    workers=cfg.workers, device=cfg.device, amp=cfg.amp,
-                                    deterministic=cfg.deterministic)
+    def train(self, folder: str, ckpt: StageResult | None, feats: StageResult, ref: StageResult,
+              epoch: int) -> StageResult:
+        cfg = self.cfg
+
+        def go(out: Path) -> dict[str, Any]:
+            req = TrainEpochRequest(**{**dataclasses.asdict(self.model), "checkpoint": ckpt and ckpt.path},
+                                    data=cfg.data, dataset=cfg.dataset, labels=ref.path, method=cfg.method,
+                                    overrides=cfg.train, features=feats.path, epoch=epoch, workers=cfg.workers,
+                                    device=cfg.device, amp=cfg.amp, deterministic=cfg.deterministic)
             res = run_train_epoch(req, out)
             return {k: v for k, v in res.items() if k not in ("params", "out")}
 
-        tr = run.stage(d, "train", "model.pt", {"method": cfg.method, "params": train_params,
-                                                 "deterministic": cfg.deterministic, **common},
-                       {"checkpoint": ckpt_digest, "labels": ref["digest"], "features": feats["digest"]},
-                       train, epoch)
-        ckpt, ckpt_digest = Path(tr["output"]), tr["digest"]
-        record = {"epoch": epoch, "cluster": clus["summary"], "refine": ref["summary"], "train": tr["summary"]}
-        last = epoch == cfg.epochs - 1
-        if can_eval and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or last):
-            record["eval"] = evaluate(d, ckpt, ckpt_digest, epoch)
-            if best is None or record["eval"]["mAP"] > best["mAP"]:
-                best = {"epoch": epoch, **record["eval"]}
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-    evals = [h for h in history if "eval" in h]
-    result = {"run_dir": str(run.root), "method": cfg.method, "epochs": history,
-              "last": {"epoch": evals[-1]["epoch"], **evals[-1]["eval"]} if evals else None,
-              "best": best, "checkpoint": str(ckpt)}
-    if intra is not None:
-        result["intra"] = intra["summary"]
-    with atomic_path(run.root / "summary.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1, default=str))
-    return result
+        spec = {"method": cfg.method, "params": self.train_params, "deterministic": cfg.deterministic,
+                "precision": self.train_precision, "seed": cfg.seed, "layout": self.ds.layout,
+                "data": self.data["train"], "model": None if ckpt else self.model_key,
+                "inputs": {"checkpoint": ckpt and ckpt.digest, "labels": ref.digest, "features": feats.digest}}
+        return self.stage(folder, "train", "model.pt", spec, go, epoch)
 
+    # ------------------------------------------------------------------------------------ loop
+
+    def epochs(self, run: RunDir, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        cfg, self.run = self.cfg, run
+        evaluating = bool(cfg.eval_every) and bool(self.ds.query and self.ds.gallery)
+        intra = self.intra() if self.method_cls.intra_camera else None
+        history: list[dict[str, Any]] = []
+        best: dict[str, Any] | None = None
+        if evaluating and cfg.eval_init:
+            init_eval = self.evaluate("epoch_init", None, "init")
+            history.append({"epoch": "init", "eval": init_eval})
+            best = {"epoch": "init", **init_eval}
+        ckpt: StageResult | None = None
+        for epoch in range(cfg.epochs):
+            folder = f"epoch_{epoch:03d}"
+            feats = self.extract(folder, "train", ckpt, epoch)
+            clus = self.cluster(folder, feats, epoch)
+            ref = self.refine(folder, feats, clus, intra, epoch)
+            ckpt = self.train(folder, ckpt, feats, ref, epoch)
+            record = {"epoch": epoch, "cluster": clus.summary, "refine": ref.summary, "train": ckpt.summary}
+            last = epoch == cfg.epochs - 1
+            if evaluating and ((epoch + 1) % cfg.eval_every == 0 or last):
+                record["eval"] = self.evaluate(folder, ckpt, epoch)
+                if best is None or record["eval"]["mAP"] > best["mAP"]:
+                    best = {"epoch": epoch, **record["eval"]}
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+        evals = [h for h in history if "eval" in h]
+        result = {"run_dir": str(self.run.root), "method": cfg.method, "epochs": history,
+                  "last": {"epoch": evals[-1]["epoch"], **evals[-1]["eval"]} if evals else None,
+                  "best": best, "checkpoint": str(ckpt.path.relative_to(self.run.root)) if ckpt else None}
+        if intra is not None:
+            result["intra"] = intra.summary
+        self.run.write_json("summary.json", result)
+        return result
+
+
+def _intra_flags(intra: Mapping[str, Any]) -> str:
+    """The loop's stage-1 options that were given, as flags: "--intra-epochs, --intra-iters"."""
+    return ", ".join(f"--intra-{name.replace('_', '-')}" for name in intra)
+
+
+def check_config(cfg: LoopConfig, ds: Dataset) -> None:
+    """Refuse a loop that cannot work before its first stage runs (and before the run folder
+    is made): bad numbers, options of another method, a test split nothing can be evaluated on."""
+    if cfg.epochs < 1:
+        raise ReidctlError("--epochs must be at least 1")
+    if cfg.eval_every < 0:
+        raise ReidctlError("--eval-every must be 0 (never) or positive")
+    check_loader_options(cfg.extract_batch_size, cfg.workers, batch_flag="--extract-batch-size")
+    method_cls = get_method(cfg.method)
+    if not ds.train:
+        raise ReidctlError(f"{ds.root}: the dataset has no train images to learn from")
+    if method_cls.uses_parts and not cfg.model.parts:
+        raise ReidctlError(f"--method {cfg.method} needs part features: --parts 0 leaves the model without them "
+                           "(PPLR: 3 average-pooled stripes, its default)")
+    if cfg.intra and not method_cls.intra_camera:
+        raise ReidctlError(f"{_intra_flags(cfg.intra)} apply to --method icrefine, not {cfg.method}")
+    if cfg.eval_every and ds.query and ds.gallery:
+        valid = count_valid_queries([s.pid for s in ds.query], [s.camid for s in ds.query],
+                                    [s.pid for s in ds.gallery], [s.camid for s in ds.gallery])
+        if valid == 0:
+            raise ReidctlError(f"{ds.root}: no query image has a correct match in the gallery from another camera "
+                               "(a single-camera test set?), so nothing can be evaluated; use --eval-every 0")
+
+
+def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+             notice: Notice | None = None) -> dict[str, Any]:
+    """Run (or resume) the loop; returns per-epoch records plus the best and the last evaluation.
+
+    ``notice(message)`` receives what the run folder reports (a changed artifact re-run, an
+    unreadable stage record); by default it goes to the ``reidctl`` logger.
+    """
+    ds = load_dataset(cfg.data, cfg.dataset)
+    check_config(cfg, ds)
+    run_dir = RunDir(cfg.run_dir, stages=STAGES, force_from=cfg.force_from, notice=notice)
+    loop = _Loop(cfg, ds)  # resolves and checks every option before the run folder is made
+    with run_dir as run:
+        return loop.epochs(run, on_epoch)

@@ -1,0 +1,241 @@
+"""A run folder: its lock, its stage records and its JSON-lines log.
+
+Each stage of ``loop`` writes its output into the run folder next to a ``STAGE.done.json``
+record. The record holds
+
+* ``key``: a digest of everything that can change the stage's output (its options, the seed,
+  the digests of its input artifacts, a fingerprint of the images it reads, the reidctl
+  version) and nothing else: no absolute path, no timing;
+* ``output``: the output's path *relative to the run folder*, so a run folder can be moved or
+  copied, and used from any working directory;
+* ``digest``: the output's content digest, which later stages put in their keys;
+* ``file``: the output's sha256, size and mtime when the stage finished.
+
+A stage is skipped only when its record's key matches *and* its output is still what the stage
+wrote: same size and mtime, or else the same sha256 (a copied run folder has new mtimes; the
+hash check then refreshes the record). An output that was changed or removed since is reported
+and the stage re-runs: the stage can re-create it, and a hand-edited artifact must never be
+taken for the stage's own result. A record that cannot be read is treated as absent (and said
+so). While a process works in a run folder it holds an exclusive lock on ``RUN/.lock``; the
+operating system releases it when the process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from reidctl import __version__
+from reidctl.artifacts import atomic_path, file_digest, os_reason
+from reidctl.errors import ReidctlError
+
+log = logging.getLogger("reidctl")
+
+Notice = Callable[[str], None]
+RECORD_VERSION = 2
+
+
+def stage_key(stage: str, spec: Mapping[str, Any]) -> str:
+    """The cache key of ``stage`` with ``spec`` (options, seed, input digests, fingerprints)."""
+    body = {"stage": stage, "record_version": RECORD_VERSION, "reidctl_version": __version__, **spec}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+@dataclass
+class StageResult:
+    """A stage's output as later stages use it."""
+
+    path: Path  # absolute
+    digest: str  # content digest (what downstream keys hold)
+    summary: dict[str, Any]
+    cached: bool
+
+
+def _file_state(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"sha256": file_digest(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on ``RUN/.lock`` (``flock``; ``msvcrt`` on Windows)."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise ReidctlError(f"--run-dir {self.path.parent}: cannot create its lock file ({exc.strerror})") from None
+        if not _try_lock(fd):
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise ReidctlError(f"--run-dir {self.path.parent} is in use by another reidctl process{holder}; "
+                               "wait for it to finish, or use another --run-dir")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                 "argv": sys.argv}).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            _unlock(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:  # Windows
+        import msvcrt  # noqa: PLC0415
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:
+        import msvcrt  # noqa: PLC0415
+
+        with contextlib.suppress(OSError):
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _read_holder(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f" (pid {info['pid']}, since {info['since']})"
+    return ""
+
+
+class RunDir:
+    """The run folder of ``loop``: use as a context manager (it holds the lock inside)."""
+
+    def __init__(self, root: str | os.PathLike, *, stages: tuple[str, ...], force_from: str | None = None,
+                 notice: Notice | None = None) -> None:
+        if force_from is not None and force_from not in stages:
+            raise ReidctlError(f"--force-from {force_from}: choose one of {', '.join(stages)}")
+        self.root = Path(root).expanduser().absolute()
+        self.forced = set(stages[stages.index(force_from):]) if force_from else set()
+        self.log_path = self.root / "log.jsonl"
+        self.notice = notice or log.warning
+        self._lock = RunLock(self.root)
+
+    def __enter__(self) -> RunDir:
+        if self.root.exists() and not self.root.is_dir():
+            raise ReidctlError(f"--run-dir {self.root} is a file, not a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ReidctlError(f"--run-dir {self.root}: cannot create it ({os_reason(exc, self.root)})") from None
+        self._lock.acquire()
+        try:
+            for stale in self.root.rglob(".*.tmp"):  # left by a stage killed mid-write; we hold the lock
+                stale.unlink(missing_ok=True)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        try:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}, default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise ReidctlError(f"cannot write {self.log_path}: {exc.strerror}") from None
+
+    def write_json(self, relative: str, obj: Any) -> Path:
+        path = self.root / relative
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(obj, indent=1, default=str))
+        return path
+
+    def stage(self, folder: str, stage: str, out_name: str, key: str,
+              run: Callable[[Path], dict[str, Any]], digest: Callable[[Path], str], epoch: int | str
+              ) -> StageResult:
+        """Run ``run(out_path)`` unless a valid record says its output is already there.
+
+        ``digest(out_path)`` is the output's content digest, recorded for later stages' keys.
+        """
+        out_rel = f"{folder}/{out_name}"
+        out = self.root / out_rel
+        record_path = self.root / folder / f"{stage}.done.json"
+        record = self._read_record(record_path, stage, epoch)
+        if stage in self.forced:
+            record = None
+        if record is not None and record.get("key") == key:
+            problem = self._check_output(out, record, record_path)
+            if problem is None:
+                self.log({"epoch": epoch, "stage": stage, "cached": True, **record["summary"]})
+                return StageResult(out, record["digest"], record["summary"], cached=True)
+            self._say(f"{out}: {problem}; running the {stage} stage again", epoch, stage)
+        t0 = time.perf_counter()
+        summary = run(out)
+        summary = {**summary, "seconds": round(time.perf_counter() - t0, 2)}
+        record = {"key": key, "output": out_rel, "digest": digest(out), "file": _file_state(out),
+                  "summary": summary, "record_version": RECORD_VERSION}
+        with atomic_path(record_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=1, default=str))
+        self.log({"epoch": epoch, "stage": stage, "cached": False, **summary})
+        return StageResult(out, record["digest"], summary, cached=False)
+
+    def _say(self, message: str, epoch: int | str, stage: str) -> None:
+        self.notice(message)
+        self.log({"epoch": epoch, "stage": stage, "notice": message})
+
+    def _read_record(self, path: Path, stage: str, epoch: int | str) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict) or not all(k in record for k in ("key", "digest", "file", "summary")):
+                raise ValueError("fields are missing")
+            return record
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            self._say(f"{path}: unreadable stage record ({exc}); treating the stage as not run", epoch, stage)
+            return None
+
+    @staticmethod
+    def _check_output(out: Path, record: dict[str, Any], record_path: Path) -> str | None:
+        """None when ``out`` is what the stage wrote, else what is wrong with it."""
+        if not out.is_file():
+            return "the output of a finished stage is missing"
+        want = record["file"]
+        st = out.stat()
+        if st.st_size == want.get("size") and st.st_mtime_ns == want.get("mtime_ns"):
+            return None
+        if file_digest(out) != want.get("sha256"):
+            return "changed since the stage wrote it (its sha256 differs from the stage record)"
+        record["file"] = {**want, "size": st.st_size, "mtime_ns": st.st_mtime_ns}  # same bytes, new mtime
+        with atomic_path(record_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=1, default=str))
+        return None
+
