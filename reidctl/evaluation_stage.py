@@ -10,7 +10,7 @@ import numpy as np
 from reidctl.artifacts import read_features, read_ground_truth
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
-from reidctl.evaluation import evaluate_features
+from reidctl.evaluation import count_valid_queries, evaluate_features
 from reidctl.extraction import ModelSpec, extract_split
 
 AP_CHOICES = ("sklearn", "trapezoid")
@@ -44,6 +44,12 @@ def evaluate_arrays(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, spl
                            "(extract with --split test or --split all)")
     if pids is None or np.any(pids[q] < 0):
         raise ReidctlError(f"{source}: evaluation needs the identities of every query image, and some are unknown")
+    if count_valid_queries(pids[q], camids[q], pids[g], camids[g], pairs) == 0:
+        cams = {int(c) for c in np.concatenate([camids[q], camids[g]]) if c >= 0}
+        why = ("all its query and gallery images come from one camera, and the protocol does not count "
+               "same-camera matches" if pairs != "same-camera" and len(cams) <= 1
+               else "no query identity has a gallery image it may be matched with")
+        raise ReidctlError(f"{source}: none of its {len(q)} queries can be evaluated with --pairs {pairs}: {why}")
     result = evaluate_features(feats[q], feats[g], pids[q], pids[g], camids[q], camids[g],
                                ap=ap, rerank=rerank, pairs=pairs)
     return summarise(result, len(q), len(g), ap=ap, rerank=rerank, pairs=pairs)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from reidctl import dist
-from reidctl.artifacts import file_digest, write_features
+from reidctl.artifacts import FEATURES, check_output, write_features
 from reidctl.data.base import SPLIT_CHOICES, Dataset
 from reidctl.data.datasets import load_dataset
 from reidctl.device import resolve_device
@@ -19,7 +19,10 @@ from reidctl.features import Extracted, extract_features
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.models.weights import build_model, init_description
 from reidctl.progress import progress_bar
-from reidctl.train.checkpoint import load_checkpoint, model_from_payload
+from reidctl.train.checkpoint import checkpoint_digest, load_checkpoint, model_from_payload, read_model_config
+
+#: The fields of a ModelSpec that fix the model's structure (a checkpoint records them).
+STRUCTURE = ("arch", "pooling", "last_stride", "parts", "height", "width")
 
 
 @dataclass
@@ -36,6 +39,23 @@ class ModelSpec:
     weights: Path | None = None
     pretrained: str = "none"
     seed: int = 1
+
+    def check_given(self, given: Iterable[str]) -> None:
+        """With a checkpoint the model comes from it: refuse model options the user *gave* that it
+        would silently ignore (``given``: names set on the command line). An option equal to the
+        checkpoint's value is harmless and allowed."""
+        if self.checkpoint is None:
+            return
+        given = set(given)
+        if "weights" in given or ("pretrained" in given and self.pretrained != "none"):
+            raise ReidctlError("--weights and --pretrained choose the start of a fresh model; with --checkpoint the "
+                               "weights come from the checkpoint (drop one of them)")
+        recorded = read_model_config(self.checkpoint)
+        differ = [f"--{f.replace('_', '-')} {getattr(self, f)} (the checkpoint has {recorded[f]})"
+                  for f in STRUCTURE if f in given and recorded.get(f) != getattr(self, f)]
+        if differ:
+            raise ReidctlError(f"{self.checkpoint}: the model's structure comes from the checkpoint, but "
+                               f"{', '.join(differ)}; drop those options")
 
     def build(self) -> tuple[ReidModel, dict[str, Any]]:
         """The model and its provenance (what the artifact's ``params`` should record)."""
@@ -59,6 +79,20 @@ class ExtractRequest(ModelSpec):
     workers: int = 2
     device: str = "auto"
     skip_bad_images: bool = False
+    force: bool = False  # overwrite an existing --out that is not a features file
+
+
+def check_loader_options(batch_size: int, workers: int, *, batch_flag: str = "--batch-size") -> None:
+    """Refuse a batch size below 1 or a negative worker count (one ``error:`` line, not a usage box)."""
+    if batch_size < 1:
+        raise ReidctlError(f"{batch_flag} must be at least 1 (got {batch_size})")
+    if workers < 0:
+        raise ReidctlError(f"--workers must be 0 (load in the main process) or more (got {workers})")
+
+
+def extraction_precision(device: torch.device) -> str:
+    """What extraction computes in on ``device``: fp16 autocast on CUDA, float32 elsewhere."""
+    return "fp16" if device.type == "cuda" else "fp32"
 
 
 def extract_split(
@@ -68,6 +102,7 @@ def extract_split(
     """Features of one split, with a progress bar; returns them and the rows that were kept."""
     if split not in SPLIT_CHOICES:
         raise ReidctlError(f"unknown split '{split}' (choose one of {', '.join(SPLIT_CHOICES)})")
+    check_loader_options(batch_size, workers)
     samples = ds.samples(split)
     if not samples:
         raise ReidctlError(f"{ds.root}: the dataset has no images in split '{split}'")
@@ -80,6 +115,7 @@ def extract_split(
 
 def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
     """Extract ``req.split`` of ``req.data`` and write a features artifact to ``out``."""
+    check_output(out, schema=FEATURES, inputs=(req.checkpoint, req.weights), force=req.force)
     ds = load_dataset(req.data, req.dataset)
     model, provenance = req.build()
     # Under torchrun every rank extracts its block; rank 0 writes the file.
@@ -88,11 +124,8 @@ def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
                                   device=str(device), skip_bad_images=req.skip_bad_images)
         main = dist.is_main()
     split_names = [n for n, k in zip(ds.split_of(req.split), ext.keep) if k]
-    params = {
-        **provenance, "data": str(req.data), "dataset": ds.name, "layout": ds.layout, "split": req.split,
-        "skip_bad_images": req.skip_bad_images,
-    }
-    inputs = {"checkpoint": file_digest(req.checkpoint)} if req.checkpoint else {}
+    params = {**provenance, "layout": ds.layout, "split": req.split, "skip_bad_images": req.skip_bad_images}
+    inputs = {"checkpoint": checkpoint_digest(req.checkpoint)} if req.checkpoint else {}
     if main:
         write_features(
             out, ext.feats, parts=ext.parts,
@@ -100,7 +133,7 @@ def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
             pids=np.array([s.pid for s in rows], dtype=np.int64),
             paths=[s.relpath for s in rows], split=split_names,
             params=params, inputs=inputs, seed=req.seed,
-            attrs={"skipped_images": len(ext.bad), "dataset_root": str(ds.root)},
+            attrs={"skipped_images": len(ext.bad), "sources": {"data": str(req.data), "dataset": ds.name, "dataset_root": str(ds.root)}},
         )
     return {"out": str(out), "split": req.split, "rows": len(rows), "dim": int(ext.feats.shape[1]),
             "parts": 0 if ext.parts is None else int(ext.parts.shape[1]), "skipped_images": len(ext.bad),

@@ -12,11 +12,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from reidctl.artifacts import read_features, read_ground_truth, read_labels, write_labels
+from reidctl.artifacts import LABELS, check_output, read_features, read_ground_truth, read_labels, write_labels
 from reidctl.cluster.agglomerative import check_linkage_memory
 from reidctl.cluster.report import labels_report
 from reidctl.cluster.stage import ClusterParams, cluster_features
-from reidctl.errors import ReidctlError
+from reidctl.errors import ReidctlError, naming
 from reidctl.methods import get_method
 
 
@@ -46,16 +46,20 @@ def run_refine(
     cluster: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
     seed: int = 1,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Refine the labels of ``labels_path`` (or of the method's default clustering) and write ``out``."""
+    """Refine the labels of ``labels_path`` (or of the method's default clustering) and write ``out``
+    (never over one of its inputs, nor over a file other than a labels artifact unless ``force``)."""
     method_cls = get_method(method)
+    method_cls.refine_options(options or {})  # another method's options fail before any work
+    check_output(out, schema=LABELS, inputs=(features_path, labels_path, (options or {}).get("intra")), force=force)
     fe = read_features(features_path)
     inputs = {"features": fe.meta.digest}
     if labels_path is not None:
         if cluster:
             raise ReidctlError("clustering options apply only without --labels (the labels are already clustered)")
         lab = read_labels(labels_path, expect_paths=fe.paths)
-        labels, extra, cluster_info = lab.labels, lab.extra, {"labels": str(labels_path)}
+        labels, extra, cluster_info = lab.labels, lab.extra, {"labels": "given"}
         inputs["labels"] = lab.meta.digest
     else:
         params = default_cluster_params(method, n_samples=len(fe), **(cluster or {}))
@@ -63,7 +67,10 @@ def run_refine(
         labels = res["labels"]
         extra = {k: res[k] for k in ("knn_index", "knn_dist", "jaccard")}
         cluster_info = {"cluster": dataclasses.asdict(params)}
-    refined = method_cls.refine(fe, labels, extra, dict(options or {}), seed=seed)
+    try:  # the options were checked above: what fails now is about the features' content
+        refined = method_cls.refine(fe, labels, extra, dict(options or {}), seed=seed)
+    except ReidctlError as exc:
+        raise naming(features_path, exc) from None
     new_labels = np.asarray(refined.labels, dtype=np.int32)
     summary: dict[str, Any] = {"method": method, "rows": len(new_labels), **refined.summary,
                                **labels_report(new_labels, fe.camids, read_ground_truth(features_path))}
@@ -71,6 +78,7 @@ def run_refine(
     write_labels(
         out, new_labels, paths=fe.paths, extra={**kept, **refined.extra},
         params={"stage": "refine", "method": method, **cluster_info, "options": refined.options},
-        inputs=inputs, seed=seed, attrs={"summary": summary, **refined.attrs},
+        inputs=inputs, seed=seed, attrs={"summary": summary, **refined.attrs,
+                                         "sources": {"features": str(features_path), "labels": str(labels_path)}},
     )
     return summary

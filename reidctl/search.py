@@ -148,7 +148,7 @@ def _knn_faiss(x: torch.Tensor, k: int, device: str) -> tuple[np.ndarray, np.nda
         if not faiss_gpu_available():
             raise ReidctlError(
                 "the faiss backend found no GPU; install faiss-gpu (pip install 'reidctl[gpu]') "
-                "or use --backend torch"
+                "or use --knn-backend torch"
             )
         gpu = torch.device(device).index if device.startswith("cuda:") else 0
         res = faiss.StandardGpuResources()

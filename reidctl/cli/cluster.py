@@ -29,12 +29,13 @@ def cluster(
     knn_backend: Annotated[str, typer.Option("--knn-backend", help="auto, torch or faiss (faiss-gpu).")] = "auto",
     device: o.Device = "auto",
     seed: o.Seed = 1,
+    force: o.Force = False,
     json: o.Json = False,
 ) -> None:
     """Cluster features into pseudo identities on the k-reciprocal Jaccard distance."""
     params = ClusterParams(algo=algo, k1=k1, k2=k2, eps=eps, min_samples=min_samples, n_clusters=n_clusters,
                            jaccard_variant=jaccard_variant, knn_backend=knn_backend, device=device)
-    summary = run_cluster(features, out, params, seed=seed)
+    summary = run_cluster(features, out, params, seed=seed, force=force)
     if json:
         print_json(summary)
         return

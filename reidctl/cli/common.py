@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from reidctl.errors import ReidctlError
 
@@ -32,13 +33,42 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except ReidctlError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            error(str(exc))
+            raise typer.Exit(code=2) from None
+        except OSError as exc:  # a file-system failure the library did not name itself
+            where = f"{exc.filename}: " if exc.filename else ""
+            error(f"{where}{exc.strerror or exc}")
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+def error(message: str) -> None:
+    """The one ``error:`` line of a failed command."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    """Something the user should know that does not stop the command (stderr, yellow)."""
+    err_console.print(Text(message, style="yellow"), highlight=False, soft_wrap=True)
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """Names of the parameters set on the command line (or by environment), not left at default."""
+    given = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given.add(name)
+    return given
+
+
+def flags(ctx: typer.Context, names: set[str]) -> str:
+    """The command-line spelling of parameters ``names``, in declaration order: "--arch, --device"."""
+    return ", ".join(p.opts[0] for p in ctx.command.params if p.name in names)
 
 
 def print_json(obj: Any) -> None:
@@ -68,7 +98,7 @@ def warn_single_camera(summary: dict[str, Any]) -> None:
 
     warning = single_camera_warning(summary)
     if warning:
-        err_console.print(f"[yellow]{warning}[/]", highlight=False, soft_wrap=True)
+        notice(warning)
 
 
 def print_quality(quality: dict[str, Any]) -> None:

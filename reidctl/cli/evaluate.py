@@ -9,15 +9,21 @@ import typer
 from rich.table import Table
 
 from reidctl.cli import options as o
-from reidctl.cli.common import app, out_console, print_json, user_errors
+from reidctl.cli.common import app, flags, given_options, out_console, print_json, user_errors
 from reidctl.errors import ReidctlError
 from reidctl.evaluation_stage import evaluate_feature_file, evaluate_model
 from reidctl.extraction import ModelSpec
 
 
+#: Options that only matter when `evaluate` extracts features itself (--data).
+MODEL_OPTIONS = {"checkpoint", "dataset", "arch", "pooling", "last_stride", "height", "width", "weights",
+                 "pretrained", "batch_size", "workers", "device", "seed", "random_init"}
+
+
 @app.command("evaluate")
 @user_errors
 def evaluate(
+    ctx: typer.Context,
     features: Annotated[Optional[Path], typer.Argument(help="Features file holding query and gallery rows.")] = None,
     checkpoint: o.Checkpoint = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset to evaluate a --checkpoint or fresh model on.")] = None,
@@ -36,17 +42,33 @@ def evaluate(
     workers: o.Workers = 2,
     device: o.Device = "auto",
     seed: o.Seed = 1,
+    random_init: Annotated[bool, typer.Option(
+        "--random-init", help="With --data and no --checkpoint/--weights/--pretrained: evaluate a randomly "
+        "initialised network on purpose (a baseline).")] = False,
     json: o.Json = False,
 ) -> None:
-    """Evaluate a features file, or a model (--checkpoint, or --arch/--weights) on --data."""
+    """Evaluate a features file, or a model (--checkpoint, --weights or --pretrained) on --data."""
+    given = given_options(ctx)
     if features is not None and data is not None:
         raise ReidctlError("give either a features file or --data (with a model), not both")
     if features is not None:
+        unused = given & MODEL_OPTIONS
+        if unused:
+            raise ReidctlError(f"{flags(ctx, unused)}: these choose the model that `evaluate --data` extracts "
+                               f"features with; {features} is evaluated as it is (drop them)")
         result = evaluate_feature_file(features, ap=ap, rerank=rerank, pairs=pairs)
         source = str(features)
     elif data is not None:
         spec = ModelSpec(checkpoint=checkpoint, arch=arch, pooling=pooling, last_stride=last_stride,
                          height=height, width=width, weights=weights, pretrained=pretrained, seed=seed)
+        has_model = checkpoint is not None or weights is not None or pretrained != "none"
+        if not has_model and not random_init:
+            raise ReidctlError("evaluate --data needs a model: --checkpoint, --weights or --pretrained imagenet "
+                               "(or --random-init to evaluate a randomly initialised network on purpose)")
+        if has_model and random_init:
+            raise ReidctlError("--random-init evaluates a fresh random network; it cannot be combined with "
+                               "--checkpoint, --weights or --pretrained")
+        spec.check_given(given)
         result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs,
                                 batch_size=batch_size, workers=workers, device=device)
         source = f"{checkpoint or 'model'} on {data}"

@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from reidctl.cli import options as o
-from reidctl.cli.common import app, err_console, print_json, user_errors
+from reidctl.cli.common import app, err_console, given_options, print_json, user_errors
 from reidctl.extraction import ExtractRequest, run_extract
 
 
 @app.command("extract")
 @user_errors
 def extract(
+    ctx: typer.Context,
     data: o.Data,
     out: Annotated[Path, typer.Option("--out", help="Features file to write (HDF5).")],
     split: Annotated[str, typer.Option("--split", help="train, query, gallery, test (query+gallery) or all.")] = "train",
@@ -33,6 +34,7 @@ def extract(
     device: o.Device = "auto",
     seed: o.Seed = 1,
     skip_bad_images: o.SkipBad = False,
+    force: o.Force = False,
     json: o.Json = False,
 ) -> None:
     """Extract L2-normalised eval-mode features of one split (rows = sorted relative paths)."""
@@ -40,8 +42,9 @@ def extract(
         data=data, dataset=dataset, split=split, checkpoint=checkpoint, arch=arch, pooling=pooling,
         last_stride=last_stride, parts=parts, height=height, width=width, weights=weights,
         pretrained=pretrained, batch_size=batch_size, workers=workers, device=device, seed=seed,
-        skip_bad_images=skip_bad_images,
+        skip_bad_images=skip_bad_images, force=force,
     )
+    req.check_given(given_options(ctx))
     result = run_extract(req, out)
     if json:
         print_json(result)

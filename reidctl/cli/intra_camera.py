@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from reidctl.cli import options as o
-from reidctl.cli.common import app, err_console, out_console, print_json, user_errors
+from reidctl.cli.common import app, err_console, given_options, out_console, print_json, user_errors
 from reidctl.methods.icrefine.stage1 import IntraCameraParams, IntraCameraRequest, run_intra_camera
 
 P = IntraCameraParams
@@ -19,6 +19,7 @@ Opt = typer.Option
 @app.command("intra-camera")
 @user_errors
 def intra_camera(
+    ctx: typer.Context,
     data: o.Data,
     out: Annotated[Path, Opt("--out", help="Intra-camera labels file to write (HDF5), for `refine --method icrefine --intra`.")],
     epochs: Annotated[Optional[int], Opt("--epochs", help=f"Epochs per camera ({P.epochs}); lower it on a CPU.")] = None,
@@ -42,12 +43,13 @@ def intra_camera(
     width: o.Width = 128,
     weights: o.Weights = None,
     pretrained: o.Pretrained = "none",
-    extract_batch_size: Annotated[int, Opt("--extract-batch-size", min=1, help="Images per forward pass when extracting.")] = 128,
+    extract_batch_size: Annotated[int, Opt("--extract-batch-size", help="Images per forward pass when extracting.")] = 128,
     amp: Annotated[str, Opt("--amp", help="auto (fp16/bf16 on CUDA), off, fp16 or bf16.")] = "auto",
     deterministic: Annotated[bool, Opt("--deterministic", help="Deterministic kernels (slower on GPU).")] = False,
     workers: o.Workers = 2,
     device: o.Device = "auto",
     seed: o.Seed = 1,
+    force: o.Force = False,
     json: o.Json = False,
 ) -> None:
     """icrefine stage 1: train a fresh model on each camera alone and keep its best clustering."""
@@ -60,7 +62,9 @@ def intra_camera(
         data=data, dataset=dataset, params=params, checkpoint=checkpoint, arch=arch, pooling=pooling,
         last_stride=last_stride, height=height, width=width, weights=weights, pretrained=pretrained, seed=seed,
         workers=workers, device=device, amp=amp, deterministic=deterministic, extract_batch_size=extract_batch_size,
+        force=force,
     )
+    req.check_given(given_options(ctx))
     summary = run_intra_camera(req, out)
     if json:
         print_json(summary)
@@ -69,7 +73,11 @@ def intra_camera(
     for cam in summary["per_camera"]:
         if "skipped" in cam:
             err_console.print(f"camera {cam['camera']} not clustered: {cam['skipped']}", highlight=False)
-        elif "note" in cam:
+            continue
+        if "k1" in cam:
+            err_console.print(f"camera {cam['camera']}: {cam['images']} images, so its Jaccard k1 is {cam['k1']}",
+                              highlight=False)
+        if "note" in cam:
             err_console.print(f"camera {cam['camera']}: {cam['note']}", highlight=False)
 
 

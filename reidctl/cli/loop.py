@@ -11,7 +11,7 @@ from rich.table import Table
 from reidctl.cli import icrefine_options as ic
 from reidctl.cli import options as o
 from reidctl.cli import pplr_options as pp
-from reidctl.cli.common import (app, err_console, multi_camera_cell, out_console, print_json, user_errors,
+from reidctl.cli.common import (app, err_console, multi_camera_cell, notice, out_console, print_json, user_errors,
                                 warn_single_camera)
 from reidctl.extraction import ModelSpec
 from reidctl.methods import get_method
@@ -71,11 +71,12 @@ def loop(
     eval_every: Annotated[int, Opt("--eval-every", help="Evaluate every N epochs and at the end (0 = never).")] = 10,
     no_eval_init: Annotated[bool, Opt("--no-eval-init", help="Skip evaluating the initial model.")] = False,
     force_from: Annotated[Optional[str], Opt("--force-from", help="Re-run this stage and later ones: " + ", ".join(STAGES) + ".")] = None,
-    extract_batch_size: Annotated[int, Opt("--extract-batch-size", min=1, help="Images per forward pass when extracting.")] = 128,
+    extract_batch_size: Annotated[int, Opt("--extract-batch-size", help="Images per forward pass when extracting.")] = 128,
     workers: o.Workers = 2,
     device: o.Device = "auto",
     amp: Annotated[str, Opt("--amp", help="auto (fp16 on CUDA), off, fp16 or bf16.")] = "auto",
     deterministic: Annotated[bool, Opt("--deterministic", help="Deterministic algorithms (bit-exact resume).")] = False,
+    skip_bad_images: o.SkipBad = False,
     seed: o.Seed = 1,
     json: o.Json = False,
 ) -> None:
@@ -101,9 +102,10 @@ def loop(
         refine=refine,
         intra={k: v for k, v in intra_stage.items() if v is not None},
         eval_every=eval_every, eval_init=not no_eval_init, extract_batch_size=extract_batch_size, workers=workers,
-        device=device, amp=amp, deterministic=deterministic, force_from=force_from, seed=seed,
+        device=device, amp=amp, deterministic=deterministic, skip_bad_images=skip_bad_images, force_from=force_from,
+        seed=seed,
     )
-    result = run_loop(cfg, on_epoch=None if json else _print_epoch)
+    result = run_loop(cfg, on_epoch=None if json else _print_epoch, notice=notice)
     if json:
         print_json(result)
     else:

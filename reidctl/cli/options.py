@@ -29,9 +29,11 @@ Weights = Annotated[
 ]
 Pretrained = Annotated[str, typer.Option("--pretrained", help="imagenet (torchvision weights API; needs internet once) or none.")]
 Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", help="A reidctl checkpoint (.pt) to take the model from.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
-Workers = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")]
+Workers = Annotated[int, typer.Option("--workers", help="Data-loading worker processes.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (random initialisation, sampling).")]
 Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="Overwrite --out even when it holds something else than this command's kind of artifact.")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad-images", help="Skip and count unreadable images instead of failing.")]

@@ -38,6 +38,7 @@ def refine(
     intra: Annotated[Optional[Path], typer.Option("--intra", help="icrefine: intra-camera labels from `reidctl intra-camera` (default: cluster each camera's features here).")] = None,
     intra_clusters: ic.IntraClusters = None,
     seed: o.Seed = 1,
+    force: o.Force = False,
     json: o.Json = False,
 ) -> None:
     cluster = {k: v for k, v in {"eps": eps, "k1": k1, "k2": k2}.items() if v is not None}
@@ -48,7 +49,8 @@ def refine(
                                       epoch=epoch, epochs=epochs))
     if out is None:  # `reidctl refine --method icrefine feats.h5` works as written
         out = features.with_name(f"{features.stem}.{method}.h5")
-    summary = run_refine(method, features, out, labels_path=labels, cluster=cluster, options=options, seed=seed)
+    summary = run_refine(method, features, out, labels_path=labels, cluster=cluster, options=options, seed=seed,
+                         force=force)
     if json:
         print_json(summary)
         return

@@ -10,7 +10,7 @@ import typer
 from reidctl import dist
 from reidctl.cli import options as o
 from reidctl.cli import pplr_options as pp
-from reidctl.cli.common import app, err_console, print_json, user_errors
+from reidctl.cli.common import app, err_console, given_options, print_json, user_errors
 from reidctl.methods import METHODS, get_method
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 
@@ -20,6 +20,7 @@ _M = "(unset: the checkpoint's value, else the official one)"
 @app.command("train-epoch")
 @user_errors
 def train_epoch(
+    ctx: typer.Context,
     data: o.Data,
     labels: Annotated[Path, typer.Option("--labels", help="Pseudo labels of the train split (reidctl cluster / refine).")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.pt).")],
@@ -63,10 +64,11 @@ def train_epoch(
     width: o.Width = 128,
     weights: o.Weights = None,
     pretrained: o.Pretrained = "none",
-    extract_batch_size: Annotated[int, typer.Option("--extract-batch-size", min=1, help="Batch size when extracting features for the centroids.")] = 128,
+    extract_batch_size: Annotated[int, typer.Option("--extract-batch-size", help="Batch size when extracting features for the centroids.")] = 128,
     workers: o.Workers = 4,
     device: o.Device = "auto",
     seed: o.Seed = 1,
+    force: o.Force = False,
     json: o.Json = False,
 ) -> None:
     """Train one epoch on pseudo labels (run under torchrun for several GPUs/processes)."""
@@ -85,8 +87,9 @@ def train_epoch(
         last_stride=last_stride,
         height=height, width=width, weights=weights, pretrained=pretrained, seed=seed,
         workers=workers, device=device, amp=amp, deterministic=deterministic,
-        extract_batch_size=extract_batch_size,
+        extract_batch_size=extract_batch_size, force=force,
     )
+    req.check_given(given_options(ctx))
     result = run_train_epoch(req, out)
     if dist.env_rank() != 0:
         return

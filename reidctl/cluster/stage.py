@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from reidctl.artifacts import read_features, read_ground_truth, write_labels
+from reidctl.artifacts import LABELS, check_output, read_features, read_ground_truth, write_labels
 from reidctl.cluster.agglomerative import agglomerative
 from reidctl.cluster.dbscan import dbscan
 from reidctl.cluster.jaccard import jaccard_distance
 from reidctl.cluster.report import labels_report
-from reidctl.errors import ReidctlError
+from reidctl.errors import ReidctlError, naming
 from reidctl.progress import callback, progress_bar
 from reidctl.search import knn
 
@@ -75,10 +75,19 @@ def cluster_features(feats: np.ndarray, params: ClusterParams) -> dict[str, Any]
             "knn_dist": dist.astype(np.float32), "jaccard": jac, "times": times}
 
 
-def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParams, *, seed: int = 1) -> dict[str, Any]:
-    """Cluster a features file's rows and write a labels artifact (with label quality when pids exist)."""
+def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParams, *, seed: int = 1,
+                force: bool = False) -> dict[str, Any]:
+    """Cluster a features file's rows and write a labels artifact (with label quality when pids exist).
+
+    ``out`` must not be the features file, nor an existing file other than a labels artifact
+    unless ``force``."""
+    params.check()
+    check_output(out, schema=LABELS, inputs=(features_path,), force=force)
     fe = read_features(features_path)
-    res = cluster_features(fe.feats, params)
+    try:
+        res = cluster_features(fe.feats, params)
+    except ReidctlError as exc:
+        raise naming(features_path, exc) from None
     labels = res["labels"]
     summary: dict[str, Any] = {"rows": len(labels), **{k: round(v, 3) for k, v in res["times"].items()},
                                **labels_report(labels, fe.camids, read_ground_truth(features_path))}

@@ -243,8 +243,8 @@ def _read_market_style(
         folder = root / sub
         if not folder.is_dir():
             continue
-        with os.scandir(folder) as it:
-            entries = [e for e in it if e.is_file() and is_image_name(e.name)]
+        with os.scandir(folder) as it:  # a dangling link stays a row: extraction reports it as a bad image
+            entries = [e for e in it if (e.is_file() or e.is_symlink()) and is_image_name(e.name)]
         if require_all and not entries:
             raise DatasetError(f"{folder}: no images (.jpg/.jpeg/.png/.bmp) in this {layout} split")
         for entry in entries:
@@ -355,6 +355,9 @@ def _read_manifest(csv_path: Path) -> Dataset:
             ids[col] = -1 if cell == "" else _parse_int(cell)
             if ids[col] is None:
                 raise DatasetError(f"{where}: {col} '{cell}' is not an integer (leave it empty if unknown)")
+            if ids[col] < 0 and cell != "":
+                raise DatasetError(f"{where}: {col} {cell} is negative; identities and cameras are numbered from 0 "
+                                   "(leave the cell empty if unknown)")
         split = (row.get("split") or "").strip() or "train"
         if split not in SPLITS:
             raise DatasetError(f"{where}: unknown split '{split}' (choose one of {', '.join(SPLITS)})")

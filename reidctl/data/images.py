@@ -30,6 +30,8 @@ def load_image(path: Path) -> Image.Image:
             img.load()
             return img.convert("RGB")
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise DatasetError(f"cannot read image {path}: a dangling symbolic link (to {os.readlink(path)})") from None
         raise DatasetError(f"cannot read image {path}: file not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = str(exc) or type(exc).__name__

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy.ndimage import gaussian_filter
 
+from reidctl.artifacts import os_reason
 from reidctl.errors import DatasetError
 
 #: Bump when the drawing changes: cached presets are keyed by it.
@@ -725,9 +726,12 @@ def write_synthetic(
     styles = np.random.default_rng([seed, 6]).permutation(len(_CAMERA_STYLES))
     cameras = [_make_camera(c, int(styles[c % len(styles)]), seed, height, width) for c in range(cams)]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # mkdir honours the umask
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise DatasetError(f"cannot write the dataset to {out}: {os_reason(exc, tmp)}") from None
     try:
         for d in SPLIT_DIRS.values():
             (tmp / d).mkdir()
@@ -745,8 +749,10 @@ def write_synthetic(
         }
         (tmp / MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         _publish(tmp, out, replace=overwrite)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a folder that became read-only ...
+            raise DatasetError(f"cannot write the dataset to {out}: {os_reason(exc, tmp)}") from None
         raise
     return {"root": str(out), **summary}
 
@@ -832,7 +838,8 @@ def ensure_synthetic(name: str, progress: Progress | None = None) -> Path:
         shutil.rmtree(root)
     try:
         write_synthetic(root, **asdict(preset), progress=progress)
-    except (DatasetError, OSError):
+    except DatasetError as exc:
         if not (root / MARKER).is_file():  # another process may have finished it first
-            raise
+            raise DatasetError(f"cannot build synthetic:{name} in the cache folder {cache_dir()} ({exc}); "
+                               "set REIDCTL_CACHE to a writable folder") from None
     return root

@@ -57,6 +57,9 @@ class TrainParams:
                 raise ReidctlError(f"--{name.replace('_', '-')} must be at least 1")
         if self.lr <= 0 or self.weight_decay < 0 or self.gamma <= 0:
             raise ReidctlError("--lr and --gamma must be positive, --weight-decay not negative")
+        if self.batch_size % self.num_instances:
+            raise ReidctlError(f"--batch-size {self.batch_size} is not a multiple of --num-instances "
+                               f"{self.num_instances}: a batch holds whole groups of that many images per identity")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

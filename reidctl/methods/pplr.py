@@ -118,7 +118,7 @@ class PPLRParams(TrainParams):
         if not 0.0 <= self.beta <= 1.0:
             raise ReidctlError("--beta must lie in [0, 1]")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ReidctlError("--label-smoothing must lie in [0, 1)")
+            raise ReidctlError("PPLRParams.label_smoothing must lie in [0, 1) (a Python API field; official 0.1)")
         if self.aals_epoch < 0:
             raise ReidctlError("--aals-epoch must not be negative")
         if self.agreement_temperature <= 0:

@@ -8,22 +8,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from reidctl import dist
-from reidctl.artifacts import read_features, read_labels
+from reidctl.artifacts import check_output, read_features, read_labels
+from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.device import resolve_device
-from reidctl.errors import ReidctlError
-from reidctl.extraction import ModelSpec
+from reidctl.errors import ArtifactError, ReidctlError
+from reidctl.extraction import ModelSpec, check_loader_options
 from reidctl.features import extract_features
 from reidctl.methods import get_method
+from reidctl.models.reid import ReidModel
 from reidctl.models.weights import init_description
 from reidctl.progress import progress_bar
-from reidctl.train.checkpoint import load_checkpoint
+from reidctl.train.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint
 from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, resume, train_epoch
 
 
@@ -49,6 +51,7 @@ class TrainEpochRequest(ModelSpec):
     amp: str = "auto"
     deterministic: bool = False
     extract_batch_size: int = 128
+    force: bool = False  # overwrite an existing --out that is not a reidctl checkpoint
 
 
 def open_session(req: TrainEpochRequest, device: torch.device) -> tuple[TrainSession, dict[str, Any]]:
@@ -65,17 +68,59 @@ def open_session(req: TrainEpochRequest, device: torch.device) -> tuple[TrainSes
     return session, {"init": init_description(req.pretrained, req.weights)}
 
 
+def train_rows(train: Sequence[Sample], paths: Sequence[str], source: Path) -> list[Sample]:
+    """The train samples of a labels file's rows, in its order.
+
+    Its rows must be images of the train split; they may be a subset of it (images that
+    ``--skip-bad-images`` left out at extraction), never a row the split does not have.
+    """
+    by_path = {s.relpath: s for s in train}
+    rows = []
+    for i, p in enumerate(paths):
+        sample = by_path.get(p)
+        if sample is None:
+            raise ArtifactError(f"{source}: row {i} is '{p}', which is not an image of the train split "
+                                "(made from another dataset, or the folder changed since?)")
+        rows.append(sample)
+    return rows
+
+
+def check_features(path: Path, meta_model: Mapping[str, Any] | None, dim: int, parts: np.ndarray | None,
+                   model: ReidModel) -> None:
+    """Refuse centroid features that the model could not have made: another feature size, part
+    count or structure than the model being trained (checked before any training step)."""
+    want_parts = model.config.parts
+    have_parts = 0 if parts is None else parts.shape[1]
+    if dim != model.channels or have_parts != want_parts:
+        raise ArtifactError(f"{path}: holds {dim}-d features with {have_parts} parts, but the model being trained "
+                            f"({model.config.arch}, --parts {want_parts}) makes {model.channels}-d features with "
+                            f"{want_parts} parts; extract them with this model")
+    if meta_model:
+        differ = [f"{f} {meta_model.get(f)} vs {getattr(model.config, f)}" for f in ("arch", "pooling", "parts",
+                  "last_stride") if f in meta_model and meta_model[f] != getattr(model.config, f)]
+        if differ:
+            raise ArtifactError(f"{path}: was extracted with another model than the one being trained "
+                                f"({'; '.join(differ)}); extract them with this model")
+
+
 def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
     """Train one epoch and write the checkpoint ``out``; returns the epoch's summary."""
     if req.labels is None:
         raise ReidctlError("--labels is required (a labels file from `reidctl cluster` or `reidctl refine`)")
+    check_loader_options(req.extract_batch_size, req.workers, batch_flag="--extract-batch-size")
+    check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.labels, req.features, req.checkpoint, req.weights),
+                 force=req.force)
     ds = load_dataset(req.data, req.dataset)
-    train = ds.train
-    if not train:
+    if not ds.train:
         raise ReidctlError(f"{ds.root}: the dataset has no train images")
-    relpaths = [s.relpath for s in train]
     method_cls = get_method(req.method)
-    labels = read_labels(req.labels, expect_paths=relpaths, load=method_cls.label_arrays)
+    labels = read_labels(req.labels, load=method_cls.label_arrays)
+    missing = [name for name in method_cls.label_arrays if name not in labels.extra]
+    if missing:
+        raise ArtifactError(f"{req.labels}: has no {', '.join(repr(m) for m in missing)} array, which --method {req.method} trains "
+                            f"with; make the labels with `reidctl refine --method {req.method}`")
+    train = train_rows(ds.train, labels.paths, Path(req.labels))
+    feats = read_features(req.features, expect_paths=labels.paths) if req.features is not None else None
     if req.deterministic:
         prepare_determinism()
     with dist.distributed(resolve_device(req.device)) as device:
@@ -83,8 +128,9 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
         epoch = session.epoch + 1 if req.epoch is None else req.epoch
         if epoch < 0:
             raise ReidctlError("--epoch must not be negative")
-        if req.features is not None:
-            feats = read_features(req.features, expect_paths=relpaths)
+        if feats is not None:
+            check_features(feats.path, feats.meta.params.get("model"), feats.feats.shape[1], feats.parts,
+                           session.model)
             features, parts, feats_digest = feats.feats, feats.parts, feats.meta.digest
         else:
             with progress_bar("extract train", len(train), enabled=None if dist.is_main() else False) as adv:
@@ -92,7 +138,9 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
                                        workers=req.workers, device=device, progress=adv)
             features, parts, feats_digest = ext.feats, ext.parts, "extracted"
         if session.method.uses_parts and parts is None:
-            raise ReidctlError(f"--method {req.method} needs part features: use a model with --parts")
+            source = req.features if req.features is not None else req.checkpoint or "the fresh model"
+            raise ReidctlError(f"--method {req.method} needs part features, and {source} has none: "
+                               "train a model with --parts")
         data = prepare_epoch(labels.labels, np.array([s.camid for s in train]), features, parts, labels.extra)
         samples = [train[i] for i in data.rows]
         with progress_bar(f"train epoch {epoch}", session.params.iters,
@@ -107,5 +155,6 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
         dist.barrier()
     return {
         "out": str(out), "method": req.method, **stats.to_dict(),
-        "outliers": int(np.sum(labels.labels < 0)), "params": session.params.to_dict(),
+        "outliers": int(np.sum(labels.labels < 0)), "rows": len(train),
+        "train_images_not_in_labels": len(ds.train) - len(train), "params": session.params.to_dict(),
     }

@@ -86,6 +86,15 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+def precision_name(amp: str, device: torch.device) -> str:
+    """The precision ``--amp`` resolves to on ``device``: off (float32), bfloat16 or float16."""
+    return dtype_name(resolve_amp(amp, device))
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    return "off" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
     """Every parameter that requires a gradient (GeM ``p`` included, the frozen BN bias not)."""
     return [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
@@ -404,7 +413,7 @@ def train_epoch(
     stats = EpochStats(
         epoch=epoch, loss=mean_loss, iterations=p.iters, seconds=seconds, clusters=data.num_clusters,
         images=len(samples), lr=lr, batch_size=p.batch_size, bn_chunks=p.bn_chunks, world_size=world,
-        amp="off" if session.amp_dtype is None else str(session.amp_dtype).removeprefix("torch."),
+        amp=dtype_name(session.amp_dtype),
         logs={k: dist.all_reduce_mean(float(v.item()) / p.iters) for k, v in logs.items()}
         | method.epoch_summary(state),
     )

@@ -51,20 +51,28 @@ def clusters_for(spec: str | int, images: int) -> int:
     return images // value if kind == "ratio" else value
 
 
+def camera_k1(images: int, k1: int) -> int:
+    """The Jaccard k1 for a camera of ``images`` images: ``k1`` (the official 30), lowered to
+    ``images − 1`` for a smaller camera, which the distance needs. Below 2 it cannot cluster."""
+    return min(k1, images - 1)
+
+
 def skip_reason(images: int, clusters: int, k1: int) -> str | None:
-    """Why a camera cannot be clustered, or None when it can."""
-    if images <= k1:
-        return f"{images} images, too few for the Jaccard distance with k1 {k1} (needs more than {k1})"
+    """Why a camera cannot be clustered even with its k1 lowered (:func:`camera_k1`), or None."""
+    if camera_k1(images, k1) < 2:
+        return f"{images} images are too few to cluster (the Jaccard distance needs at least 3)"
     if not 2 <= clusters < images:
-        return (f"{clusters} clusters for {images} images; the silhouette score needs between 2 and "
+        return (f"too few images ({images}) for {clusters} clusters: the silhouette score needs between 2 and "
                 f"{images - 1} clusters")
     return None
 
 
 def cluster_camera(feats: np.ndarray, n_clusters: int, *, k1: int = 30, k2: int = 6,
                    device: str = "auto") -> tuple[np.ndarray, sp.csr_matrix]:
-    """Average-linkage labels (0..n_clusters−1) of one camera's features and their Jaccard distance."""
-    res = cluster_features(feats, ClusterParams(algo="agglomerative", k1=k1, k2=k2, n_clusters=n_clusters,
+    """Average-linkage labels (0..n_clusters−1) of one camera's features and their Jaccard distance
+    (``k1`` lowered for a small camera, see :func:`camera_k1`)."""
+    k1 = camera_k1(len(feats), k1)
+    res = cluster_features(feats, ClusterParams(algo="agglomerative", k1=k1, k2=min(k2, k1), n_clusters=n_clusters,
                                                 device=device))
     return res["labels"].astype(np.int64), res["jaccard"]
 
@@ -91,6 +99,7 @@ class CameraReport:
     best_epoch: int = -1
     silhouette: float | None = None
     trained_epochs: int = 0
+    k1: int | None = None  # set when the camera is too small for the requested k1 (lowered)
     note: str | None = None
     history: list[float] = field(default_factory=list)  # silhouette of each epoch's clustering
 
@@ -118,6 +127,8 @@ def cluster_per_camera(feats: np.ndarray, camids: np.ndarray, *, clusters: str |
     for cam, rows in camera_rows(camids).items():
         k = clusters_for(clusters, len(rows))
         rep = CameraReport(camera=cam, images=len(rows), skipped=skip_reason(len(rows), k, k1))
+        if rep.skipped is None and camera_k1(len(rows), k1) < k1:
+            rep.k1 = camera_k1(len(rows), k1)
         if rep.skipped is None:
             y, _ = cluster_camera(np.ascontiguousarray(feats[rows]), k, k1=k1, k2=k2, device=device)
             labels[rows] = y + offset
@@ -129,7 +140,8 @@ def cluster_per_camera(feats: np.ndarray, camids: np.ndarray, *, clusters: str |
 
 def write_intra_labels(path: str | os.PathLike, labels: np.ndarray, *, camids: np.ndarray, paths: Sequence[str],
                        reports: Sequence[CameraReport], epochs: int, params: Mapping[str, Any],
-                       inputs: Mapping[str, str] | None, seed: int, summary: Mapping[str, Any]) -> str:
+                       inputs: Mapping[str, str] | None, seed: int, summary: Mapping[str, Any],
+                       sources: Mapping[str, str] | None = None) -> str:
     """Write the stage-1 artifact atomically; returns its digest."""
     history = np.full((len(reports), max(epochs, 1)), np.nan, np.float32)
     for i, r in enumerate(reports):
@@ -144,7 +156,7 @@ def write_intra_labels(path: str | os.PathLike, labels: np.ndarray, *, camids: n
         "silhouette_history": history,
     }
     return write_labels(path, labels, paths=paths, extra=extra, params=params, inputs=inputs, seed=seed,
-                        attrs={"summary": dict(summary)}, schema=INTRA_LABELS)
+                        attrs={"summary": dict(summary), "sources": dict(sources or {})}, schema=INTRA_LABELS)
 
 
 def read_intra_labels(path: str | os.PathLike, *, paths: Sequence[str], camids: np.ndarray) -> tuple[np.ndarray, str]:

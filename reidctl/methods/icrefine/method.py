@@ -53,6 +53,7 @@ class IcrefineOptions:
     min_sim: float = 0.5  # links need cos ≥ min_sim
     min_size: int = 4  # Infomap modules need more members than this
     intra_clusters: str = DEFAULT_CLUSTERS  # per-camera clusters when clustering here (no --intra)
+    intra_k1: int = 30  # Jaccard k1 of that per-camera clustering (train_cam.py's); lowered for small cameras
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> IcrefineOptions:
@@ -64,6 +65,9 @@ class IcrefineOptions:
         values = {k: v for k, v in options.items() if v is not None}
         if values.get("intra") is not None:
             values["intra"] = str(values["intra"])
+            if "intra_clusters" in values:
+                raise ReidctlError("--intra-clusters sets how `refine` clusters each camera itself; with --intra FILE "
+                                   "the intra-camera clusters come from that file (drop one of them)")
         opts = cls(**values)
         opts.check()
         return opts
@@ -74,12 +78,15 @@ class IcrefineOptions:
         if self.info_nodes not in MODES:
             raise ReidctlError(f"--info-nodes {self.info_nodes}: choose one of {', '.join(MODES)}")
         discard_probability(self.decay, self.epoch, self.epochs)  # checks epoch/epochs
+        # Python API only (the official values): no command-line flag sets these three
         if self.knn_k < 2:
-            raise ReidctlError("--knn-k must be at least 2 (the image itself and one neighbour)")
+            raise ReidctlError("IcrefineOptions.knn_k must be at least 2 (the image itself and one neighbour)")
         if not 0.0 <= self.min_sim <= 1.0:
-            raise ReidctlError("--min-sim must lie in [0, 1]")
+            raise ReidctlError("IcrefineOptions.min_sim must lie in [0, 1]")
         if self.min_size < 0:
-            raise ReidctlError("--min-size must not be negative")
+            raise ReidctlError("IcrefineOptions.min_size must not be negative")
+        if self.intra_k1 < 2:
+            raise ReidctlError("IcrefineOptions.intra_k1 must be at least 2")
         if self.intra is not None and not Path(self.intra).exists():
             raise ReidctlError(f"--intra {self.intra}: no such file (make one with `reidctl intra-camera`)")
 
@@ -120,10 +127,13 @@ class Icrefine(ClusterContrast):
             source = f"stage 1: {opts.intra}"
             unclustered = []
         else:
-            intra, reports = cluster_per_camera(features.feats, camids, clusters=opts.intra_clusters)
+            intra, reports = cluster_per_camera(features.feats, camids, clusters=opts.intra_clusters,
+                                                k1=opts.intra_k1)
             source = "per-camera clustering of the features (no --intra given)"
             unclustered = [f"camera {r.camera}: {r.skipped}" for r in reports if r.skipped]
-        notes.append(f"intra-camera clusters: {source}")
+            notes += [f"camera {r.camera}: {r.images} images, so its Jaccard k1 is {r.k1} instead of "
+                      f"{IcrefineOptions.intra_k1}" for r in reports if r.k1 is not None]
+        notes.insert(0, f"intra-camera clusters: {source}")
         notes += [f"not clustered, so never pruned: {u}" for u in unclustered]
 
         p = discard_probability(opts.decay, opts.epoch, opts.epochs)
@@ -160,6 +170,7 @@ class Icrefine(ClusterContrast):
         }
         resolved = {**dataclasses.asdict(opts), "p": p, "seed": seed, "infomap_seed": INFOMAP_SEED,
                     "knn_k_used": int(idx.shape[1])}
+        del resolved["intra"]  # the file by its content (below), not by where it lies; its path is in attrs
         if opts.intra is not None:
             resolved["intra_digest"] = digest
         return Refined(res.labels, extra=out_extra, summary=summary, options=resolved,

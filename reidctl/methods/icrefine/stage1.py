@@ -24,20 +24,21 @@ from typing import Any, Mapping
 import numpy as np
 
 from reidctl import dist
-from reidctl.artifacts import file_digest
+from reidctl.artifacts import INTRA_LABELS, check_output, file_digest
 from reidctl.cluster.agglomerative import check_linkage_memory
 from reidctl.data.datasets import load_dataset
 from reidctl.data.samplers import pass_length
 from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
-from reidctl.extraction import ModelSpec
+from reidctl.extraction import ModelSpec, check_loader_options
 from reidctl.features import extract_features
 from reidctl.methods.cc import CCParams, ClusterContrast
 from reidctl.methods.icrefine.intra import (
-    DEFAULT_CLUSTERS, CameraReport, camera_rows, cluster_camera, clusters_for, parse_clusters, silhouette,
+    DEFAULT_CLUSTERS, CameraReport, camera_k1, camera_rows, cluster_camera, clusters_for, parse_clusters, silhouette,
     skip_reason, write_intra_labels,
 )
 from reidctl.progress import progress_bar
+from reidctl.train.checkpoint import checkpoint_digest
 from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, train_epoch
 
 
@@ -108,12 +109,15 @@ class IntraCameraRequest(ModelSpec):
     amp: str = "auto"
     deterministic: bool = False
     extract_batch_size: int = 128
+    force: bool = False  # overwrite an existing --out that is not an intra-camera labels file
 
 
 def run_intra_camera(req: IntraCameraRequest, out: str | Path) -> dict[str, Any]:
     """Run stage 1 on every camera of the train split and write the artifact ``out``."""
     p = req.params
     p.check()
+    check_loader_options(req.extract_batch_size, req.workers, batch_flag="--extract-batch-size")
+    check_output(out, schema=INTRA_LABELS, inputs=(req.checkpoint, req.weights), force=req.force)
     ds = load_dataset(req.data, req.dataset)
     train = ds.train
     if not train:
@@ -140,6 +144,8 @@ def run_intra_camera(req: IntraCameraRequest, out: str | Path) -> dict[str, Any]
             if rep.skipped:
                 continue
             rep.clusters = plans[cam]
+            if camera_k1(len(rows), p.k1) < p.k1:
+                rep.k1 = camera_k1(len(rows), p.k1)
             best = _train_camera(req, copy.deepcopy(model0), [train[i] for i in rows], camids[rows], rep, device)
             labels[rows] = best + offset
             offset += rep.clusters
@@ -152,16 +158,17 @@ def run_intra_camera(req: IntraCameraRequest, out: str | Path) -> dict[str, Any]
         "clusters": offset, "unclustered_rows": int(np.sum(labels < 0)), "unknown_camera_rows": unknown,
         "per_camera": [r.to_dict() for r in reports],
     }
-    params = {"stage": "intra-camera", "data": str(req.data), "dataset": ds.name, **provenance,
-              "intra": dataclasses.asdict(p), "deterministic": req.deterministic}
+    params = {"stage": "intra-camera", "layout": ds.layout, **provenance, "intra": dataclasses.asdict(p),
+              "deterministic": req.deterministic}
     inputs = {}
     if req.weights is not None:
         inputs["weights"] = file_digest(req.weights)
     if req.checkpoint is not None:
-        inputs["checkpoint"] = file_digest(req.checkpoint)
+        inputs["checkpoint"] = checkpoint_digest(req.checkpoint)
     if main:
         write_intra_labels(out, labels, camids=camids, paths=[s.relpath for s in train], reports=reports,
-                           epochs=p.epochs, params=params, inputs=inputs, seed=req.seed, summary=summary)
+                           epochs=p.epochs, params=params, inputs=inputs, seed=req.seed, summary=summary,
+                           sources={"data": str(req.data), "dataset": ds.name})
     return summary
 
 
