@@ -89,7 +89,7 @@ def test_labels_with_sparse_explicit_zeros(tmp_path):
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     _features(tmp_path / "f.h5")
     before = (tmp_path / "f.h5").read_bytes()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^killed$"):
         with A.atomic_path(tmp_path / "f.h5") as tmp:
             tmp.write_bytes(b"partial")
             raise RuntimeError("killed")

@@ -103,19 +103,77 @@ def test_jaccard_sparse_form(reference):
     np.testing.assert_array_equal(t.data, j.data)
 
 
-def test_jaccard_keeps_explicit_zeros():
+def _duplicate_groups() -> np.ndarray:
+    """Rows 0-3: four copies of e0; rows 28-31: four copies of -e0; rows 4-27: three tight clusters
+    of eight in the other dimensions, each with a small e0 component (no distance ties)."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 7))
+    rest = centres[np.repeat(np.arange(3), 8)] + 0.3 * rng.standard_normal((24, 7))
+    rest = np.concatenate([0.05 * rng.standard_normal((24, 1)), rest], axis=1)
+    e0 = np.eye(8)[0]
+    x = np.concatenate([np.repeat(e0[None], 4, 0), rest, np.repeat(-e0[None], 4, 0)])
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("k2", [1, 2])
+def test_jaccard_keeps_explicit_zeros(k2):
+    """Off-diagonal zeros are stored, not dropped: a missing entry means 1, so dropping them would
+    turn identical neighbourhoods into the farthest pairs. By hand, with k1 = 6: a group of four
+    copies fills the first 4 kNN columns of each member (distance 0), the other two columns hold
+    points of the tight clusters, which never list the group back, so each member's expanded set
+    is the group, V = 1/4 on it (exact in float32), m = 4 · 1/4 = 1 and J = 1 - 1/(2 - 1) = 0. The
+    query expansion averages identical rows (k2 ≤ 4), so this holds for every k2 here."""
+    x = _duplicate_groups()
+    n = len(x)
+    j = jaccard_distance(x, 6, k2, device="cpu")
+    ref = _naive_jaccard(x, 6, k2, 6)
+    groups = [range(0, 4), range(28, 32)]
+    dup = [(a, b) for g in groups for a in g for b in g if a != b]
+    for a, b in dup:
+        assert ref[a, b] == 0  # the dense reference agrees with the hand computation
+    assert ref[0, 28] == 1 and ref[0, 4] == 1  # the groups reach nothing else
+    # stored entries = exactly the dense reference's entries below 1, zeros included, same values
+    c = j.tocoo()
+    stored = {(int(r), int(k)): float(v) for r, k, v in zip(c.row, c.col, c.data)}
+    assert len(stored) == j.nnz
+    assert set(stored) == {(int(r), int(k)) for r, k in np.argwhere(ref < 1)}
+    np.testing.assert_allclose([stored[key] for key in sorted(stored)], [ref[key] for key in sorted(stored)],
+                               atol=1e-6, rtol=0)
+    for a, b in dup:  # each of the 24 off-diagonal zeros, stored explicitly with value 0
+        assert stored[(a, b)] == 0.0, (a, b)
+    assert stored[(1, 2)] == 0.0 and stored[(30, 28)] == 0.0
+    assert (0, 28) not in stored and (3, 4) not in stored  # J = 1 is left out
+    off = {key for key, v in stored.items() if v == 0 and key[0] != key[1]}
+    if k2 == 1:  # no other pair has an identical neighbourhood: exactly the groups' zeros
+        assert off == set(dup)
+        assert off == {(int(r), int(k)) for r, k in np.argwhere((ref == 0) & ~np.eye(n, dtype=bool))}
+    else:
+        assert off >= set(dup)
+    # the zeros survive what consumers do with the matrix: row slices, the upper triangle
+    top = j[:4].tocoo()
+    assert sorted(zip(top.row[top.data == 0].tolist(), top.col[top.data == 0].tolist())) == sorted(
+        [(a, b) for a in range(4) for b in range(4)])
+    upper = sp.triu(j, k=1).tocoo()
+    zeros = set(zip(upper.row[upper.data == 0].tolist(), upper.col[upper.data == 0].tolist()))
+    assert zeros >= {(a, b) for a, b in dup if a < b} and len(zeros) == len(off) // 2
+    assert _dense(j)[0, 1] == 0.0  # what a consumer reading missing entries as 1 sees
+
+
+def test_jaccard_keeps_explicit_zeros_of_the_reference_vectors():
     z = _vector("jaccard_n2000_k30_k6.npz")
     ref_zeros = int(((z["vals"] == 0) & (z["rows"] != z["cols"])).sum())
     assert ref_zeros > 0  # query expansion makes identical neighbourhoods
     j = jaccard_distance(z["feats"], 30, 6)
     c = j.tocoo()
-    off_zeros = int(((c.data == 0) & (c.row != c.col)).sum())
+    off = (c.data == 0) & (c.row != c.col)
+    off_zeros = int(off.sum())
     # float64 sums round some m ≈ 1 to exactly 1 where the float32 reference kept 1 − 6e−8,
     # so the counts differ slightly; every one of them must be stored
     assert off_zeros > 0.8 * ref_zeros
-    # the zeros survive what consumers do with the matrix
-    assert (j[:100].tocsr().data == 0).sum() > 100 - 1
-    assert (sp.triu(j, k=1).data == 0).sum() == off_zeros // 2
+    # the off-diagonal zeros (not only the diagonal) survive row slicing and the upper triangle
+    head = j[:100].tocoo()
+    assert int(((head.data == 0) & (head.row != head.col)).sum()) == int((off & (c.row < 100)).sum()) > 0
+    assert (sp.triu(j, k=1).data == 0).sum() == off_zeros // 2 > 0
 
 
 @pytest.mark.parametrize(("k1", "k2", "variant"), [(6, 3, "cc"), (5, 1, "cc"), (6, 3, "original"),
@@ -271,7 +329,7 @@ def test_label_quality_hand_made():
     none = label_quality(np.full(4, -1), np.array([0, 0, 1, 1]))
     assert none["precision"] == 1.0 and none["recall"] == 0.0 and none["f_score"] == 0.0
     assert none["n_clusters"] == 0 and np.isnan(none["clustered_nmi"])
-    with pytest.raises(ReidctlError):
+    with pytest.raises(ReidctlError, match="^3 labels but 4 ground-truth pids$"):
         label_quality(np.zeros(3), np.zeros(4))
 
 
@@ -285,7 +343,7 @@ def test_camera_mix_hand_made():
     assert camera_mix(labels, np.where(cams == 2, -1, cams)) is None  # an unknown camera
     assert camera_mix(labels, np.ones(8, int)) is None  # one camera
     assert camera_mix(np.full(8, -1), cams)["multi_camera_clusters"] == 0
-    with pytest.raises(ReidctlError):
+    with pytest.raises(ReidctlError, match="^8 labels but 5 camera ids$"):
         camera_mix(labels, cams[:5])
 
 

@@ -97,7 +97,7 @@ def test_market_bad_names_and_cameras(tmp_path):
 
 def test_forced_market_on_wrong_folder(tmp_path):
     root = make_market(tmp_path / "foo", train=MARKET["train"], query=None, gallery=None)
-    with pytest.raises(DatasetError) as err:
+    with pytest.raises(DatasetError, match="not a Market-1501 layout") as err:
         load_dataset(root, dataset="market1501")
     msg = str(err.value)
     assert str(root) in msg

@@ -4,27 +4,22 @@ per-camera clustering, and the intra-camera / refine / loop commands end to end.
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from reidctl.artifacts import INTRA_LABELS, read_labels, write_features
-from reidctl.cli import app
 from reidctl.errors import ReidctlError
 from reidctl.methods.icrefine import (
     Links, cluster_per_camera, discard, discard_probability, infomap_clusters, score_links,
     select_information_nodes,
 )
+from tests.clitools import run_error, run_ok
 
-runner = CliRunner()
 FAST = ["--arch", "resnet18", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
 TINY_TRAIN = ["--batch-size", "8", "--num-instances", "4", "--bn-chunks", "2", "--k1", "5", "--k2", "2"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,8 +139,11 @@ def test_decay_formulas_and_errors():
     assert discard_probability("cosine", 10, 20) == pytest.approx(0.5 * (1 + np.cos(np.pi * 10 / 60)))
     assert discard_probability("linear", 10, 20) == pytest.approx(1 - 10 / 80)
     assert discard_probability("exponential", 10, 20) == pytest.approx(0.75**0.5)
-    for args in (("step", 0, 5), ("cosine", 6, 5), ("cosine", -1, 5), ("none", 0, 0)):
-        with pytest.raises(ReidctlError):
+    for args, message in [(("step", 0, 5), r"^--decay step: choose one of none, "),
+                          (("cosine", 6, 5), r"^--epoch 6 must lie between 0 and --epochs 5$"),
+                          (("cosine", -1, 5), r"^--epoch -1 must lie between 0 and --epochs 5$"),
+                          (("none", 0, 0), r"^--epochs must be at least 1$")]:
+        with pytest.raises(ReidctlError, match=message):
             discard_probability(*args)
 
 
@@ -219,8 +217,7 @@ def feats_file(tmp_path_factory):
 
 def test_cli_refine_icrefine_cosine(feats_file, tmp_path):
     out = tmp_path / "r.h5"
-    r = invoke("refine", "--method", "icrefine", "--decay", "cosine", feats_file, "--out", out)
-    assert r.exit_code == 0, r.output
+    r = run_ok("refine", "--method", "icrefine", "--decay", "cosine", feats_file, "--out", out)
     assert "per-camera clustering" in r.output and "information nodes" in r.output
     lab = read_labels(out)
     g, mask = lab.extra["global_labels"], lab.extra["discard_mask"]
@@ -232,17 +229,14 @@ def test_cli_refine_icrefine_cosine(feats_file, tmp_path):
         options = json.loads(f.attrs["params"])["options"]
     assert options["decay"] == "cosine" and options["p"] == 1.0 and options["seed"] == 1
     # the last epoch of a cosine schedule: p = 0.75; `all` info nodes; a set number of clusters
-    r = invoke("refine", "--method", "icrefine", "--decay", "cosine", "--epoch", "10", "--epochs", "10",
+    r = run_ok("refine", "--method", "icrefine", "--decay", "cosine", "--epoch", "10", "--epochs", "10",
                "--info-nodes", "all", "--n-clusters", "12", feats_file, "--out", out, "--json")
-    assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["p"] == pytest.approx(0.75) and summary["info_node_mode"] == "all"
     assert summary["global_clusters"] == 12
-    r = invoke("refine", "--method", "icrefine", "--global-clustering", "dbscan", "--k1", "10", feats_file,
-               "--out", out, "--json")
-    assert r.exit_code == 0, r.output
-    r = invoke("refine", "--method", "icrefine", "--decay", "cosine", feats_file)  # as DESIGN.md writes it
-    assert r.exit_code == 0, r.output
+    run_ok("refine", "--method", "icrefine", "--global-clustering", "dbscan", "--k1", "10", feats_file,
+           "--out", out, "--json")
+    run_ok("refine", "--method", "icrefine", "--decay", "cosine", feats_file)  # as DESIGN.md writes it
     default_out = feats_file.with_name(f"{feats_file.stem}.icrefine.h5")
     assert len(read_labels(default_out).labels) == 108
     for args, message in [
@@ -253,15 +247,14 @@ def test_cli_refine_icrefine_cosine(feats_file, tmp_path):
         (("--method", "icrefine", "--intra", feats_file), "expected 'reidctl/intra-camera-labels'"),
         (("--method", "icrefine", "--intra", tmp_path / "none.h5"), "no such file"),
     ]:
-        r = invoke("refine", feats_file, "--out", tmp_path / "x.h5", *args)
-        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, (args, r.output)
+        run_error("refine", feats_file, "--out", tmp_path / "x.h5", *args, match=re.escape(message))
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_cli_intra_camera_then_refine_with_it(tmp_path):
     intra = tmp_path / "intra.h5"
-    r = invoke("intra-camera", "--data", "synthetic:tiny", "--out", intra, "--epochs", "2", "--iters", "1",
+    r = run_ok("intra-camera", "--data", "synthetic:tiny", "--out", intra, "--epochs", "2", "--iters", "1",
                *TINY_TRAIN, *FAST, "--json")
-    assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     cams = summary["per_camera"]
     assert [c["camera"] for c in cams] == [0, 1, 2] and summary["unclustered_rows"] == 0
@@ -271,13 +264,12 @@ def test_cli_intra_camera_then_refine_with_it(tmp_path):
     assert lab.extra["silhouette_history"].shape == (3, 2)
     # the refine stage takes it (rows and cameras must line up with the features)
     feats, out = tmp_path / "train.h5", tmp_path / "r.h5"
-    assert invoke("extract", "--data", "synthetic:tiny", "--out", feats, *FAST).exit_code == 0
-    r = invoke("refine", "--method", "icrefine", feats, "--intra", intra, "--k1", "5", "--k2", "2", "--out", out,
+    run_ok("extract", "--data", "synthetic:tiny", "--out", feats, *FAST)
+    r = run_ok("refine", "--method", "icrefine", feats, "--intra", intra, "--k1", "5", "--k2", "2", "--out", out,
                "--json")
-    assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["intra"] == f"stage 1: {intra}"
-    r = invoke("intra-camera", "--data", "synthetic:tiny", "--out", intra, "--clusters", "100", *FAST)
-    assert r.exit_code == 2 and "no camera has enough images" in r.output
+    run_error("intra-camera", "--data", "synthetic:tiny", "--out", intra, "--clusters", "100", *FAST,
+              match="no camera has enough images")
 
 
 def test_cli_loop_icrefine(tmp_path):
@@ -285,21 +277,22 @@ def test_cli_loop_icrefine(tmp_path):
     args = ["loop", "--method", "icrefine", "--data", "synthetic:tiny", "--run-dir", run_dir, "--epochs", "1",
             "--iters", "2", "--intra-epochs", "2", "--intra-iters", "1", "--decay", "cosine", "--eval-every", "1",
             "--deterministic", *TINY_TRAIN, *FAST, "--json"]
-    r = invoke(*args)
-    assert r.exit_code == 0, r.output
+    r = run_ok(*args)
     result = json.loads(r.stdout)
     assert result["intra"]["clustered_cameras"] == 3 and result["last"]["epoch"] == 0
     assert (run_dir / "intra" / "intra.h5").exists()
     refined = read_labels(run_dir / "epoch_000" / "refined.h5")
     with h5py.File(run_dir / "epoch_000" / "refined.h5") as f:
         options = json.loads(f.attrs["params"])["options"]
-    assert options["epoch"] == 0 and options["epochs"] == 1 and options["intra"].endswith("intra.h5")
+    intra_digest = read_labels(run_dir / "intra" / "intra.h5", schema=INTRA_LABELS).meta.digest
+    assert options["epoch"] == 0 and options["epochs"] == 1 and options["intra_digest"] == intra_digest
+    assert "intra" not in options  # the file by its content: the digest does not depend on where it lies
     assert "discard_mask" in refined.extra
     log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
     n = len(log)
-    assert invoke(*args).exit_code == 0  # a re-run is cached, stage 1 included
+    run_ok(*args)  # a re-run is cached, stage 1 included
     assert all(rec["cached"] for rec in [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()][n:])
     for extra, message in [(("--method", "cc", "--decay", "cosine"), "--decay does not apply"),
                            (("--method", "cc", "--intra-epochs", "2"), "apply to --method icrefine")]:
-        r = invoke("loop", "--data", "synthetic:tiny", "--run-dir", tmp_path / "x", *extra, *FAST)
-        assert r.exit_code == 2 and message in r.output, r.output
+        run_error("loop", "--data", "synthetic:tiny", "--run-dir", tmp_path / "x", *extra, *FAST,
+                  match=re.escape(message))

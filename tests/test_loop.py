@@ -1,20 +1,15 @@
-"""`loop`: stages cached by key, --force-from, resume after kill -9, the CLI summary."""
+"""`loop`: stages cached by key, --force-from, the CLI summary (kill -9 / Ctrl-C: test_reliability.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from typer.testing import CliRunner
 
-from reidctl.cli import app
+from reidctl.errors import ReidctlError
 from reidctl.extraction import ModelSpec
 from reidctl.pipeline import LoopConfig, run_loop
+from tests.clitools import run_ok
 from tests.fakedata import colour_market
 
 MODEL = ModelSpec(arch="resnet18", height=64, width=32)
@@ -86,42 +81,18 @@ def test_changed_option_reruns_only_from_the_changed_stage(data, tmp_path):
     assert stages == {"extract": True, "cluster": True, "refine": True, "train": False}
 
 
-def test_bad_options_are_user_errors(data, tmp_path):
-    from reidctl.errors import ReidctlError
-
-    for kw in ({"force_from": "nope"}, {"epochs": 0}, {"method": "nope"}):
-        with pytest.raises(ReidctlError):
-            run_loop(_config(data, tmp_path / "x", **kw))
-
-
-def test_resume_after_kill_9_ends_with_the_same_metrics(data, tmp_path):
-    straight = tmp_path / "straight"
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "reidctl", "loop", "--data", str(data), "--epochs", "2", *CLI_ARGS, "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = subprocess.run([*cmd, "--run-dir", str(straight)], capture_output=True, text=True, env=env)
-    assert ref.returncode == 0, ref.stderr
-    # kill -9 while epoch 1 is under way (after epoch 0's training finished)
-    proc = subprocess.Popen([*cmd, "--run-dir", str(killed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    log = killed / "log.jsonl"
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and any(json.loads(x)["stage"] == "train" for x in log.read_text().splitlines()):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run([*cmd, "--run-dir", str(killed)], capture_output=True, text=True, env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    assert _metrics(json.loads(resumed.stdout)) == _metrics(json.loads(ref.stdout))
-    assert not list(killed.rglob(".*.tmp")), "stale temporary files were left behind"
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"force_from": "nope"}, r"^--force-from nope: choose one of intra, extract, cluster, "),
+    ({"epochs": 0}, r"^--epochs must be at least 1$"),
+    ({"method": "nope"}, r"^unknown --method 'nope' \(choose one of cc, "),
+])
+def test_bad_options_are_user_errors(data, tmp_path, kw, message):
+    with pytest.raises(ReidctlError, match=message):
+        run_loop(_config(data, tmp_path / "x", **kw))
+    assert not (tmp_path / "x" / "epoch_000").exists()
 
 
 def test_cli_loop_prints_summary(data, tmp_path):
-    result = CliRunner().invoke(app, ["loop", "--data", str(data), "--run-dir", str(tmp_path / "r"),
-                                      "--epochs", "1", *CLI_ARGS])
-    assert result.exit_code == 0, result.output
+    result = run_ok("loop", "--data", data, "--run-dir", tmp_path / "r", "--epochs", "1", *CLI_ARGS)
     assert "best" in result.output and "last" in result.output and "mAP" in result.output
     assert "(6 multi-camera)" in result.output and "warning" not in result.output

@@ -83,6 +83,12 @@ def test_imagenet_offline_suggests_weights(monkeypatch):
 
 
 def test_bad_config_values():
-    for kwargs in ({"arch": "vgg"}, {"pooling": "max"}, {"parts": -1}, {"last_stride": 3}, {"height": 8}):
-        with pytest.raises(ReidctlError):
+    for kwargs, message in [
+        ({"arch": "vgg"}, r"^unknown architecture 'vgg' \(choose one of "),
+        ({"pooling": "max"}, r"^unknown pooling 'max' \(choose avg or gem\)$"),
+        ({"parts": -1}, r"^--parts must be 0 \(no parts\) or a positive number of stripes$"),
+        ({"last_stride": 3}, r"^--last-stride must be 1 or 2$"),
+        ({"height": 8}, r"^input size 8×128 is too small \(at least 32×16\)$"),
+    ]:
+        with pytest.raises(ReidctlError, match=message):
             ModelConfig(**kwargs)

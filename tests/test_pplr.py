@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
 
 from reidctl.artifacts import read_labels, write_features, write_labels
-from reidctl.cli import app
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
 from reidctl.methods import PPLR, PPLRParams, get_method
@@ -22,6 +21,7 @@ from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.train import losses
 from reidctl.train.memory import cluster_centroids
 from reidctl.train.trainer import TrainSession, prepare_epoch
+from tests.clitools import run_error, run_ok
 from tests.conftest import shared_path
 from tests.fakedata import colour_market
 
@@ -31,10 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _unit(x):
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def _cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,15 +243,13 @@ def tiny(tmp_path_factory):
 def test_refine_command_stores_the_agreement(tiny, tmp_path):
     market, feats, flat, labels = tiny
     out = tmp_path / "refined.h5"
-    r = _cli("refine", feats, "--method", "pplr", "--labels", labels, "--k", "5", "--out", out, "--json")
-    assert r.exit_code == 0, r.output
+    r = run_ok("refine", feats, "--method", "pplr", "--labels", labels, "--k", "5", "--out", out, "--json")
     lab = read_labels(out)
     assert lab.extra["agreement"].shape == (24, 3) and lab.extra["agreement"].dtype == np.float32
     assert lab.labels.tolist() == read_labels(labels).labels.tolist()  # PPLR does not change the labels
     assert lab.meta.params["options"] == {"k": 5} and len(json.loads(r.stdout)["agreement_mean"]) == 3
     # without --labels: PPLR's default clustering (eps 0.5) on all rows, outliers included
-    r = _cli("refine", feats, "--method", "pplr", "--k1", "4", "--k2", "2", "--out", out, "--json")
-    assert r.exit_code == 0, r.output
+    run_ok("refine", feats, "--method", "pplr", "--k1", "4", "--k2", "2", "--out", out, "--json")
     meta = read_labels(out).meta.params
     assert meta["cluster"]["eps"] == 0.5 and meta["options"] == {"k": 20}
     assert read_labels(out).extra["agreement"].shape == (24, 3)
@@ -263,10 +257,9 @@ def test_refine_command_stores_the_agreement(tiny, tmp_path):
         (("--method", "cc", "--labels", labels, "--k", "5"), "--k does not apply to --method cc"),
         (("--method", "pplr", "--labels", labels, "--k", "30"), "--k 30"),
     ]:
-        r = _cli("refine", feats, *args, "--out", tmp_path / "x.h5")
-        assert r.exit_code == 2 and message in r.output, r.output
-    r = _cli("refine", flat, "--method", "pplr", "--labels", labels, "--out", tmp_path / "x.h5")
-    assert r.exit_code == 2 and "no part features" in r.output and "Traceback" not in r.output
+        run_error("refine", feats, *args, "--out", tmp_path / "x.h5", match=re.escape(message))
+    run_error("refine", flat, "--method", "pplr", "--labels", labels, "--out", tmp_path / "x.h5",
+              match="no part features")
 
 
 FAST = ["--arch", "resnet18", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
@@ -276,19 +269,17 @@ SMALL = ["--iters", "2", "--batch-size", "8", "--num-instances", "4", "--bn-chun
 def test_train_epoch_command(tiny, tmp_path):
     market, feats, _, labels = tiny
     refined = tmp_path / "refined.h5"
-    assert _cli("refine", feats, "--method", "pplr", "--labels", labels, "--k", "5", "--out", refined).exit_code == 0
+    run_ok("refine", feats, "--method", "pplr", "--labels", labels, "--k", "5", "--out", refined)
     e0, e1 = tmp_path / "e0.pt", tmp_path / "e1.pt"
     common = ["--data", market, "--method", "pplr", "--features", feats, *FAST, *SMALL]
-    r = _cli("train-epoch", *common, "--labels", refined, "--out", e0, "--parts", "3", "--pooling", "avg",
-             "--camera-proxies", "--classifier-rows", "50", "--json")
-    assert r.exit_code == 0, r.output
+    r = run_ok("train-epoch", *common, "--labels", refined, "--out", e0, "--parts", "3", "--pooling", "avg",
+               "--camera-proxies", "--classifier-rows", "50", "--json")
     res = json.loads(r.stdout)
     assert res["clusters"] == 6 and math.isfinite(res["loss"]) and res["logs"]["aals"] is False
     assert {"global_ce", "part_ce", "triplet", "camera"} <= set(res["logs"])
     assert res["params"]["camera_proxies"] is True and res["params"]["batch_size"] == 8
-    r = _cli("train-epoch", *common, "--labels", refined, "--out", e1, "--checkpoint", e0, "--no-pglr",
-             "--aals-epoch", "1", "--json")
-    assert r.exit_code == 0, r.output
+    r = run_ok("train-epoch", *common, "--labels", refined, "--out", e1, "--checkpoint", e0, "--no-pglr",
+               "--aals-epoch", "1", "--json")
     res = json.loads(r.stdout)
     assert res["epoch"] == 1 and res["logs"]["aals"] is True
     assert res["params"]["pglr"] is False and res["params"]["classifier_rows"] == 50  # carried over
@@ -298,18 +289,17 @@ def test_train_epoch_command(tiny, tmp_path):
         (("--labels", refined, "--out", tmp_path / "x.pt", "--parts", "3", "--classifier-rows", "4"),
          "6 clusters exceed"),
     ]:
-        r = _cli("train-epoch", *common, *args)
-        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
-    r = _cli("train-epoch", "--data", market, "--labels", refined, "--out", tmp_path / "x.pt", *FAST, "--beta", "0.3")
-    assert r.exit_code == 2 and "--beta does not apply to --method cc" in r.output
+        run_error("train-epoch", *common, *args, match=re.escape(message))
+    run_error("train-epoch", "--data", market, "--labels", refined, "--out", tmp_path / "x.pt", *FAST, "--beta", "0.3",
+              match="--beta does not apply to --method cc")
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_loop_runs_pplr_on_synthetic_tiny(tmp_path):
     run_dir = tmp_path / "run"
     base = ["loop", "--data", "synthetic:tiny", "--run-dir", run_dir, "--epochs", "1", *FAST, *SMALL,
             "--k1", "10", "--no-eval-init", "--eval-every", "1"]
-    r = _cli(*base, "--method", "pplr", "--k", "10", "--aals-epoch", "0", "--json")  # its model: 3 avg stripes
-    assert r.exit_code == 0, r.output
+    run_ok(*base, "--method", "pplr", "--k", "10", "--aals-epoch", "0", "--json")  # its model: 3 avg stripes
     config = torch.load(run_dir / "epoch_000" / "model.pt", weights_only=False)["model_config"]
     assert (config["parts"], config["pooling"]) == (3, "avg")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -317,6 +307,5 @@ def test_loop_runs_pplr_on_synthetic_tiny(tmp_path):
     assert len(summary["epochs"][0]["refine"]["agreement_mean"]) == 3
     assert read_labels(run_dir / "epoch_000" / "refined.h5").extra["agreement"].shape[1] == 3
     for args, message in [(("--method", "pplr", "--parts", "0"), "--parts 0"), (("--method", "cc", "--k", "5"), "--k does not apply")]:
-        r = _cli(*base[:4], tmp_path / "bad", *base[5:], *args)
-        assert r.exit_code == 2 and message in r.output, r.output
+        run_error(*base[:4], tmp_path / "bad", *base[5:], *args, match=re.escape(message))
         assert not (tmp_path / "bad" / "epoch_000").exists()  # refused before any stage ran

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from reidctl.cli import app
 from reidctl.data import synthetic
 from reidctl.data.synthetic import (
     MARKER,
@@ -22,6 +20,7 @@ from reidctl.data.synthetic import (
     write_synthetic,
 )
 from reidctl.errors import DatasetError
+from tests.clitools import run_error, run_ok
 
 MARKET = re.compile(r"([-\d]+)_c(\d)")
 FULL_NAME = re.compile(r"^(\d{4}|-1)_c([1-9])s(\d)_(\d{6})_(\d{2})\.jpg$")
@@ -131,8 +130,14 @@ def test_refuses_to_overwrite(dataset, tmp_path):
 
 
 def test_rejects_bad_parameters(tmp_path):
-    for bad in (dict(cams=1), dict(cams=10), dict(ids=1), dict(images_per_camera=(1, 3)), dict(test_fraction=1.0)):
-        with pytest.raises(DatasetError):
+    for bad, message in [
+        (dict(cams=1), r"^cams must be between 2 and 9 \(got 1\)"),
+        (dict(cams=10), r"^cams must be between 2 and 9 \(got 10\)"),
+        (dict(ids=1), r"^ids must be between 2 and 9999 \(got 1\)$"),
+        (dict(images_per_camera=(1, 3)), r"^images per camera must be MIN-MAX with 2 <= MIN <= MAX \(got 1-3\)"),
+        (dict(test_fraction=1.0), r"^test fraction must be between 0 and 1 \(got 1\.0\)$"),
+    ]:
+        with pytest.raises(DatasetError, match=message):
             write_synthetic(tmp_path / "x", **{**SMALL, **bad})
     assert not (tmp_path / "x").exists()
 
@@ -175,33 +180,28 @@ def test_ensure_synthetic_unknown_name(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------- CLI
 
-runner = CliRunner()
-
 
 def test_cli_synth_writes_and_reports(tmp_path):
     out = tmp_path / "ds"
-    res = runner.invoke(app, ["synth", str(out), "--ids", "8", "--cams", "2", "--images-per-camera", "2", "--seed", "3"])
-    assert res.exit_code == 0, res.output
+    res = run_ok("synth", out, "--ids", "8", "--cams", "2", "--images-per-camera", "2", "--seed", "3")
     assert "bounding_box_train" in res.output
     assert (out / "query").is_dir() and (out / MARKER).is_file()
 
-    res = runner.invoke(app, ["synth", str(out), "--ids", "8", "--cams", "2", "--images-per-camera", "2"])
-    assert res.exit_code != 0
-    assert "not empty" in res.output and "Traceback" not in res.output
+    run_error("synth", out, "--ids", "8", "--cams", "2", "--images-per-camera", "2",
+              match=rf"^error: {re.escape(str(out))} already exists and is not empty \(--force")
 
-    res = runner.invoke(app, ["synth", str(out), "--ids", "8", "--cams", "2", "--images-per-camera", "2-3",
-                              "--force", "--json"])
-    assert res.exit_code == 0, res.output
+    res = run_ok("synth", out, "--ids", "8", "--cams", "2", "--images-per-camera", "2-3", "--force", "--json")
     summary = json.loads(res.stdout)
     assert summary["root"] == str(out) and summary["cameras"] == 2
     assert summary["images"]["train"] == len(list((out / "bounding_box_train").iterdir()))
 
 
 def test_cli_synth_user_errors(tmp_path):
-    for args in (["--cams", "12"], ["--images-per-camera", "two"], ["--images-per-camera", "1"]):
-        res = runner.invoke(app, ["synth", str(tmp_path / "x"), *args])
-        assert res.exit_code == 2, (args, res.output)
-        assert "error" in res.output and "Traceback" not in res.output
+    for args, message in [(["--cams", "12"], r"cams must be between 2 and 9 \(got 12\)"),
+                          (["--images-per-camera", "two"], r"--images-per-camera must be N or MIN-MAX \(got 'two'\)"),
+                          (["--images-per-camera", "1"], r"images per camera must be MIN-MAX .* \(got 1-1\)")]:
+        run_error("synth", tmp_path / "x", *args, match=message)
+    assert not (tmp_path / "x").exists()
 
 
 def test_reader_loads_the_tiny_preset(tmp_path, monkeypatch):

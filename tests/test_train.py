@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -22,10 +23,11 @@ from reidctl.data.samplers import IdentityBatchSampler, IterLoader, identity_bal
 from reidctl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomErasing, train_transform
 from reidctl.methods import CCParams, get_method
 from reidctl.train.bn_chunks import get_bn_chunks, set_bn_chunks
-from reidctl.train.checkpoint import load_checkpoint
+from reidctl.train.checkpoint import load_checkpoint, model_from_checkpoint
 from reidctl.train.memory import ClusterMemory, cluster_centroids, update_hard, update_mean, update_sample
 from reidctl.train.stage import TrainEpochRequest, open_session, run_train_epoch
 from reidctl.train.trainer import prepare_epoch, train_epoch
+from tests.clitools import run_error, run_ok
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -384,43 +386,218 @@ def test_method_params_and_errors():
 # the command
 
 
-def _cli(*args):
-    from typer.testing import CliRunner
-
-    from reidctl.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
+def _trainable(checkpoint):
+    """The weights a training step changes (BatchNorm's running statistics left out)."""
+    model = model_from_checkpoint(checkpoint)
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
 def test_cli_train_epoch_end_to_end(labelled, tmp_path):
     market, labels_path, _ = labelled
     out0, out1 = tmp_path / "e0.pt", tmp_path / "e1.pt"
     # no --features: the centroids come from features extracted with the fresh model
-    r = _cli("train-epoch", "--data", market, "--labels", labels_path, "--out", out0, *FAST, *SMALL,
-             "--memory-update", "hard", "--json")
-    assert r.exit_code == 0, r.output
+    r = run_ok("train-epoch", "--data", market, "--labels", labels_path, "--out", out0, *FAST, *SMALL,
+               "--memory-update", "hard", "--json")
     res = json.loads(r.stdout)
     assert res["epoch"] == 0 and res["clusters"] == 4 and res["images"] == 23 and res["outliers"] == 1
     assert math.isfinite(res["loss"]) and res["params"]["memory_update"] == "hard"
-    r = _cli("train-epoch", "--data", market, "--labels", labels_path, "--out", out1, "--checkpoint", out0,
-             "--workers", "0", "--device", "cpu", "--json")
-    assert r.exit_code == 0, r.output
+    r = run_ok("train-epoch", "--data", market, "--labels", labels_path, "--out", out1, "--checkpoint", out0,
+               "--workers", "0", "--device", "cpu", "--json")
     res = json.loads(r.stdout)
     assert res["epoch"] == 1 and res["params"]["batch_size"] == 8 and res["params"]["memory_update"] == "hard"
-    before, after = load_checkpoint(out0)["model"], load_checkpoint(out1)["model"]
-    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    # it trained: the optimiser moved the learnable weights (a forward pass in train mode alone
+    # would change BatchNorm's running statistics, which are buffers, not parameters)
+    before, after = _trainable(out0), _trainable(out1)
+    assert before.keys() == after.keys() and len(before) > 100
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > 0.9 * len(before), sorted(set(before) - set(changed))
 
 
 def test_cli_refuses_mismatched_labels(labelled, tmp_path):
     market, labels_path, _ = labelled
     bad = tmp_path / "bad.h5"
     write_labels(bad, np.zeros(3, dtype=np.int32), paths=["a.jpg", "b.jpg", "c.jpg"])
-    r = _cli("train-epoch", "--data", market, "--labels", bad, "--out", tmp_path / "x.pt", *FAST, *SMALL)
-    assert r.exit_code == 2 and "bad.h5" in r.output and "rows" in r.output
-    assert "Traceback" not in r.output and not (tmp_path / "x.pt").exists()
-    r = _cli("train-epoch", "--data", market, "--labels", labels_path, "--out", tmp_path / "x.pt", *FAST,
-             *SMALL, "--batch-size", "64")
-    assert r.exit_code == 2 and "--batch-size" in r.output
+    # the file and the row that does not fit (3 rows for the 23 train images; row 0 not one of them)
+    run_error("train-epoch", "--data", market, "--labels", bad, "--out", tmp_path / "x.pt", *FAST, *SMALL,
+              match=r"bad\.h5: .*\brows?\b")
+    assert not (tmp_path / "x.pt").exists()
+    run_error("train-epoch", "--data", market, "--labels", labels_path, "--out", tmp_path / "x.pt", *FAST,
+              *SMALL, "--batch-size", "64", match=r"fewer than --batch-size 64: lower --batch-size")
+    assert not (tmp_path / "x.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# error paths: each a user error (one line, exit 2) that writes no checkpoint
+
+
+def _saved_session(market, labels_path, feats_path, path):
+    """A fresh (untrained) cc session written as a checkpoint; returns its payload."""
+    session, _ = open_session(_request(market, labels_path, feats_path), torch.device("cpu"))
+    session.save(path)
+    return load_checkpoint(path)
+
+
+def _tampered(payload, path, change):
+    payload = {**payload}
+    change(payload)
+    torch.save(payload, path)
+    return path
+
+
+def _drop_last_param(payload):
+    opt = payload["optimizer"]
+    group = opt["param_groups"][0]
+    payload["optimizer"] = {**opt, "param_groups": [{**group, "params": group["params"][:-1]}]}
+
+
+def _wrong_first_weight(payload):
+    weights = dict(payload["model"])
+    first = next(k for k, v in weights.items() if v.ndim == 4)
+    weights[first] = weights[first][:1]  # one output channel instead of 32
+    payload["model"] = weights
+
+
+BAD_CHECKPOINTS = [
+    ("missing", r"missing\.pt: no such checkpoint$"),
+    ("text", r"bad\.pt: not a readable checkpoint \("),
+    ("plain_dict", r"bad\.pt: not a reidctl checkpoint \(for plain weights use --weights\)$"),
+    ("state_dict", r"bad\.pt: not a reidctl checkpoint \(for plain weights use --weights\)$"),
+    ("version", r"bad\.pt: checkpoint version 99 is not supported \(this reidctl reads version 1\)$"),
+    ("weights", r"bad\.pt: weights do not fit the recorded model \("),
+    ("optimizer", r"bad\.pt: the saved optimiser state does not fit this model/method \(checkpoint method 'cc'\)"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), BAD_CHECKPOINTS, ids=[make for make, _ in BAD_CHECKPOINTS])
+def test_cli_refuses_bad_checkpoints(labelled, tmp_path, make, message):
+    market, labels_path, feats_path = labelled
+    bad = tmp_path / "bad.pt"
+    if make == "missing":
+        bad = tmp_path / "missing.pt"
+    elif make == "text":
+        bad.write_text("these are not the weights you are looking for\n")
+    elif make == "plain_dict":
+        torch.save({"epoch": 3, "weights": torch.zeros(2)}, bad)
+    else:
+        payload = _saved_session(market, labels_path, feats_path, tmp_path / "good.pt")
+        if make == "state_dict":  # the bare weights of a reidctl model
+            torch.save(payload["model"], bad)
+        else:
+            change = {"version": lambda d: d.update(schema_version=99), "weights": _wrong_first_weight,
+                      "optimizer": _drop_last_param}[make]
+            _tampered(payload, bad, change)
+    out = tmp_path / "next.pt"
+    r = run_error("train-epoch", "--data", market, "--labels", labels_path, "--features", feats_path,
+                  "--checkpoint", bad, "--out", out, "--workers", "0", "--device", "cpu", *SMALL, match=message)
+    if make == "weights":  # torch's own explanation follows (on further lines)
+        assert "size mismatch" in r.stderr
+    assert not out.exists()
+
+
+def test_checkpoint_loaders_refuse_what_does_not_fit(labelled, tmp_path):
+    """The library functions behind the CLI errors: load_checkpoint, model_from_payload (via
+    model_from_checkpoint) and load_training_state (via resume), with a PPLR checkpoint whose
+    classifier heads do not fit the model it records."""
+    from reidctl.errors import ArtifactError
+    from reidctl.methods import PPLR, PPLRParams
+    from reidctl.models.reid import ModelConfig, ReidModel
+    from reidctl.train.trainer import TrainSession, resume
+
+    market, labels_path, feats_path = labelled
+    payload = _saved_session(market, labels_path, feats_path, tmp_path / "good.pt")
+    wrong = _tampered(payload, tmp_path / "wrong.pt", _wrong_first_weight)
+    with pytest.raises(ArtifactError, match=r"(?s)wrong\.pt: weights do not fit the recorded model \(.*size mismatch"):
+        model_from_checkpoint(wrong)
+    with pytest.raises(ArtifactError, match=r"wrong\.pt: weights do not fit the recorded model"):
+        resume(load_checkpoint(wrong), get_method("cc"), source=wrong)
+    with pytest.raises(ArtifactError, match=r"nowhere\.pt: no such checkpoint$"):
+        load_checkpoint(tmp_path / "nowhere.pt")
+
+    model = ReidModel(ModelConfig(arch="mobilenet_v2", pooling="avg", parts=3, height=64, width=32))
+    TrainSession(model, PPLR(PPLRParams(classifier_rows=50))).save(tmp_path / "pplr.pt")
+    pplr = load_checkpoint(tmp_path / "pplr.pt")
+    assert pplr["heads"]["classifier.weight"].shape[0] == 50
+    resume(pplr, PPLR)  # the untouched checkpoint continues
+
+    def fewer_rows(d):
+        d["heads"] = {k: v[:10] if k.endswith("weight") and v.shape[0] == 50 else v for k, v in d["heads"].items()}
+
+    heads = _tampered(pplr, tmp_path / "heads.pt", fewer_rows)
+    with pytest.raises(ArtifactError, match=r"(?s)heads\.pt: the method's heads do not fit \(.*size mismatch"):
+        resume(load_checkpoint(heads), PPLR, source=heads)
+    opt = _tampered(pplr, tmp_path / "opt.pt", _drop_last_param)
+    with pytest.raises(ArtifactError, match=r"opt\.pt: the saved optimiser state does not fit this model/method "
+                                            r"\(checkpoint method 'pplr'\)"):
+        resume(load_checkpoint(opt), PPLR, source=opt)
+
+
+def _nan_loss(monkeypatch):
+    """Make cc's loss NaN (still differentiable, so backward and the step run as usual)."""
+    from reidctl.methods.cc import ClusterContrast
+
+    real = ClusterContrast.loss
+
+    def loss(self, batch, outputs, state):
+        value, logs = real(self, batch, outputs, state)
+        return value * float("nan"), logs
+
+    monkeypatch.setattr(ClusterContrast, "loss", loss)
+
+
+@pytest.mark.parametrize("cause", ["nan-loss", "huge-lr"])
+def test_cli_diverged_training_is_a_user_error(labelled, tmp_path, monkeypatch, cause):
+    market, labels_path, feats_path = labelled
+    extra = []
+    if cause == "nan-loss":
+        _nan_loss(monkeypatch)
+    else:  # Adam steps by about lr: weights of 1e30 overflow float32 in the second iteration's forward
+        extra = ["--lr", "1e30"]
+    out = tmp_path / "e0.pt"
+    run_error("train-epoch", "--data", market, "--labels", labels_path, "--features", feats_path, "--out", out,
+              *FAST, *SMALL, *extra, match=r"training diverged in epoch 0 \(mean loss nan\); try a lower --lr$")
+    assert not out.exists()
+
+
+def test_train_epoch_raises_when_the_mean_loss_is_not_finite(labelled, monkeypatch):
+    market, labels_path, feats_path = labelled
+    session, _ = open_session(_request(market, labels_path, feats_path), torch.device("cpu"))
+    from reidctl.artifacts import read_features, read_labels
+    from reidctl.errors import ReidctlError
+
+    ds = load_dataset(market)
+    data = prepare_epoch(read_labels(labels_path).labels, np.array([s.camid for s in ds.train]),
+                         read_features(feats_path).feats)
+    samples = [ds.train[i] for i in data.rows]
+    _nan_loss(monkeypatch)
+    with pytest.raises(ReidctlError, match=r"^training diverged in epoch 0 \(mean loss nan\); try a lower --lr$"):
+        train_epoch(session, samples, data, workers=0)
+    assert session.epoch == -1 and session.history == []  # the epoch did not count
+
+
+def test_cli_all_outlier_labels(labelled, tmp_path):
+    market, labels_path, feats_path = labelled
+    paths = [s.relpath for s in load_dataset(market).train]
+    outliers = tmp_path / "outliers.h5"
+    write_labels(outliers, np.full(len(paths), -1, dtype=np.int32), paths=paths)
+    out = tmp_path / "e0.pt"
+    run_error("train-epoch", "--data", market, "--labels", outliers, "--features", feats_path, "--out", out,
+              *FAST, *SMALL, match=r"no clusters to train on: every sample is an outlier$")
+    assert not out.exists()
+
+
+def test_cli_image_corrupted_after_clustering(labelled, tmp_path):
+    """The labels were made while the images were fine; then identity 2's images broke. Every
+    identity is sampled in the first pass, so training meets one of them."""
+    market, labels_path, feats_path = labelled
+    broken = sorted((market / "bounding_box_train").glob("0002_*.jpg"))
+    assert len(broken) == 6
+    for path in broken:
+        path.write_bytes(path.read_bytes()[:40])  # a truncated JPEG
+    out = tmp_path / "e0.pt"
+    names = "|".join(re.escape(p.name) for p in broken)
+    run_error("train-epoch", "--data", market, "--labels", labels_path, "--features", feats_path, "--out", out,
+              *FAST, *SMALL, match=rf"cannot read image \S*bounding_box_train/({names}): ")
+    assert not out.exists()
 
 
 @pytest.mark.slow
@@ -438,8 +615,7 @@ def test_torchrun_two_processes(labelled, tmp_path):
     ddp = load_checkpoint(ddp_out)
     assert ddp["epoch"] == 0
     # the global batch, its augmentation and the BN chunks equal the single-process run's
-    r = _cli("train-epoch", "--out", single_out, "--json", *common)
-    assert r.exit_code == 0, r.output
+    r = run_ok("train-epoch", "--out", single_out, "--json", *common)
     single = load_checkpoint(single_out)
     assert json.loads(r.stdout)["loss"] == pytest.approx(res["loss"], rel=1e-4)
     # Gradients agree up to float summation order. Adam turns the sign of a numerically-zero
