@@ -32,6 +32,7 @@ from reidctl.errors import ArtifactError
 FEATURES = "reidctl/features"
 LABELS = "reidctl/labels"
 INTRA_LABELS = "reidctl/intra-camera-labels"
+CHECKPOINT = "reidctl/checkpoint"  # a torch.save'd dict (reidctl.train.checkpoint), not HDF5
 SCHEMA_VERSIONS = {FEATURES: 1, LABELS: 1, INTRA_LABELS: 1}
 
 _STR = h5py.string_dtype(encoding="utf-8")
@@ -200,11 +201,10 @@ def existing_schema(path: str | os.PathLike) -> str | None:
         if h5py.is_hdf5(path):
             with h5py.File(path, "r") as f:
                 return _plain(f.attrs.get("schema")) or None
-        if zipfile.is_zipfile(path):  # torch.save's format
-            import torch  # noqa: PLC0415  (only checkpoints need it)
-
-            payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-            return payload.get("schema") if isinstance(payload, dict) else None
+        if zipfile.is_zipfile(path):  # torch.save's format: look for our schema in its pickle, unpickled
+            with zipfile.ZipFile(path) as z:
+                pickle = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
+                return CHECKPOINT if pickle and CHECKPOINT.encode() in z.read(pickle) else None
     except Exception:  # noqa: BLE001  (anything unreadable is simply not one of ours)
         return None
     return None

@@ -125,7 +125,7 @@ def _unlock(fd: int) -> None:
 
 
 def _read_holder(fd: int) -> str:
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):  # no os.pread on Windows
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
         return f" (pid {info['pid']}, since {info['since']})"
     return ""

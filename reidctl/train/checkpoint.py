@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from reidctl import __version__
-from reidctl.artifacts import atomic_save
+from reidctl.artifacts import CHECKPOINT, atomic_save
 from reidctl.errors import ArtifactError
 from reidctl.models.reid import ModelConfig, ReidModel
 
-CHECKPOINT_SCHEMA = "reidctl/checkpoint"
+CHECKPOINT_SCHEMA = CHECKPOINT
 CHECKPOINT_VERSION = 1
 
 
