@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     t_floor, _ = timed(lambda: floor(root), args.runs)
     t_load, ds = timed(lambda: load_dataset(root, "market1501"), args.runs)
     t_fp, _ = timed(lambda: split_fingerprint(ds.train), args.runs)  # type: ignore[union-attr]
-    print(f"| N | runs | floor scandir+stat (s) | load_dataset (s) | fingerprint (s) | fingerprint / floor |")
+    print("| N | runs | floor scandir+stat (s) | load_dataset (s) | fingerprint (s) | fingerprint / floor |")
     print("|---|---|---|---|---|---|")
     print(f"| {args.n:,} | {args.runs} | {t_floor:.3f} | {t_load:.3f} | {t_fp:.3f} | {t_fp / t_floor:.2f} |")
 

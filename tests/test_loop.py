@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from reidctl.errors import ReidctlError
-from reidctl.extraction import ModelSpec
-from reidctl.pipeline import LoopConfig, run_loop
+from reidctl.pipeline import run_loop
 from tests.clitools import run_ok
 from tests.fakedata import colour_market
-
-MODEL = ModelSpec(arch="resnet18", height=64, width=32)
-CLUSTER = {"k1": 6, "k2": 2, "eps": 0.5, "min_samples": 3}
-TRAIN = {"iters": 2, "batch_size": 8, "num_instances": 4, "bn_chunks": 2}
-CLI_ARGS = ["--arch", "resnet18", "--height", "64", "--width", "32", "--k1", "6", "--k2", "2", "--eps", "0.5",
-            "--min-samples", "3", "--iters", "2", "--batch-size", "8", "--num-instances", "4",
-            "--bn-chunks", "2", "--eval-every", "1", "--workers", "0", "--device", "cpu", "--deterministic"]
-
+from tests.looptools import CLI_ARGS, CLUSTER, TRAIN, loop_config, read_log
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return colour_market(tmp_path_factory.mktemp("loop") / "market", train_ids=6, test_ids=3)
 
 
-def _config(data, run_dir, **kw):
-    base = dict(data=str(data), run_dir=run_dir, epochs=2, model=MODEL, cluster=CLUSTER, train=TRAIN,
-                eval_every=1, workers=0, device="cpu", deterministic=True)
-    base.update(kw)
-    return LoopConfig(**base)
-
-
-def _log(run_dir):
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+_config, _log = loop_config, read_log
 
 
 def _metrics(result):

@@ -26,18 +26,14 @@ from reidctl.artifacts import (
 )
 from reidctl.errors import ReidctlError
 from reidctl.extraction import ModelSpec
-from reidctl.pipeline import STAGES, LoopConfig, run_loop
+from reidctl.pipeline import STAGES, run_loop
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour_market
+from tests.looptools import CLI_ARGS, loop_config, read_log
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["--arch", "resnet18", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
-MODEL = ModelSpec(arch="resnet18", height=64, width=32)
-CLUSTER = {"k1": 6, "k2": 2, "eps": 0.5, "min_samples": 3}
-TRAIN = {"iters": 2, "batch_size": 8, "num_instances": 4, "bn_chunks": 2}
-
-
 @pytest.fixture(scope="module")
 def market(tmp_path_factory):
     return colour_market(tmp_path_factory.mktemp("rel") / "market", train_ids=6, test_ids=3)
@@ -53,14 +49,11 @@ def weights(tmp_path_factory):
 
 
 def _config(data, run_dir, **kw):
-    base = dict(data=str(data), run_dir=run_dir, epochs=1, model=MODEL, cluster=CLUSTER, train=TRAIN,
-                eval_every=0, workers=0, device="cpu", deterministic=True)
-    base.update(kw)
-    return LoopConfig(**base)
+    """One epoch without evaluation unless ``kw`` says otherwise."""
+    return loop_config(data, run_dir, **{"epochs": 1, "eval_every": 0, **kw})
 
 
-def _log(run_dir):
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+_log = read_log
 
 
 def _notices(run_dir, since=0):
@@ -228,9 +221,7 @@ def test_6_outputs_that_would_destroy_data_are_refused(market, tmp_path):
               match="'reidctl/features' artifact")
 
 
-LOOP_CLI = ["--arch", "resnet18", "--height", "64", "--width", "32", "--k1", "6", "--k2", "2", "--eps", "0.5",
-            "--min-samples", "3", "--iters", "2", "--batch-size", "8", "--num-instances", "4", "--bn-chunks", "2",
-            "--eval-every", "1", "--workers", "0", "--device", "cpu", "--deterministic", "--epochs", "2", "--json"]
+LOOP_CLI = [*CLI_ARGS, "--epochs", "2", "--json"]
 
 
 def _interrupted_run(cmd, run_dir, sig, env):

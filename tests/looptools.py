@@ -1,0 +1,29 @@
+"""What the loop tests share: a tiny, fast, deterministic loop configuration and its log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reidctl.extraction import ModelSpec
+from reidctl.pipeline import LoopConfig
+
+MODEL = ModelSpec(arch="resnet18", height=64, width=32)
+CLUSTER = {"k1": 6, "k2": 2, "eps": 0.5, "min_samples": 3}
+TRAIN = {"iters": 2, "batch_size": 8, "num_instances": 4, "bn_chunks": 2}
+#: The same settings as command-line options.
+CLI_ARGS = ["--arch", "resnet18", "--height", "64", "--width", "32", "--k1", "6", "--k2", "2", "--eps", "0.5",
+            "--min-samples", "3", "--iters", "2", "--batch-size", "8", "--num-instances", "4",
+            "--bn-chunks", "2", "--eval-every", "1", "--workers", "0", "--device", "cpu", "--deterministic"]
+
+
+def loop_config(data, run_dir, **kw) -> LoopConfig:
+    """Two epochs on a colour_market folder, evaluated every epoch; ``kw`` overrides."""
+    base = dict(data=str(data), run_dir=run_dir, epochs=2, model=MODEL, cluster=CLUSTER, train=TRAIN,
+                eval_every=1, workers=0, device="cpu", deterministic=True)
+    base.update(kw)
+    return LoopConfig(**base)
+
+
+def read_log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
