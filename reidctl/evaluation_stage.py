@@ -65,9 +65,20 @@ def evaluate_feature_file(path: str | Path, *, ap: str = "sklearn", rerank: bool
 
 def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap: str = "sklearn",
                    rerank: bool = False, pairs: str = "market", batch_size: int = 128, workers: int = 2,
-                   device: str = "auto") -> dict[str, Any]:
-    """Extract query + gallery in memory with the model of ``spec`` and evaluate."""
+                   device: str = "auto", random_init: bool = False) -> dict[str, Any]:
+    """Extract query + gallery in memory with the model of ``spec`` and evaluate.
+
+    A model without a checkpoint, weights file or pretrained weights is a random network: that
+    is evaluated only when asked for with ``random_init`` (a forgotten ``--checkpoint`` must not
+    yield a plausible-looking number)."""
     _check(ap, pairs)
+    has_model = spec.checkpoint is not None or spec.weights is not None or spec.pretrained != "none"
+    if not has_model and not random_init:
+        raise ReidctlError("evaluate --data needs a model: --checkpoint, --weights or --pretrained imagenet "
+                           "(or --random-init to evaluate a randomly initialised network on purpose)")
+    if has_model and random_init:
+        raise ReidctlError("--random-init evaluates a fresh random network; it cannot be combined with "
+                           "--checkpoint, --weights or --pretrained")
     ds = load_dataset(data, dataset)
     model, _ = spec.build()
     ext, rows = extract_split(model, ds, "test", batch_size=batch_size, workers=workers, device=device)

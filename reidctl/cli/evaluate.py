@@ -61,16 +61,9 @@ def evaluate(
     elif data is not None:
         spec = ModelSpec(checkpoint=checkpoint, arch=arch, pooling=pooling, last_stride=last_stride,
                          height=height, width=width, weights=weights, pretrained=pretrained, seed=seed)
-        has_model = checkpoint is not None or weights is not None or pretrained != "none"
-        if not has_model and not random_init:
-            raise ReidctlError("evaluate --data needs a model: --checkpoint, --weights or --pretrained imagenet "
-                               "(or --random-init to evaluate a randomly initialised network on purpose)")
-        if has_model and random_init:
-            raise ReidctlError("--random-init evaluates a fresh random network; it cannot be combined with "
-                               "--checkpoint, --weights or --pretrained")
         spec.check_given(given)
-        result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs,
-                                batch_size=batch_size, workers=workers, device=device)
+        result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs, batch_size=batch_size,
+                                workers=workers, device=device, random_init=random_init)
         source = f"{checkpoint or 'model'} on {data}"
     else:
         raise ReidctlError("nothing to evaluate: give a features file, or --data with --checkpoint/--weights")
