@@ -132,7 +132,7 @@ class Icrefine(ClusterContrast):
             source = "per-camera clustering of the features (no --intra given)"
             unclustered = [f"camera {r.camera}: {r.skipped}" for r in reports if r.skipped]
             notes += [f"camera {r.camera}: {r.images} images, so its Jaccard k1 is {r.k1} instead of "
-                      f"{IcrefineOptions.intra_k1}" for r in reports if r.k1 is not None]
+                      f"{opts.intra_k1}" for r in reports if r.k1 is not None]
         notes.insert(0, f"intra-camera clusters: {source}")
         notes += [f"not clustered, so never pruned: {u}" for u in unclustered]
 
