@@ -13,7 +13,6 @@ that both give the same mAP.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
@@ -21,6 +20,8 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from reidctl.evaluation import evaluate_features, evaluate_ranking, pairwise_distance
+
+from benchutil import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def make_split(num_q: int, num_g: int, ids: int, cams: int, dim: int, seed: int = 0):
@@ -51,15 +52,6 @@ def cc_mean_ap(distmat, q_pids, g_pids, q_cams, g_cams) -> float:
             continue
         aps.append(average_precision_score(y_true, -distmat[i][o][valid]))
     return float(np.mean(aps))
-
-
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def main() -> None:

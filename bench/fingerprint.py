@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ from PIL import Image
 
 from reidctl.data.datasets import load_dataset
 from reidctl.data.fingerprint import split_fingerprint
+
+from benchutil import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 def tiny_jpeg() -> bytes:
     """A valid 1×1 grey JPEG (its content does not matter here)."""
@@ -60,15 +61,6 @@ def floor(root: Path) -> int:
                 os.stat(entry.path)
                 count += 1
     return count
-
-
-def timed(fn, runs: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(runs):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def main(argv: list[str] | None = None) -> None:

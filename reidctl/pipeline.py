@@ -14,14 +14,13 @@ process works in it.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from reidctl.artifacts import atomic_path, file_digest, read_meta
+from reidctl.artifacts import file_digest, read_meta
 from reidctl.cluster.stage import run_cluster
 from reidctl.data.base import Dataset
 from reidctl.data.datasets import load_dataset
@@ -35,7 +34,7 @@ from reidctl.methods import get_method
 from reidctl.methods.icrefine.intra import read_intra_labels
 from reidctl.methods.icrefine.stage1 import IntraCameraRequest, loop_params, run_intra_camera
 from reidctl.refine import default_cluster_params, run_refine
-from reidctl.rundir import Notice, RunDir, StageResult, stage_key
+from reidctl.rundir import Notice, RunDir, StageResult, stage_key, write_json
 from reidctl.train.checkpoint import checkpoint_digest
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 from reidctl.train.trainer import precision_name
@@ -155,8 +154,7 @@ class _Loop:
 
         def go(out: Path) -> dict[str, Any]:
             result = evaluate_feature_file(test.path, **EVAL_SETTINGS)
-            with atomic_path(out) as tmp:
-                tmp.write_text(json.dumps(result, indent=1))
+            write_json(out, result)
             return result
 
         spec = {**EVAL_SETTINGS, "inputs": {"test": test.digest}}
@@ -235,7 +233,7 @@ class _Loop:
                   "best": best, "checkpoint": str(ckpt.path.relative_to(self.run.root)) if ckpt else None}
         if intra is not None:
             result["intra"] = intra.summary
-        self.run.write_json("summary.json", result)
+        write_json(self.run.root / "summary.json", result)
         return result
 
 

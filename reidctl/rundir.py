@@ -59,6 +59,13 @@ class StageResult:
     cached: bool
 
 
+def write_json(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as JSON atomically (records, eval.json, summary.json)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=str))
+    return path
+
+
 def _file_state(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"sha256": file_digest(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -172,12 +179,6 @@ class RunDir:
         except OSError as exc:
             raise ReidctlError(f"cannot write {self.log_path}: {exc.strerror}") from None
 
-    def write_json(self, relative: str, obj: Any) -> Path:
-        path = self.root / relative
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(obj, indent=1, default=str))
-        return path
-
     def stage(self, folder: str, stage: str, out_name: str, key: str,
               run: Callable[[Path], dict[str, Any]], digest: Callable[[Path], str], epoch: int | str
               ) -> StageResult:
@@ -202,8 +203,7 @@ class RunDir:
         summary = {**summary, "seconds": round(time.perf_counter() - t0, 2)}
         record = {"key": key, "output": out_rel, "digest": digest(out), "file": _file_state(out),
                   "summary": summary, "record_version": RECORD_VERSION}
-        with atomic_path(record_path) as tmp:
-            tmp.write_text(json.dumps(record, indent=1, default=str))
+        write_json(record_path, record)
         self.log({"epoch": epoch, "stage": stage, "cached": False, **summary})
         return StageResult(out, record["digest"], summary, cached=False)
 
@@ -235,7 +235,6 @@ class RunDir:
         if file_digest(out) != want.get("sha256"):
             return "changed since the stage wrote it (its sha256 differs from the stage record)"
         record["file"] = {**want, "size": st.st_size, "mtime_ns": st.st_mtime_ns}  # same bytes, new mtime
-        with atomic_path(record_path) as tmp:
-            tmp.write_text(json.dumps(record, indent=1, default=str))
+        write_json(record_path, record)
         return None
 

@@ -730,9 +730,6 @@ def write_synthetic(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-    except OSError as exc:
-        raise DatasetError(f"cannot write the dataset to {out}: {os_reason(exc, tmp)}") from None
-    try:
         for d in SPLIT_DIRS.values():
             (tmp / d).mkdir()
         _render_all(tmp, shots, (people, cameras, seed, height, width), workers, progress)
@@ -751,7 +748,7 @@ def write_synthetic(
         _publish(tmp, out, replace=overwrite)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):  # a full disk, a folder that became read-only ...
+        if isinstance(exc, OSError):  # an unwritable folder, a full disk ...
             raise DatasetError(f"cannot write the dataset to {out}: {os_reason(exc, tmp)}") from None
         raise
     return {"root": str(out), **summary}
