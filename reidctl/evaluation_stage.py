@@ -11,7 +11,8 @@ from reidctl.artifacts import read_features, read_ground_truth
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
 from reidctl.evaluation import count_valid_queries, evaluate_features
-from reidctl.extraction import ModelSpec, extract_split
+from reidctl.extraction import extract_split
+from reidctl.models.spec import ModelSpec
 
 AP_CHOICES = ("sklearn", "trapezoid")
 PAIRS_CHOICES = ("market", "cross-camera", "same-camera")

@@ -29,7 +29,8 @@ from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
 from reidctl.evaluation import count_valid_queries
 from reidctl.evaluation_stage import evaluate_feature_file
-from reidctl.extraction import ExtractRequest, ModelSpec, check_loader_options, extraction_precision, run_extract
+from reidctl.extraction import ExtractRequest, check_loader_options, extraction_precision, run_extract
+from reidctl.models.spec import ModelSpec
 from reidctl.methods import get_method
 from reidctl.methods.icrefine.intra import read_intra_labels
 from reidctl.methods.icrefine.stage1 import IntraCameraRequest, loop_params, run_intra_camera

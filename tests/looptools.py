@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reidctl.extraction import ModelSpec
+from reidctl.models.spec import ModelSpec
 from reidctl.pipeline import LoopConfig
 
 MODEL = ModelSpec(arch="resnet18", height=64, width=32)

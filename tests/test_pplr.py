@@ -18,6 +18,7 @@ from reidctl.errors import ReidctlError
 from reidctl.methods import PPLR, PPLRParams, get_method
 from reidctl.methods.pplr import PPLRHeads, cross_agreement, list_jaccard, top_k_lists
 from reidctl.models.reid import ModelConfig, ReidModel
+from reidctl.methods.pplr import losses as pplr_losses
 from reidctl.train import losses
 from reidctl.train.memory import cluster_centroids
 from reidctl.train.trainer import TrainSession, prepare_epoch
@@ -64,13 +65,13 @@ def test_pglr_target_and_loss_by_hand():
     y = torch.tensor([0])
     part_logits = torch.tensor([[[0.0, 0.0], [math.log(3), 0.0]]], requires_grad=True)  # softmax .5/.5, .75/.25
     s = torch.tensor([[0.3, 0.3]])  # equal agreement → weights 1/2
-    target = losses.pglr_target(y, part_logits, s, beta=0.5)
+    target = pplr_losses.pglr_target(y, part_logits, s, beta=0.5)
     assert target.tolist() == [[pytest.approx(0.5 + 0.5 * 0.625), pytest.approx(0.5 * 0.375)]]
     s2 = torch.tensor([[1.0, 0.0]])
     w = math.e / (math.e + 1)  # softmax([1, 0]); with T = 0.5: softmax([2, 0])
-    assert losses.agreement_weights(s2)[0, 0].item() == pytest.approx(w)
-    assert losses.agreement_weights(s2, 0.5)[0, 0].item() == pytest.approx(math.e ** 2 / (math.e ** 2 + 1))
-    t2 = losses.pglr_target(y, part_logits, s2, beta=0.2)
+    assert pplr_losses.agreement_weights(s2)[0, 0].item() == pytest.approx(w)
+    assert pplr_losses.agreement_weights(s2, 0.5)[0, 0].item() == pytest.approx(math.e ** 2 / (math.e ** 2 + 1))
+    t2 = pplr_losses.pglr_target(y, part_logits, s2, beta=0.2)
     assert t2[0, 1].item() == pytest.approx(0.8 * (w * 0.5 + (1 - w) * 0.25))
     logits = torch.tensor([[0.0, math.log(3)]], requires_grad=True)  # probabilities .25, .75
     loss = losses.soft_cross_entropy(logits, target)
@@ -85,8 +86,8 @@ def test_aals_and_warmup_label_smoothing_by_hand():
     logits = torch.tensor([[[0.0, math.log(3)]]])  # one part, p = (.25, .75)
     s = torch.tensor([[0.6]])
     kl_uniform = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
-    assert losses.aals_loss(logits, y, s).item() == pytest.approx(0.6 * math.log(4) + 0.4 * kl_uniform)
-    assert losses.aals_loss(logits, y, torch.ones(1, 1)).item() == pytest.approx(math.log(4))
+    assert pplr_losses.aals_loss(logits, y, s).item() == pytest.approx(0.6 * math.log(4) + 0.4 * kl_uniform)
+    assert pplr_losses.aals_loss(logits, y, torch.ones(1, 1)).item() == pytest.approx(math.log(4))
     ls = losses.label_smoothing_cross_entropy(logits[:, 0], y, 0.1)
     assert ls.item() == pytest.approx(-(0.95 * math.log(0.25) + 0.05 * math.log(0.75)))
 
@@ -104,7 +105,7 @@ def test_soft_triplet_by_hand():
 def test_camera_proxies_and_loss_by_hand():
     feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0], [1.0, 1.0]])
     labels, cams = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 1, 0])
-    proxies, pl, pc = losses.camera_proxies(feats, labels, cams)
+    proxies, pl, pc = pplr_losses.camera_proxies(feats, labels, cams)
     assert pl.tolist() == [0, 0, 1] and pc.tolist() == [0, 1, 0]
     r = 1 / math.sqrt(2)
     assert torch.allclose(proxies, torch.tensor([[r, r], [0.0, 1.0], [r, r]]))
@@ -112,14 +113,14 @@ def test_camera_proxies_and_loss_by_hand():
     # (label 1, cam 0) has no proxy of its label in another camera and is skipped
     f = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     tau = 0.5
-    loss = losses.camera_proxy_loss(f, torch.tensor([0, 1]), torch.tensor([0, 0]), proxies, pl, pc,
+    loss = pplr_losses.camera_proxy_loss(f, torch.tensor([0, 1]), torch.tensor([0, 0]), proxies, pl, pc,
                                     temperature=tau, hard_negatives=50)
     s_pos, s_neg = 0.0 / tau, r / tau  # negatives of sample 0: proxy 2 only
     expected = -(s_pos - math.log(math.exp(s_pos) + math.exp(s_neg))) / 2  # divided by the batch size
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     # hard negatives: only the most similar ones enter the softmax
     many = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
-    l1 = losses.camera_proxy_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), torch.tensor([0]), many,
+    l1 = pplr_losses.camera_proxy_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), torch.tensor([0]), many,
                                   torch.tensor([0, 1, 2]), torch.tensor([1, 0, 0]), temperature=1.0,
                                   hard_negatives=1)
     assert l1.item() == pytest.approx(-(0.0 - math.log(math.exp(0.0) + math.exp(1.0))), abs=1e-6)

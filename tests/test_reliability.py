@@ -25,7 +25,7 @@ from reidctl.artifacts import (
     ArtifactError, atomic_path, read_features, read_labels, write_features, write_labels,
 )
 from reidctl.errors import ReidctlError
-from reidctl.extraction import ModelSpec
+from reidctl.models.spec import ModelSpec
 from reidctl.pipeline import STAGES, run_loop
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour_market

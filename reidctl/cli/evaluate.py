@@ -12,7 +12,7 @@ from reidctl.cli import options as o
 from reidctl.cli.common import app, flags, given_options, out_console, print_json, user_errors
 from reidctl.errors import ReidctlError
 from reidctl.evaluation_stage import evaluate_feature_file, evaluate_model
-from reidctl.extraction import ModelSpec
+from reidctl.models.spec import ModelSpec
 
 
 #: Options that only matter when `evaluate` extracts features itself (--data).

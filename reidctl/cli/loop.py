@@ -13,7 +13,7 @@ from reidctl.cli import options as o
 from reidctl.cli import pplr_options as pp
 from reidctl.cli.common import (app, err_console, multi_camera_cell, notice, out_console, print_json, user_errors,
                                 warn_single_camera)
-from reidctl.extraction import ModelSpec
+from reidctl.models.spec import ModelSpec
 from reidctl.methods import get_method
 from reidctl.pipeline import STAGES, LoopConfig, run_loop
 

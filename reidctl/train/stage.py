@@ -19,7 +19,8 @@ from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.device import resolve_device
 from reidctl.errors import ArtifactError, ReidctlError
-from reidctl.extraction import ModelSpec, check_loader_options
+from reidctl.extraction import check_loader_options
+from reidctl.models.spec import ModelSpec
 from reidctl.features import extract_features
 from reidctl.methods import get_method
 from reidctl.models.reid import ReidModel

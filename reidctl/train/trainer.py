@@ -35,7 +35,7 @@ from reidctl.data.images import load_image
 from reidctl.data.samplers import SEED_BOUND, IdentityBatchSampler, IterLoader, pass_length
 from reidctl.data.transforms import train_transform
 from reidctl.errors import DatasetError, ReidctlError
-from reidctl.methods.base import Batch, EpochData, Method
+from reidctl.train.contract import Batch, EpochData, TrainingMethod
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.train.bn_chunks import chunk_sizes, set_bn_chunks
 from reidctl.train.checkpoint import capture_rng, load_training_state, restore_rng, save_checkpoint
@@ -122,7 +122,7 @@ class TrainSession:
     constructor, or continue a checkpoint with :func:`resume`.
     """
 
-    def __init__(self, model: ReidModel, method: Method, *, device: torch.device | str = "cpu",
+    def __init__(self, model: ReidModel, method: TrainingMethod, *, device: torch.device | str = "cpu",
                  amp: str = "auto", seed: int = 1, generator: np.random.Generator | None = None,
                  epoch: int = -1) -> None:
         self.device = torch.device(device)
@@ -170,7 +170,7 @@ class TrainSession:
         save_checkpoint(path, self.model, **self.state_dict(), **extra)
 
 
-def resume(payload: Mapping[str, Any], method_cls: type[Method], *, overrides: Mapping[str, Any] | None = None,
+def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, overrides: Mapping[str, Any] | None = None,
            device: torch.device | str = "cpu", amp: str = "auto", seed: int = 1,
            source: str | Path = "checkpoint") -> TrainSession:
     """A session that continues a checkpoint ``payload`` (see ``load_checkpoint``).

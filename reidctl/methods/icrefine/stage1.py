@@ -30,7 +30,8 @@ from reidctl.data.datasets import load_dataset
 from reidctl.data.samplers import pass_length
 from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
-from reidctl.extraction import ModelSpec, check_loader_options
+from reidctl.extraction import check_loader_options
+from reidctl.models.spec import ModelSpec
 from reidctl.features import extract_features
 from reidctl.methods.cc import CCParams, ClusterContrast
 from reidctl.methods.icrefine.intra import (

@@ -32,6 +32,7 @@ from reidctl.errors import ReidctlError
 from reidctl.methods.base import Batch, EpochData, Method, Refined, TrainParams
 from reidctl.models.reid import ReidModel
 from reidctl.search import knn
+from reidctl.methods.pplr import losses as pplr_losses
 from reidctl.train import losses
 from reidctl.train.memory import cluster_centroids
 
@@ -263,7 +264,7 @@ class PPLR(Method):
             if (data.camids < 0).any():
                 raise ReidctlError("--camera-proxies needs camera ids, and some images have none")
             y, cams = torch.as_tensor(data.labels), torch.as_tensor(data.camids)
-            proxies = [tuple(t.to(data.device) for t in losses.camera_proxies(torch.as_tensor(x), y, cams))
+            proxies = [tuple(t.to(data.device) for t in pplr_losses.camera_proxies(torch.as_tensor(x), y, cams))
                        for x in (data.features, *parts)]
         return PPLRState(torch.as_tensor(agreement, device=data.device), data.epoch, proxies)  # type: ignore[arg-type]
 
@@ -275,12 +276,12 @@ class PPLR(Method):
         s = state.agreement[batch.index]
         logits, part_logits = outputs["logits"], outputs["part_logits"]
         if p.pglr:
-            target = losses.pglr_target(y, part_logits, s, p.beta, p.agreement_temperature)
+            target = pplr_losses.pglr_target(y, part_logits, s, p.beta, p.agreement_temperature)
             l_global = losses.soft_cross_entropy(logits, target)
         else:
             l_global = F.cross_entropy(logits.float(), y)
         if p.aals and state.epoch >= p.aals_epoch:
-            l_parts = losses.aals_loss(part_logits, y, s)
+            l_parts = pplr_losses.aals_loss(part_logits, y, s)
         else:
             l_parts = torch.stack([losses.label_smoothing_cross_entropy(part_logits[:, i], y, p.label_smoothing)
                                    for i in range(part_logits.shape[1])]).mean()
@@ -290,7 +291,7 @@ class PPLR(Method):
                                                  "triplet": l_tri.detach()}
         if state.proxies is not None:
             feats = [outputs["global"], *outputs["parts"].unbind(1)]
-            cam = [losses.camera_proxy_loss(f, y, batch.camids, *prox, temperature=p.cam_temperature,
+            cam = [pplr_losses.camera_proxy_loss(f, y, batch.camids, *prox, temperature=p.cam_temperature,
                                             hard_negatives=p.cam_hard_negatives)
                    for f, prox in zip(feats, state.proxies)]
             l_cam = cam[0] + torch.stack(cam[1:]).mean()

@@ -1,0 +1,70 @@
+"""Where a model comes from: a checkpoint, or a fresh build from architecture options.
+
+Every stage that builds or loads a model (extract, train-epoch, evaluate, a method's prelude)
+takes a :class:`ModelSpec`; the ``loop`` keys its stages on it (:func:`reidctl.pipeline.model_key`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from reidctl.errors import ReidctlError
+from reidctl.models.reid import ModelConfig, ReidModel
+from reidctl.models.weights import build_model, init_description
+from reidctl.train.checkpoint import (
+    load_checkpoint,
+    model_from_payload,
+    read_model_config,
+)
+
+#: The fields of a ModelSpec that fix the model's structure (a checkpoint records them).
+STRUCTURE = ("arch", "pooling", "last_stride", "parts", "height", "width")
+
+
+@dataclass
+class ModelSpec:
+    """Where a model comes from: a checkpoint, or a fresh build from architecture options."""
+
+    checkpoint: Path | None = None
+    arch: str = "resnet50"
+    pooling: str = "gem"
+    last_stride: int = 1
+    parts: int = 0
+    height: int = 256
+    width: int = 128
+    weights: Path | None = None
+    pretrained: str = "none"
+    seed: int = 1
+
+    def check_given(self, given: Iterable[str]) -> None:
+        """With a checkpoint the model comes from it: refuse model options the user *gave* that it
+        would silently ignore (``given``: names set on the command line). An option equal to the
+        checkpoint's value is harmless and allowed."""
+        if self.checkpoint is None:
+            return
+        given = set(given)
+        if "weights" in given or ("pretrained" in given and self.pretrained != "none"):
+            raise ReidctlError("--weights and --pretrained choose the start of a fresh model; with --checkpoint the "
+                               "weights come from the checkpoint (drop one of them)")
+        recorded = read_model_config(self.checkpoint)
+        differ = [f"--{f.replace('_', '-')} {getattr(self, f)} (the checkpoint has {recorded[f]})"
+                  for f in STRUCTURE if f in given and recorded.get(f) != getattr(self, f)]
+        if differ:
+            raise ReidctlError(f"{self.checkpoint}: the model's structure comes from the checkpoint, but "
+                               f"{', '.join(differ)}; drop those options")
+
+    def build(self) -> tuple[ReidModel, dict[str, Any]]:
+        """The model and its provenance (what the artifact's ``params`` should record)."""
+        if self.checkpoint is not None:
+            payload = load_checkpoint(self.checkpoint)
+            model, epoch = model_from_payload(payload, self.checkpoint), payload.get("epoch")
+            return model, {"model": model.config.to_dict(), "init": f"checkpoint:{Path(self.checkpoint).name}",
+                           "epoch": epoch}
+        config = ModelConfig(self.arch, self.pooling, self.parts, self.last_stride, self.height, self.width)
+        torch.manual_seed(self.seed)  # random initialisation is part of the experiment
+        model = build_model(config, pretrained=self.pretrained, weights=self.weights)
+        return model, {"model": config.to_dict(), "init": init_description(self.pretrained, self.weights)}
