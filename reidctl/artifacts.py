@@ -32,8 +32,10 @@ from reidctl.errors import ArtifactError
 FEATURES = "reidctl/features"
 LABELS = "reidctl/labels"
 INTRA_LABELS = "reidctl/intra-camera-labels"
+#: A method's persistent arrays, beside the checkpoint that names them (reidctl.train.checkpoint).
+METHOD_STATE = "reidctl/method-state"
 CHECKPOINT = "reidctl/checkpoint"  # a torch.save'd dict (reidctl.train.checkpoint), not HDF5
-SCHEMA_VERSIONS = {FEATURES: 1, LABELS: 1, INTRA_LABELS: 1}
+SCHEMA_VERSIONS = {FEATURES: 1, LABELS: 1, INTRA_LABELS: 1, METHOD_STATE: 1}
 
 _STR = h5py.string_dtype(encoding="utf-8")
 
@@ -263,11 +265,7 @@ def write_artifact(
     Sparse matrices are stored as a group (``data``, ``indices``, ``indptr``, ``shape``) so that
     explicit zeros survive. Returns the content digest.
     """
-    h = hashlib.sha256(schema.encode())
-    for name in sorted(arrays):
-        _array_digest(h, name, arrays[name])
-    h.update(json.dumps(params or {}, sort_keys=True, default=str).encode())
-    digest = h.hexdigest()[:32]
+    digest = content_digest(schema, arrays, params)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["schema"] = schema
@@ -283,6 +281,16 @@ def write_artifact(
             for name, value in arrays.items():
                 _write_value(f, name, value)
     return digest
+
+
+def content_digest(schema: str, arrays: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> str:
+    """The digest an artifact records: its schema, arrays and params (not when or by whom it was
+    written), so a reader can recompute it to tell whether the content changed."""
+    h = hashlib.sha256(schema.encode())
+    for name in sorted(arrays):
+        _array_digest(h, name, arrays[name])
+    h.update(json.dumps(params or {}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
 
 
 def _write_value(f: h5py.File, name: str, value: Any) -> None:
@@ -579,6 +587,26 @@ def read_labels(
         raise ArtifactError(f"{path}: corrupt artifact, {len(labels)} labels for {len(paths)} rows")
     check_rows(path, paths, expect_paths)
     return Labels(labels.astype(np.int32), paths, extra, meta, path)
+
+
+# --------------------------------------------------------------------------------------------
+# a method's persistent state
+
+
+def write_method_state(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], *,
+                       params: Mapping[str, Any] | None = None) -> str:
+    """Write a method's persistent arrays (a multilabel memory ...); returns the content digest."""
+    return write_artifact(path, METHOD_STATE, {k: np.asarray(v) for k, v in arrays.items()}, params=params)
+
+
+def read_method_state(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str]:
+    """A method's persistent arrays and their content digest, recomputed from what was read (not
+    the recorded one), so a file edited in place does not pass for the one a checkpoint names."""
+    path = Path(path)
+    with reading(path) as f:
+        meta = _meta(f, path, METHOD_STATE)
+        arrays = {name: _read_value(f[name]) for name in f}
+    return arrays, content_digest(METHOD_STATE, arrays, meta.params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,10 +1,17 @@
 """`loop`: extract → cluster → refine → train-epoch (→ evaluate), epoch after epoch, cached.
 
+The stages are those the method declares: its preludes (run once before epoch 0, into
+``RUN/<name>/``), then each epoch extract, cluster and refine (unless the method does not
+cluster) and train, with an evaluation every ``eval_every`` epochs. This module knows methods
+only through the registry and the contracts of :mod:`reidctl.stages` and
+:class:`reidctl.methods.base.Method`.
+
 Each stage's output sits in ``RUN/epoch_XXX/`` beside a ``STAGE.done.json`` record
-(:mod:`reidctl.rundir`). A stage's key holds everything that can change its output: its
-resolved options, the seed, the content digests of its input artifacts, a fingerprint of the
-images it reads (:mod:`reidctl.data.fingerprint`), the numeric precision it runs at, and the
-reidctl version; never a path or a timing, so a run folder can be moved or copied. Re-running
+(:mod:`reidctl.rundir`). A stage's key is built in one place (:meth:`StageCall.key`) from what
+it declares: its resolved options, the seed, the content digests of its input artifacts, what
+else it reads (a fingerprint of its images, :mod:`reidctl.data.fingerprint`; the fresh model;
+the numeric precision), and the reidctl version; never a path or a timing, so a run folder can
+be moved or copied. Re-running
 the same command skips every stage whose record matches and whose output is intact; a stage
 killed half-way left no artifact (writes are atomic) and no record, so it simply runs again.
 ``--force-from STAGE`` re-runs that stage and all later ones. The run folder is locked while a
@@ -18,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 
 from reidctl.artifacts import file_digest, read_meta
-from reidctl.cluster.stage import run_cluster
+from reidctl.cluster.stage import ClusterParams, run_cluster
 from reidctl.data.base import Dataset
 from reidctl.data.datasets import load_dataset
 from reidctl.data.fingerprint import split_fingerprint
@@ -30,24 +36,30 @@ from reidctl.errors import ReidctlError
 from reidctl.evaluation import count_valid_queries
 from reidctl.evaluation_stage import evaluate_feature_file
 from reidctl.extraction import ExtractRequest, check_loader_options, extraction_precision, run_extract
+from reidctl.methods import Method, get_method
 from reidctl.models.spec import ModelSpec
-from reidctl.methods import get_method
-from reidctl.methods.icrefine.intra import read_intra_labels
-from reidctl.methods.icrefine.stage1 import IntraCameraRequest, loop_params, run_intra_camera
+from reidctl.options import flag_of
 from reidctl.refine import default_cluster_params, run_refine
 from reidctl.rundir import Notice, RunDir, StageResult, stage_key, write_json
+from reidctl.stages import Prelude, RunContext
 from reidctl.train.checkpoint import checkpoint_digest
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 from reidctl.train.trainer import precision_name
 
-STAGES = ("intra", "extract", "cluster", "refine", "train", "evaluate")  # intra: icrefine's stage 1, once
+#: What ``--force-from`` accepts, in run order ("prelude": every stage a method runs before epoch 0).
+STAGES = ("prelude", "extract", "cluster", "refine", "train", "evaluate")
 #: How the loop's evaluation ranks (recorded in the evaluate stage's key).
 EVAL_SETTINGS = {"ap": "sklearn", "pairs": "market", "rerank": False}
 
 
 @dataclass
 class LoopConfig:
-    """Everything `loop` needs; the CLI fills it from options, notebooks can build it directly."""
+    """Everything `loop` needs; the CLI fills it from options, notebooks can build it directly.
+
+    ``options`` holds the method's options by their flat names, as ``loop`` takes them on the
+    command line (``eps``, ``iters``, ``beta``, ``decay``, ``intra_epochs``, ``intra`` ...); the
+    method routes each to its stage (:meth:`reidctl.methods.base.Method.route`).
+    """
 
     data: str
     run_dir: Path
@@ -55,10 +67,7 @@ class LoopConfig:
     epochs: int = 50
     dataset: str | None = None
     model: ModelSpec = field(default_factory=ModelSpec)
-    cluster: Mapping[str, Any] = field(default_factory=dict)  # overrides of the method's clustering
-    refine: Mapping[str, Any] = field(default_factory=dict)  # method options of `refine`
-    train: Mapping[str, Any] = field(default_factory=dict)  # overrides of the method's Params
-    intra: Mapping[str, Any] = field(default_factory=dict)  # icrefine stage 1: IntraCameraParams overrides
+    options: Mapping[str, Any] = field(default_factory=dict)
     eval_every: int = 10
     eval_init: bool = True
     extract_batch_size: int = 128
@@ -90,48 +99,89 @@ def model_key(spec: ModelSpec) -> dict[str, Any]:
     return d
 
 
+@dataclass
+class StageCall:
+    """A stage as it declares itself. Its cache key is built from these fields, and only from
+    them, in :meth:`key`: no stage can leave out its seed, its inputs' digests or the version."""
+
+    stage: str  # the record's name (``STAGE.done.json``)
+    folder: str
+    output: str
+    run: Callable[[Path], dict[str, Any]]
+    options: Mapping[str, Any]  # its resolved options
+    seed: int | None = None
+    inputs: Mapping[str, StageResult | None] = field(default_factory=dict)  # artifacts it reads
+    reads: Mapping[str, Any] = field(default_factory=dict)  # what else: images, a fresh model, the precision
+    group: str | None = None  # its name for --force-from (default: stage)
+
+    def key(self) -> str:
+        digests = {name: None if r is None else r.digest for name, r in self.inputs.items()}
+        return stage_key(self.stage, {"options": self.options, "seed": self.seed, "inputs": digests,
+                                      "reads": self.reads})
+
+
 class _Loop:
     """One ``loop`` run: the resolved settings and the stages, on a locked run folder."""
 
     def __init__(self, cfg: LoopConfig, ds: Dataset) -> None:
         self.cfg, self.ds = cfg, ds
         self.run: RunDir  # set by :meth:`epochs`
-        self.method_cls = get_method(cfg.method)
+        self.method_cls: type[Method] = get_method(cfg.method)
+        routed = self.method_cls.route(cfg.options, cluster_options=ClusterParams)
         device = resolve_device(cfg.device)
         self.extract_precision = extraction_precision(device)
         self.train_precision = precision_name(cfg.amp, device)
-        self.cluster_params = default_cluster_params(cfg.method, n_samples=len(ds.train), **cfg.cluster)
-        self.train_params = self.method_cls.resolve_params(None, cfg.train).to_dict()
-        self.refine_options = self.method_cls.refine_options(cfg.refine)
+        self.train_overrides = routed.train
+        self.train_params = self.method_cls.resolve_params(None, routed.train).to_dict()
+        self.refine_given = routed.refine
+        if self.method_cls.clusters:
+            self.cluster_params = default_cluster_params(cfg.method, n_samples=len(ds.train), **routed.cluster)
+            self.method_cls.refine_options(routed.refine)  # another method's options fail before any work
+        self.given = routed.given
+        self.prelude_options = {p.name: self._prelude_options(p, routed.preludes.get(p.name, {}), routed.train)
+                                for p in self.method_cls.preludes}
         self.model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)
         self.model_key = model_key(self.model)
         self.data = {"train": split_fingerprint(ds.train), "test": split_fingerprint(ds.samples("test"))}
 
+    def _prelude_options(self, prelude: Prelude, given: Mapping[str, Any], train: Mapping[str, Any]) -> Any:
+        if prelude.feeds in self.given:
+            if given:
+                flags = ", ".join(flag_of(f"{prelude.name}_{k}") for k in given)
+                raise ReidctlError(f"{flag_of(prelude.feeds)} FILE replaces the {prelude.name} stage, so {flags} "
+                                   "do not apply with it")
+            return None
+        return prelude.resolve(given, train)
+
     # ---------------------------------------------------------------------------------- stages
 
-    def stage(self, folder: str, stage: str, out_name: str, spec: Mapping[str, Any],
-              go: Callable[[Path], dict[str, Any]], epoch: int | str) -> StageResult:
-        return self.run.stage(folder, stage, out_name, stage_key(stage, spec), go, artifact_digest, epoch)
+    def stage(self, call: StageCall, epoch: int | str) -> StageResult:
+        return self.run.stage(call.folder, call.stage, call.output, call.key(), call.run, artifact_digest, epoch,
+                              group=call.group)
 
-    def intra(self) -> StageResult:
-        """icrefine's stage 1, run once before epoch 0 into ``RUN/intra/`` (cached like any stage);
-        or the user's own stage-1 file (``refine`` option ``intra``)."""
-        cfg, ds = self.cfg, self.ds
-        given = cfg.refine.get("intra")
+    def images(self, split: str) -> dict[str, Any]:
+        """What a stage reading ``split``'s images depends on: their fingerprint and the layout."""
+        return {"data": self.data[split], "layout": self.ds.layout}
+
+    def fresh_model(self, ckpt: StageResult | None) -> dict[str, Any] | None:
+        """The fresh model's key where a stage builds one (no checkpoint), else None."""
+        return None if ckpt else self.model_key
+
+    def prelude(self, prelude: Prelude) -> StageResult:
+        """A method's stage before epoch 0, into ``RUN/<name>/`` (or the user's ready-made file)."""
+        cfg, given = self.cfg, self.given.get(prelude.feeds)
         if given is not None:
-            if cfg.intra:
-                raise ReidctlError(f"--intra FILE replaces stage 1, so {_intra_flags(cfg.intra)} do not apply with it")
-            _, digest = read_intra_labels(given, paths=[s.relpath for s in ds.train],
-                                          camids=np.array([s.camid for s in ds.train]))
+            digest = prelude.read_given(Path(given), self.ds)
             return StageResult(Path(given).absolute(), digest, {"file": str(given)}, cached=True)
-        params = loop_params(cfg.intra, cfg.train)
-        req = IntraCameraRequest(**dataclasses.asdict(self.model), data=cfg.data, dataset=cfg.dataset, params=params,
-                                 workers=cfg.workers, device=cfg.device, amp=cfg.amp,
-                                 deterministic=cfg.deterministic, extract_batch_size=cfg.extract_batch_size)
-        spec = {"data": self.data["train"], "layout": ds.layout, "model": self.model_key,
-                "intra": dataclasses.asdict(params), "deterministic": cfg.deterministic,
-                "precision": self.train_precision}
-        return self.stage("intra", "intra", "intra.h5", spec, lambda out: run_intra_camera(req, out), "intra")
+        options = self.prelude_options[prelude.name]
+        ctx = RunContext(data=cfg.data, dataset=cfg.dataset, model=self.model, seed=cfg.seed, workers=cfg.workers,
+                         device=cfg.device, amp=cfg.amp, deterministic=cfg.deterministic,
+                         extract_batch_size=cfg.extract_batch_size)
+        call = StageCall(prelude.name, prelude.name, prelude.output, lambda out: prelude.run(ctx, options, out),
+                         options=dataclasses.asdict(options), seed=cfg.seed, group="prelude",
+                         reads={**self.images("train"), "model": self.model_key, "precision": self.train_precision,
+                                "deterministic": cfg.deterministic})
+        return self.stage(call, prelude.name)
 
     def extract(self, folder: str, split: str, ckpt: StageResult | None, epoch: int | str) -> StageResult:
         cfg = self.cfg
@@ -144,11 +194,13 @@ class _Loop:
             res = run_extract(req, out)
             return {k: res[k] for k in ("rows", "dim", "parts", "skipped_images")}
 
-        spec = {"split": split, "layout": self.ds.layout, "data": self.data["train" if split == "train" else "test"],
-                "skip_bad_images": cfg.skip_bad_images, "precision": self.extract_precision,
-                "model": None if ckpt else self.model_key, "inputs": {"checkpoint": ckpt and ckpt.digest}}
-        name = "extract" if split == "train" else "extract_test"
-        return self.stage(folder, name, f"{split}.h5", spec, go, epoch)
+        images = "train" if split == "train" else "test"
+        call = StageCall("extract" if split == "train" else "extract_test", folder, f"{split}.h5", go,
+                         options={"split": split, "skip_bad_images": cfg.skip_bad_images},
+                         inputs={"checkpoint": ckpt}, group="extract",
+                         reads={**self.images(images), "precision": self.extract_precision,
+                                "model": self.fresh_model(ckpt)})
+        return self.stage(call, epoch)
 
     def evaluate(self, folder: str, ckpt: StageResult | None, epoch: int | str) -> dict[str, Any]:
         test = self.extract(folder, "test", ckpt, epoch)
@@ -158,54 +210,57 @@ class _Loop:
             write_json(out, result)
             return result
 
-        spec = {**EVAL_SETTINGS, "inputs": {"test": test.digest}}
-        return self.stage(folder, "evaluate", "eval.json", spec, go, epoch).summary
+        return self.stage(StageCall("evaluate", folder, "eval.json", go, options=EVAL_SETTINGS,
+                                    inputs={"test": test}), epoch).summary
 
     def cluster(self, folder: str, feats: StageResult, epoch: int) -> StageResult:
         params, seed = self.cluster_params, self.cfg.seed
-        spec = {"params": dataclasses.asdict(params), "seed": seed, "inputs": {"features": feats.digest}}
-        return self.stage(folder, "cluster", "labels.h5", spec,
-                          lambda out: run_cluster(feats.path, out, params, seed=seed), epoch)
+        call = StageCall("cluster", folder, "labels.h5", lambda out: run_cluster(feats.path, out, params, seed=seed),
+                         options=dataclasses.asdict(params), seed=seed, inputs={"features": feats})
+        return self.stage(call, epoch)
 
-    def refine(self, folder: str, feats: StageResult, clus: StageResult, intra: StageResult | None,
+    def refine(self, folder: str, feats: StageResult, clus: StageResult, preludes: Mapping[str, StageResult],
                epoch: int) -> StageResult:
-        cfg = self.cfg
-        options, key_options = dict(cfg.refine), self.refine_options
-        inputs = {"features": feats.digest, "labels": clus.digest}
-        if intra is not None:  # icrefine: p(e) needs the epoch; the intra-camera labels of stage 1
-            options.update(epoch=epoch, epochs=cfg.epochs, intra=str(intra.path))
-            key_options = {k: v for k, v in self.method_cls.refine_options(options).items() if k != "intra"}
-            inputs["intra"] = intra.digest  # the file by its content, not by where it lies
+        """The method's refine step, given the loop values it reads and its preludes' outputs (as
+        the options they feed); the outputs are keyed by their content, not by where they lie."""
+        cfg, method = self.cfg, self.method_cls
+        loop_values = {"epoch": epoch, "epochs": cfg.epochs}
+        options = {**self.refine_given, **{k: loop_values[k] for k in method.refine_context}}
+        fed = {p.feeds: str(preludes[p.name].path) for p in method.preludes}
+        resolved = {k: v for k, v in method.refine_options({**options, **fed}).items() if k not in fed}
         seed = cfg.seed + epoch
-        spec = {"method": cfg.method, "options": key_options, "seed": seed, "inputs": inputs}
-        return self.stage(folder, "refine", "refined.h5", spec,
-                          lambda out: run_refine(cfg.method, feats.path, out, labels_path=clus.path,
-                                                 options=options, seed=seed), epoch)
+        call = StageCall("refine", folder, "refined.h5",
+                         lambda out: run_refine(cfg.method, feats.path, out, labels_path=clus.path,
+                                                options={**options, **fed}, seed=seed),
+                         options={"method": cfg.method, **resolved}, seed=seed,
+                         inputs={"features": feats, "labels": clus, **preludes})
+        return self.stage(call, epoch)
 
-    def train(self, folder: str, ckpt: StageResult | None, feats: StageResult, ref: StageResult,
+    def train(self, folder: str, ckpt: StageResult | None, feats: StageResult, ref: StageResult | None,
               epoch: int) -> StageResult:
         cfg = self.cfg
 
         def go(out: Path) -> dict[str, Any]:
             req = TrainEpochRequest(**{**dataclasses.asdict(self.model), "checkpoint": ckpt and ckpt.path},
-                                    data=cfg.data, dataset=cfg.dataset, labels=ref.path, method=cfg.method,
-                                    overrides=cfg.train, features=feats.path, epoch=epoch, workers=cfg.workers,
-                                    device=cfg.device, amp=cfg.amp, deterministic=cfg.deterministic)
+                                    data=cfg.data, dataset=cfg.dataset, labels=ref and ref.path, method=cfg.method,
+                                    overrides=self.train_overrides, features=feats.path, epoch=epoch,
+                                    workers=cfg.workers, device=cfg.device, amp=cfg.amp,
+                                    deterministic=cfg.deterministic)
             res = run_train_epoch(req, out)
             return {k: v for k, v in res.items() if k not in ("params", "out")}
 
-        spec = {"method": cfg.method, "params": self.train_params, "deterministic": cfg.deterministic,
-                "precision": self.train_precision, "seed": cfg.seed, "layout": self.ds.layout,
-                "data": self.data["train"], "model": None if ckpt else self.model_key,
-                "inputs": {"checkpoint": ckpt and ckpt.digest, "labels": ref.digest, "features": feats.digest}}
-        return self.stage(folder, "train", "model.pt", spec, go, epoch)
+        call = StageCall("train", folder, "model.pt", go, options={"method": cfg.method, "params": self.train_params},
+                         seed=cfg.seed, inputs={"checkpoint": ckpt, "labels": ref, "features": feats},
+                         reads={**self.images("train"), "model": self.fresh_model(ckpt),
+                                "precision": self.train_precision, "deterministic": cfg.deterministic})
+        return self.stage(call, epoch)
 
     # ------------------------------------------------------------------------------------ loop
 
     def epochs(self, run: RunDir, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
         cfg, self.run = self.cfg, run
         evaluating = bool(cfg.eval_every) and bool(self.ds.query and self.ds.gallery)
-        intra = self.intra() if self.method_cls.intra_camera else None
+        preludes = {p.name: self.prelude(p) for p in self.method_cls.preludes}
         history: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
         if evaluating and cfg.eval_init:
@@ -215,11 +270,15 @@ class _Loop:
         ckpt: StageResult | None = None
         for epoch in range(cfg.epochs):
             folder = f"epoch_{epoch:03d}"
+            record: dict[str, Any] = {"epoch": epoch}
             feats = self.extract(folder, "train", ckpt, epoch)
-            clus = self.cluster(folder, feats, epoch)
-            ref = self.refine(folder, feats, clus, intra, epoch)
+            ref = None
+            if self.method_cls.clusters:
+                clus = self.cluster(folder, feats, epoch)
+                ref = self.refine(folder, feats, clus, preludes, epoch)
+                record.update(cluster=clus.summary, refine=ref.summary)
             ckpt = self.train(folder, ckpt, feats, ref, epoch)
-            record = {"epoch": epoch, "cluster": clus.summary, "refine": ref.summary, "train": ckpt.summary}
+            record["train"] = ckpt.summary
             last = epoch == cfg.epochs - 1
             if evaluating and ((epoch + 1) % cfg.eval_every == 0 or last):
                 record["eval"] = self.evaluate(folder, ckpt, epoch)
@@ -232,20 +291,15 @@ class _Loop:
         result = {"run_dir": str(self.run.root), "method": cfg.method, "epochs": history,
                   "last": {"epoch": evals[-1]["epoch"], **evals[-1]["eval"]} if evals else None,
                   "best": best, "checkpoint": str(ckpt.path.relative_to(self.run.root)) if ckpt else None}
-        if intra is not None:
-            result["intra"] = intra.summary
+        result.update({name: r.summary for name, r in preludes.items()})
         write_json(self.run.root / "summary.json", result)
         return result
 
 
-def _intra_flags(intra: Mapping[str, Any]) -> str:
-    """The loop's stage-1 options that were given, as flags: "--intra-epochs, --intra-iters"."""
-    return ", ".join(f"--intra-{name.replace('_', '-')}" for name in intra)
-
-
 def check_config(cfg: LoopConfig, ds: Dataset) -> None:
     """Refuse a loop that cannot work before its first stage runs (and before the run folder
-    is made): bad numbers, options of another method, a test split nothing can be evaluated on."""
+    is made): bad numbers, a model without the features the method needs, a test split nothing
+    can be evaluated on. (Options of another method are refused when the loop routes them.)"""
     if cfg.epochs < 1:
         raise ReidctlError("--epochs must be at least 1")
     if cfg.eval_every < 0:
@@ -255,10 +309,9 @@ def check_config(cfg: LoopConfig, ds: Dataset) -> None:
     if not ds.train:
         raise ReidctlError(f"{ds.root}: the dataset has no train images to learn from")
     if method_cls.uses_parts and not cfg.model.parts:
-        raise ReidctlError(f"--method {cfg.method} needs part features: --parts 0 leaves the model without them "
-                           "(PPLR: 3 average-pooled stripes, its default)")
-    if cfg.intra and not method_cls.intra_camera:
-        raise ReidctlError(f"{_intra_flags(cfg.intra)} apply to --method icrefine, not {cfg.method}")
+        parts = method_cls.model_defaults.get("parts")
+        raise ReidctlError(f"--method {cfg.method} needs part features: --parts 0 leaves the model without them"
+                           + (f" (its official model has {parts} stripes)" if parts else ""))
     if cfg.eval_every and ds.query and ds.gallery:
         valid = count_valid_queries([s.pid for s in ds.query], [s.camid for s in ds.query],
                                     [s.pid for s in ds.gallery], [s.camid for s in ds.gallery])
@@ -276,7 +329,9 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None 
     """
     ds = load_dataset(cfg.data, cfg.dataset)
     check_config(cfg, ds)
-    run_dir = RunDir(cfg.run_dir, stages=STAGES, force_from=cfg.force_from, notice=notice)
+    method_cls = get_method(cfg.method)
+    force_from = "prelude" if cfg.force_from in {p.name for p in method_cls.preludes} else cfg.force_from
+    run_dir = RunDir(cfg.run_dir, stages=STAGES, force_from=force_from, notice=notice)
     loop = _Loop(cfg, ds)  # resolves and checks every option before the run folder is made
     with run_dir as run:
         return loop.epochs(run, on_epoch)

@@ -52,7 +52,8 @@ def run_refine(
     (never over one of its inputs, nor over a file other than a labels artifact unless ``force``)."""
     method_cls = get_method(method)
     method_cls.refine_options(options or {})  # another method's options fail before any work
-    check_output(out, schema=LABELS, inputs=(features_path, labels_path, (options or {}).get("intra")), force=force)
+    fed = [(options or {}).get(p.feeds) for p in method_cls.preludes]  # files the method reads as options
+    check_output(out, schema=LABELS, inputs=(features_path, labels_path, *fed), force=force)
     fe = read_features(features_path)
     inputs = {"features": fe.meta.digest}
     if labels_path is not None:
@@ -63,7 +64,7 @@ def run_refine(
         inputs["labels"] = lab.meta.digest
     else:
         params = default_cluster_params(method, n_samples=len(fe), **(cluster or {}))
-        res = cluster_features(fe.feats, params)
+        res = cluster_features(fe.feats, params, parts=fe.parts)
         labels = res["labels"]
         extra = {k: res[k] for k in ("knn_index", "knn_dist", "jaccard")}
         cluster_info = {"cluster": dataclasses.asdict(params)}

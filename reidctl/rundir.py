@@ -180,17 +180,18 @@ class RunDir:
             raise ReidctlError(f"cannot write {self.log_path}: {exc.strerror}") from None
 
     def stage(self, folder: str, stage: str, out_name: str, key: str,
-              run: Callable[[Path], dict[str, Any]], digest: Callable[[Path], str], epoch: int | str
-              ) -> StageResult:
+              run: Callable[[Path], dict[str, Any]], digest: Callable[[Path], str], epoch: int | str,
+              group: str | None = None) -> StageResult:
         """Run ``run(out_path)`` unless a valid record says its output is already there.
 
-        ``digest(out_path)`` is the output's content digest, recorded for later stages' keys.
+        ``digest(out_path)`` is the output's content digest, recorded for later stages' keys;
+        ``group`` is the name ``--force-from`` knows the stage by (default: ``stage``).
         """
         out_rel = f"{folder}/{out_name}"
         out = self.root / out_rel
         record_path = self.root / folder / f"{stage}.done.json"
         record = self._read_record(record_path, stage, epoch)
-        if stage in self.forced:
+        if (group or stage) in self.forced:
             record = None
         if record is not None and record.get("key") == key:
             problem = self._check_output(out, record, record_path)

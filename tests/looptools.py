@@ -19,7 +19,7 @@ CLI_ARGS = ["--arch", "resnet18", "--height", "64", "--width", "32", "--k1", "6"
 
 def loop_config(data, run_dir, **kw) -> LoopConfig:
     """Two epochs on a colour_market folder, evaluated every epoch; ``kw`` overrides."""
-    base = dict(data=str(data), run_dir=run_dir, epochs=2, model=MODEL, cluster=CLUSTER, train=TRAIN,
+    base = dict(data=str(data), run_dir=run_dir, epochs=2, model=MODEL, options={**CLUSTER, **TRAIN},
                 eval_every=1, workers=0, device="cpu", deterministic=True)
     base.update(kw)
     return LoopConfig(**base)

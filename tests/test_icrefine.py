@@ -293,6 +293,6 @@ def test_cli_loop_icrefine(tmp_path):
     run_ok(*args)  # a re-run is cached, stage 1 included
     assert all(rec["cached"] for rec in [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()][n:])
     for extra, message in [(("--method", "cc", "--decay", "cosine"), "--decay does not apply"),
-                           (("--method", "cc", "--intra-epochs", "2"), "apply to --method icrefine")]:
+                           (("--method", "cc", "--intra-epochs", "2"), "does not apply to --method cc (an option of icrefine)")]:
         run_error("loop", "--data", "synthetic:tiny", "--run-dir", tmp_path / "x", *extra, *FAST,
                   match=re.escape(message))

@@ -53,19 +53,18 @@ def test_changed_option_reruns_only_from_the_changed_stage(data, tmp_path):
     run_dir = tmp_path / "run"
     run_loop(_config(data, run_dir, epochs=1, eval_every=0))
     n = len(_log(run_dir))
-    run_loop(_config(data, run_dir, epochs=1, eval_every=0, cluster={**CLUSTER, "eps": 0.45}))
+    run_loop(_config(data, run_dir, epochs=1, eval_every=0, options={**CLUSTER, **TRAIN, "eps": 0.45}))
     stages = {r["stage"]: r["cached"] for r in _log(run_dir)[n:]}
     # the same labels come out, so the content-addressed training stage is still valid
     assert stages == {"extract": True, "cluster": False, "refine": False, "train": True}
     n = len(_log(run_dir))
-    run_loop(_config(data, run_dir, epochs=1, eval_every=0, cluster={**CLUSTER, "eps": 0.45},
-                     train={**TRAIN, "iters": 3}))
+    run_loop(_config(data, run_dir, epochs=1, eval_every=0, options={**CLUSTER, **TRAIN, "eps": 0.45, "iters": 3}))
     stages = {r["stage"]: r["cached"] for r in _log(run_dir)[n:]}
     assert stages == {"extract": True, "cluster": True, "refine": True, "train": False}
 
 
 @pytest.mark.parametrize(("kw", "message"), [
-    ({"force_from": "nope"}, r"^--force-from nope: choose one of intra, extract, cluster, "),
+    ({"force_from": "nope"}, r"^--force-from nope: choose one of prelude, extract, cluster, "),
     ({"epochs": 0}, r"^--epochs must be at least 1$"),
     ({"method": "nope"}, r"^unknown --method 'nope' \(choose one of cc, "),
 ])

@@ -180,17 +180,17 @@ def test_errors_and_params():
     with pytest.raises(ReidctlError, match="--parts 3 --pooling avg"):
         PPLR().build_heads(ReidModel(ModelConfig(arch="resnet18", height=64, width=32)))
     p = PPLRParams()
-    assert (p.iters, p.batch_size, p.num_instances, p.bn_chunks, p.k, p.beta, p.aals_epoch, p.classifier_rows,
-            p.cam_lambda, p.cam_temperature, p.cam_hard_negatives) == (400, 64, 4, 4, 20, 0.5, 5, 3000, 0.5, 0.07, 50)
-    assert PPLR.cluster_defaults == {"eps": 0.5} and "k" not in p.to_dict()
-    with pytest.raises(ReidctlError, match="--k is an option of the refine stage"):
+    assert (p.iters, p.batch_size, p.num_instances, p.bn_chunks, p.beta, p.aals_epoch, p.classifier_rows,
+            p.cam_lambda, p.cam_temperature, p.cam_hard_negatives) == (400, 64, 4, 4, 0.5, 5, 3000, 0.5, 0.07, 50)
+    assert PPLR.RefineOptions().k == 20 and PPLR.cluster_defaults == {"eps": 0.5} and "k" not in p.to_dict()
+    with pytest.raises(ReidctlError, match="^--k does not apply to --method pplr$"):  # a refine option
         PPLR.resolve_params(None, {"k": 10})
     with pytest.raises(ReidctlError, match="--beta does not apply to --method cc"):
         get_method("cc").resolve_params(None, {"beta": 0.3})
     with pytest.raises(ReidctlError, match="--beta"):
         PPLR.resolve_params(None, {"beta": 1.5})
     assert PPLR.refine_options({}) == {"k": 20}
-    with pytest.raises(ReidctlError, match="--k does not apply to --method cc"):
+    with pytest.raises(ReidctlError, match=r"^--k does not apply to `refine --method cc`$"):
         get_method("cc").refine_options({"k": 5})
 
 

@@ -25,6 +25,7 @@ from reidctl.artifacts import (
     ArtifactError, atomic_path, read_features, read_labels, write_features, write_labels,
 )
 from reidctl.errors import ReidctlError
+from reidctl.methods import get_method
 from reidctl.models.spec import ModelSpec
 from reidctl.pipeline import STAGES, run_loop
 from tests.clitools import run_error, run_ok
@@ -531,12 +532,10 @@ def test_14_train_epoch_refuses_model_options_that_differ_from_the_checkpoint(ma
 
 
 def test_14_intra_clusters_with_an_intra_file_is_a_conflict(tmp_path):
-    from reidctl.methods.icrefine.method import IcrefineOptions
-
     intra = tmp_path / "intra.h5"
     intra.write_bytes(b"")
     with pytest.raises(ReidctlError, match="--intra-clusters sets how `refine` clusters each camera itself"):
-        IcrefineOptions.from_mapping({"intra": intra, "intra_clusters": "images/4"})
+        get_method("icrefine").refine_options({"intra": intra, "intra_clusters": "images/4"})
 
 
 def test_14_icrefine_lowers_k1_for_small_cameras_and_says_so():

@@ -3,40 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from reidctl.cli import options as o
-from reidctl.cli.common import (app, multi_camera_cell, out_console, print_json, print_quality, user_errors,
-                                warn_single_camera)
+from reidctl.cli.common import command, multi_camera_cell, out_console, print_json, print_quality, warn_single_camera
+from reidctl.cli.method_options import cluster_flags, runtime_flags
 from reidctl.cluster.stage import ClusterParams, run_cluster
+from reidctl.options import resolve
 
 
-@app.command("cluster")
-@user_errors
+@command("cluster", run=runtime_flags("device", "seed", "force", "json"), options=cluster_flags())
 def cluster(
     features: Annotated[Path, typer.Argument(help="Features file (reidctl extract).")],
     out: Annotated[Path, typer.Option("--out", help="Labels file to write (HDF5).")],
-    algo: Annotated[str, typer.Option("--algo", help="dbscan (CC family) or agglomerative (average linkage).")] = "dbscan",
-    k1: Annotated[int, typer.Option("--k1", help="Neighbourhood size of the k-reciprocal Jaccard distance.")] = 30,
-    k2: Annotated[int, typer.Option("--k2", help="Query-expansion size (1 = none).")] = 6,
-    eps: Annotated[float, typer.Option("--eps", help="DBSCAN radius on the Jaccard distance.")] = 0.6,
-    min_samples: Annotated[int, typer.Option("--min-samples", help="DBSCAN core-point size (counts the point itself).")] = 4,
-    n_clusters: Annotated[Optional[int], typer.Option("--n-clusters", help="Number of clusters for agglomerative.")] = None,
-    jaccard_variant: Annotated[str, typer.Option("--jaccard-variant", help="cc (k1 columns incl. self, the default) or original (Zhong et al., k1+1).")] = "cc",
-    knn_backend: Annotated[str, typer.Option("--knn-backend", help="auto, torch or faiss (faiss-gpu).")] = "auto",
-    device: o.Device = "auto",
-    seed: o.Seed = 1,
-    force: o.Force = False,
-    json: o.Json = False,
+    options: dict = None,  # ClusterParams (reidctl.cli.method_options)
+    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
 ) -> None:
     """Cluster features into pseudo identities on the k-reciprocal Jaccard distance."""
-    params = ClusterParams(algo=algo, k1=k1, k2=k2, eps=eps, min_samples=min_samples, n_clusters=n_clusters,
-                           jaccard_variant=jaccard_variant, knn_backend=knn_backend, device=device)
-    summary = run_cluster(features, out, params, seed=seed, force=force)
-    if json:
+    params = resolve(ClusterParams, {**options, "device": run["device"]}, what="`cluster`")
+    summary = run_cluster(features, out, params, seed=run["seed"], force=run["force"])
+    if run["json"]:
         print_json(summary)
         return
     table = Table(title=f"{out}", title_justify="left")

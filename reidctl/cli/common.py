@@ -46,6 +46,17 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def command(name: str, *, help: str | None = None, **groups: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command on the app: one-line user errors (:func:`user_errors`) and the flags of
+    ``groups`` made from their declarations (:func:`reidctl.cli.method_options.with_options`)."""
+    from reidctl.cli.method_options import with_options
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        return app.command(name, help=help)(user_errors(with_options(**groups)(func)))
+
+    return decorate
+
+
 def error(message: str) -> None:
     """The one ``error:`` line of a failed command."""
     err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
@@ -54,6 +65,19 @@ def error(message: str) -> None:
 def notice(message: str) -> None:
     """Something the user should know that does not stop the command (stderr, yellow)."""
     err_console.print(Text(message, style="yellow"), highlight=False, soft_wrap=True)
+
+
+def settings(run: dict[str, Any], *drop: str) -> dict[str, Any]:
+    """A command's run options (:class:`reidctl.cli.options.Runtime`) as keyword arguments of a
+    library call, without those it does not take (``json`` ...)."""
+    return {k: v for k, v in run.items() if k not in drop}
+
+
+def run_request(ctx: typer.Context, request: Any, runner: Callable[[Any, Any], Any], out: Any) -> Any:
+    """Check that no model option the user gave is silently overridden by ``--checkpoint``
+    (:meth:`ModelSpec.check_given <reidctl.models.spec.ModelSpec.check_given>`), then run."""
+    request.check_given(given_options(ctx))
+    return runner(request, out)
 
 
 def given_options(ctx: typer.Context) -> set[str]:

@@ -9,19 +9,19 @@ import typer
 from rich.table import Table
 
 from reidctl.cli import options as o
-from reidctl.cli.common import app, flags, given_options, out_console, print_json, user_errors
+from reidctl.cli.method_options import model_flags, runtime_flags
+from reidctl.cli.common import command, flags, given_options, out_console, print_json
 from reidctl.errors import ReidctlError
 from reidctl.evaluation_stage import evaluate_feature_file, evaluate_model
 from reidctl.models.spec import ModelSpec
 
 
 #: Options that only matter when `evaluate` extracts features itself (--data).
-MODEL_OPTIONS = {"checkpoint", "dataset", "arch", "pooling", "last_stride", "height", "width", "weights",
+MODEL_OPTIONS = {"checkpoint", "dataset", "arch", "pooling", "last_stride", "parts", "height", "width", "weights",
                  "pretrained", "batch_size", "workers", "device", "seed", "random_init"}
 
 
-@app.command("evaluate")
-@user_errors
+@command("evaluate", run=runtime_flags("batch_size", "workers", "device", "seed", "json"), model=model_flags())
 def evaluate(
     ctx: typer.Context,
     features: Annotated[Optional[Path], typer.Argument(help="Features file holding query and gallery rows.")] = None,
@@ -31,21 +31,11 @@ def evaluate(
     ap: Annotated[str, typer.Option("--ap", help="sklearn (non-interpolated, CC family) or trapezoid (MAR, Market MATLAB).")] = "sklearn",
     rerank: Annotated[bool, typer.Option("--rerank", help="k-reciprocal re-ranking (k1 20, k2 6, λ 0.3).")] = False,
     pairs: Annotated[str, typer.Option("--pairs", help="market (protocol), cross-camera or same-camera gallery only.")] = "market",
-    arch: o.Arch = "resnet50",
-    pooling: o.Pooling = "gem",
-    last_stride: o.LastStride = 1,
-    height: o.Height = 256,
-    width: o.Width = 128,
-    weights: o.Weights = None,
-    pretrained: o.Pretrained = "none",
-    batch_size: o.BatchSize = 128,
-    workers: o.Workers = 2,
-    device: o.Device = "auto",
-    seed: o.Seed = 1,
+    model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
+    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
     random_init: Annotated[bool, typer.Option(
         "--random-init", help="With --data and no --checkpoint/--weights/--pretrained: evaluate a randomly "
         "initialised network on purpose (a baseline).")] = False,
-    json: o.Json = False,
 ) -> None:
     """Evaluate a features file, or a model (--checkpoint, --weights or --pretrained) on --data."""
     given = given_options(ctx)
@@ -59,15 +49,14 @@ def evaluate(
         result = evaluate_feature_file(features, ap=ap, rerank=rerank, pairs=pairs)
         source = str(features)
     elif data is not None:
-        spec = ModelSpec(checkpoint=checkpoint, arch=arch, pooling=pooling, last_stride=last_stride,
-                         height=height, width=width, weights=weights, pretrained=pretrained, seed=seed)
+        spec = ModelSpec(checkpoint=checkpoint, **model, seed=run["seed"])
         spec.check_given(given)
-        result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs, batch_size=batch_size,
-                                workers=workers, device=device, random_init=random_init)
+        result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs, batch_size=run["batch_size"],
+                                workers=run["workers"], device=run["device"], random_init=random_init)
         source = f"{checkpoint or 'model'} on {data}"
     else:
         raise ReidctlError("nothing to evaluate: give a features file, or --data with --checkpoint/--weights")
-    if json:
+    if run["json"]:
         print_json(result)
         return
     table = Table(title=f"{source} — {result['queries']} queries × {result['gallery']} gallery, "

@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from reidctl.cli import options as o
-from reidctl.cli.common import app, err_console, given_options, print_json, user_errors
+from reidctl.cli.method_options import model_flags, runtime_flags
+from reidctl.cli.common import command, err_console, print_json, run_request, settings
 from reidctl.extraction import ExtractRequest, run_extract
 
 
-@app.command("extract")
-@user_errors
+@command("extract", model=model_flags(),
+         run=runtime_flags("batch_size", "workers", "device", "seed", "skip_bad_images", "force", "json"))
 def extract(
     ctx: typer.Context,
     data: o.Data,
@@ -21,32 +22,15 @@ def extract(
     split: Annotated[str, typer.Option("--split", help="train, query, gallery, test (query+gallery) or all.")] = "train",
     dataset: o.DatasetName = None,
     checkpoint: o.Checkpoint = None,
-    arch: o.Arch = "resnet50",
-    pooling: o.Pooling = "gem",
-    last_stride: o.LastStride = 1,
-    parts: o.Parts = 0,
-    height: o.Height = 256,
-    width: o.Width = 128,
-    weights: o.Weights = None,
-    pretrained: o.Pretrained = "none",
-    batch_size: o.BatchSize = 128,
-    workers: o.Workers = 2,
-    device: o.Device = "auto",
-    seed: o.Seed = 1,
-    skip_bad_images: o.SkipBad = False,
-    force: o.Force = False,
-    json: o.Json = False,
+    model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
+    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
 ) -> None:
     """Extract L2-normalised eval-mode features of one split (rows = sorted relative paths)."""
     req = ExtractRequest(
-        data=data, dataset=dataset, split=split, checkpoint=checkpoint, arch=arch, pooling=pooling,
-        last_stride=last_stride, parts=parts, height=height, width=width, weights=weights,
-        pretrained=pretrained, batch_size=batch_size, workers=workers, device=device, seed=seed,
-        skip_bad_images=skip_bad_images, force=force,
+        data=data, dataset=dataset, split=split, checkpoint=checkpoint, **model, **settings(run, "json"),
     )
-    req.check_given(given_options(ctx))
-    result = run_extract(req, out)
-    if json:
+    result = run_request(ctx, req, run_extract, out)
+    if run["json"]:
         print_json(result)
     else:
         msg = f"wrote {result['rows']} × {result['dim']} features ({result['split']}) to {out}"

@@ -10,19 +10,18 @@ import typer
 from rich.table import Table
 
 from reidctl.artifacts import describe
-from reidctl.cli import options as o
-from reidctl.cli.common import app, out_console, print_json, user_errors
+from reidctl.cli.method_options import runtime_flags
+from reidctl.cli.common import command, out_console, print_json
 
 
-@app.command("inspect")
-@user_errors
+@command("inspect", run=runtime_flags("json"))
 def inspect(
     file: Annotated[Path, typer.Argument(help="An HDF5 artifact written by reidctl.")],
-    json: o.Json = False,
+    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
 ) -> None:
     """Print an artifact's schema, datasets (shapes, dtypes) and provenance."""
     info = describe(file)
-    if json:
+    if run["json"]:
         print_json(info)
         return
     table = Table(title=f"{file}", show_header=False, title_justify="left")

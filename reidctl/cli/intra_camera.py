@@ -3,70 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from reidctl.cli import options as o
-from reidctl.cli.common import app, err_console, given_options, out_console, print_json, user_errors
-from reidctl.methods.icrefine.stage1 import IntraCameraParams, IntraCameraRequest, run_intra_camera
+from reidctl.cli.common import command, err_console, out_console, print_json, run_request, settings
+from reidctl.cli.method_options import model_flags, prelude_flags, runtime_flags
+from reidctl.methods.icrefine.prelude import INTRA_CAMERA
+from reidctl.methods.icrefine.stage1 import IntraCameraRequest, resolve_params, run_intra_camera
 
-P = IntraCameraParams
 Opt = typer.Option
 
 
-@app.command("intra-camera")
-@user_errors
+@command("intra-camera", options=prelude_flags(INTRA_CAMERA), model=model_flags(),
+         run=runtime_flags("extract_batch_size", "amp", "deterministic", "workers", "device", "seed", "force", "json"))
 def intra_camera(
     ctx: typer.Context,
     data: o.Data,
     out: Annotated[Path, Opt("--out", help="Intra-camera labels file to write (HDF5), for `refine --method icrefine --intra`.")],
-    epochs: Annotated[Optional[int], Opt("--epochs", help=f"Epochs per camera ({P.epochs}); lower it on a CPU.")] = None,
-    iters: Annotated[Optional[int], Opt("--iters", help=f"Iterations per epoch ({P.iters}); lower it on a CPU.")] = None,
-    clusters: Annotated[Optional[str], Opt("--clusters", help=f"Clusters per camera: images/D or a fixed number ({P.clusters}; Market's released files: 600).")] = None,
-    batch_size: Annotated[Optional[int], Opt("--batch-size", help=f"Training batch = ids × --num-instances ({P.batch_size}).")] = None,
-    num_instances: Annotated[Optional[int], Opt("--num-instances", help=f"Images per pseudo identity in a batch ({P.num_instances}).")] = None,
-    momentum: Annotated[Optional[float], Opt("--momentum", help=f"Cluster memory momentum ({P.momentum}).")] = None,
-    temperature: Annotated[Optional[float], Opt("--temperature", help=f"ClusterNCE temperature ({P.temperature}).")] = None,
-    lr: Annotated[Optional[float], Opt("--lr", help=f"Adam learning rate ({P.lr}).")] = None,
-    weight_decay: Annotated[Optional[float], Opt("--weight-decay", help=f"Adam weight decay ({P.weight_decay}).")] = None,
-    bn_chunks: Annotated[Optional[int], Opt("--bn-chunks", help=f"BN statistics per chunk of the batch, emulating 4-GPU DataParallel ({P.bn_chunks}); 1 = plain BN.")] = None,
-    k1: Annotated[Optional[int], Opt("--k1", help=f"Jaccard k1 ({P.k1}); a camera needs more images than k1.")] = None,
-    k2: Annotated[Optional[int], Opt("--k2", help=f"Jaccard k2 ({P.k2}).")] = None,
+    options: dict = None,  # the stage's options (IntraCameraParams)
     dataset: o.DatasetName = None,
     checkpoint: o.Checkpoint = None,
-    arch: o.Arch = "resnet50",
-    pooling: o.Pooling = "gem",
-    last_stride: o.LastStride = 1,
-    height: o.Height = 256,
-    width: o.Width = 128,
-    weights: o.Weights = None,
-    pretrained: o.Pretrained = "none",
-    extract_batch_size: Annotated[int, Opt("--extract-batch-size", help="Images per forward pass when extracting.")] = 128,
-    amp: Annotated[str, Opt("--amp", help="auto (fp16/bf16 on CUDA), off, fp16 or bf16.")] = "auto",
-    deterministic: Annotated[bool, Opt("--deterministic", help="Deterministic kernels (slower on GPU).")] = False,
-    workers: o.Workers = 2,
-    device: o.Device = "auto",
-    seed: o.Seed = 1,
-    force: o.Force = False,
-    json: o.Json = False,
+    model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
+    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
 ) -> None:
     """icrefine stage 1: train a fresh model on each camera alone and keep its best clustering."""
-    params = IntraCameraParams.resolve({
-        "epochs": epochs, "iters": iters, "clusters": clusters, "batch_size": batch_size,
-        "num_instances": num_instances, "momentum": momentum, "temperature": temperature, "lr": lr,
-        "weight_decay": weight_decay, "bn_chunks": bn_chunks, "k1": k1, "k2": k2,
-    })
+    params = resolve_params(options)
     req = IntraCameraRequest(
-        data=data, dataset=dataset, params=params, checkpoint=checkpoint, arch=arch, pooling=pooling,
-        last_stride=last_stride, height=height, width=width, weights=weights, pretrained=pretrained, seed=seed,
-        workers=workers, device=device, amp=amp, deterministic=deterministic, extract_batch_size=extract_batch_size,
-        force=force,
+        data=data, dataset=dataset, params=params, checkpoint=checkpoint, **model, **settings(run, "json"),
     )
-    req.check_given(given_options(ctx))
-    summary = run_intra_camera(req, out)
-    if json:
+    summary = run_request(ctx, req, run_intra_camera, out)
+    if run["json"]:
         print_json(summary)
         return
     out_console.print(camera_table(summary, out))

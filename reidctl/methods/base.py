@@ -1,26 +1,36 @@
 """A method: what it trains (:class:`~reidctl.train.contract.TrainingMethod`, the trainer's
-contract) and the stages it owns around training: its clustering, its ``refine`` step, and the
-model it starts from.
+contract) and the stages it owns around training.
 
-A method is a class with, beyond the training hooks,
+Beyond the training hooks, a method declares
 
-* ``refine(features, labels, extra, options, seed=)``, ``refine_options(options)`` (classmethods)
-  and ``cluster_defaults`` for the ``refine`` stage (default: labels unchanged, no options, CC's
-  clustering);
+* its options, in two dataclasses whose defaults are the official command's: ``Params`` (the
+  training, extends ``TrainParams``) and ``RefineOptions`` (its ``refine`` step); each field's
+  help is written once with :func:`reidctl.options.option`;
+* its clustering: ``clusters`` (False: ``loop`` neither clusters nor refines, and the trainer
+  sees every train row), ``cluster_defaults`` (the official values that differ from CC's,
+  including the feature ``branches`` the distance mixes) and ``resolve_clustering``;
+* ``refine(features, labels, extra, options, seed=)``: clustering labels → refined labels,
+  with ``refine_context`` naming what it reads from the loop (the epoch, the number of epochs);
+* ``preludes``: stages run once before epoch 0 (:class:`reidctl.stages.Prelude`);
 * ``model_defaults``: the official model settings that differ from CC's.
+
+Adding a method is one package under ``reidctl/methods/`` and one line in the registry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
 from reidctl.errors import ReidctlError
+from reidctl.options import flag_of, option_fields, resolve
+from reidctl.stages import Prelude
 from reidctl.train.contract import Batch, EpochData, TrainingMethod, TrainParams
 
-__all__ = ["Batch", "EpochData", "Method", "Refined", "TrainParams", "TrainingMethod"]
+__all__ = ["Batch", "EpochData", "Method", "NoOptions", "Refined", "Routed", "TrainParams", "TrainingMethod"]
 
 
 @dataclass
@@ -34,24 +44,48 @@ class Refined:
     attrs: dict[str, Any] = field(default_factory=dict)  # extra root attributes of labels.h5
 
 
+@dataclass
+class NoOptions:
+    """The refine options of a method whose ``refine`` has none (labels pass through)."""
+
+
+@dataclass
+class Routed:
+    """A flat mapping of given options, split by the stage each one belongs to."""
+
+    cluster: dict[str, Any] = field(default_factory=dict)
+    refine: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    preludes: dict[str, dict[str, Any]] = field(default_factory=dict)  # prelude name → its options
+    given: dict[str, str] = field(default_factory=dict)  # prelude name → a ready-made output file
+
+
+#: The loop values a method's ``refine`` may read (``Method.refine_context``).
+LOOP_VALUES = ("epoch", "epochs")
+
+
 class Method(TrainingMethod):
     """Base class of a method: the training hooks plus the stages it owns."""
 
+    #: Options of the ``refine`` step (a dataclass of official defaults).
+    RefineOptions: ClassVar[type] = NoOptions
     #: ``ClusterParams`` values of the official command that differ from CC's (eps 0.6 ...).
     cluster_defaults: ClassVar[dict[str, Any]] = {}
+    #: Loop values that ``refine`` reads as options of the same name (of :data:`LOOP_VALUES`).
+    refine_context: ClassVar[tuple[str, ...]] = ()
+    #: Stages run once before epoch 0, whose outputs ``refine`` receives.
+    preludes: ClassVar[tuple[Prelude, ...]] = ()
     #: Model settings of the official command that differ from CC's (GeM, no parts), used for a
     #: fresh model when the user leaves them unset (PPLR: 3 average-pooled stripes).
     model_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
-    def model_settings(cls, *, pooling: str | None, parts: int | None) -> dict[str, Any]:
-        """``pooling`` and ``parts`` as given, else the method's official value, else CC's."""
+    def model_settings(cls, *, pooling: str | None = None, parts: int | None = None, **_: Any) -> dict[str, Any]:
+        """``pooling`` and ``parts`` as given, else the method's official value, else CC's (other
+        model options, passed along from a command line's mapping, are ignored)."""
         base = {"pooling": "gem", "parts": 0, **cls.model_defaults}
         return {"pooling": base["pooling"] if pooling is None else pooling,
                 "parts": base["parts"] if parts is None else parts}
-    #: Whether ``loop`` runs the intra-camera stage (``reidctl intra-camera``) once before epoch 0
-    #: and passes its labels, the epoch and the number of epochs to ``refine`` (icrefine).
-    intra_camera: ClassVar[bool] = False
 
     @classmethod
     def resolve_clustering(cls, params: Any, n_samples: int) -> Any:
@@ -59,14 +93,13 @@ class Method(TrainingMethod):
         depend on N (icrefine: the number of clusters). Default: unchanged."""
         return params
 
+    # ---- refine
+
     @classmethod
     def refine_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``refine`` stage's options with the method's defaults filled in; options of another
-        method are a user error (``loop`` checks them before its first stage). Default: none."""
-        if options:
-            opts = ", ".join("--" + o.replace("_", "-") for o in options)
-            raise ReidctlError(f"{opts} does not apply to --method {cls.name} (it has no refinement options)")
-        return {}
+        """The ``refine`` step's options with the method's defaults filled in; options of another
+        method are a user error (``loop`` checks them before its first stage)."""
+        return dataclasses.asdict(resolve(cls.RefineOptions, options, what=f"`refine --method {cls.name}`"))
 
     @classmethod
     def refine(cls, features: Any, labels: np.ndarray, extra: Mapping[str, Any], options: Mapping[str, Any],
@@ -75,3 +108,64 @@ class Method(TrainingMethod):
         cls.refine_options(options)
         return Refined(np.asarray(labels, dtype=np.int32))
 
+    # ---- options
+
+    @classmethod
+    def prelude(cls, name: str) -> Prelude:
+        return next(p for p in cls.preludes if p.name == name)
+
+    @classmethod
+    def route(cls, options: Mapping[str, Any], *, cluster_options: type, loop: bool = True) -> Routed:
+        """Split a flat mapping of given options (``None`` = not given) by stage, as ``loop``
+        takes them: clustering (``cluster_options``: the ``ClusterParams`` class), refine, training,
+        each prelude's (``<prelude>_<option>``) and ready-made prelude outputs (``<feeds>``).
+
+        An option that belongs to no stage of this method is a user error naming it."""
+        routed = Routed()
+        stage_of = cls.option_stages(cluster_options=cluster_options, loop=loop)
+        bad = []
+        for key, value in options.items():
+            if value is None:
+                continue
+            if key not in stage_of:
+                bad.append(key)
+                continue
+            stage, name = stage_of[key]
+            if stage in ("cluster", "refine", "train"):
+                getattr(routed, stage)[name] = value
+            elif stage == "given":
+                routed.given[name] = str(value)
+            else:
+                routed.preludes.setdefault(stage, {})[name] = value
+        if bad:
+            verb = "does" if len(bad) == 1 else "do"
+            raise ReidctlError(f"{', '.join(flag_of(b) for b in bad)} {verb} not apply to --method {cls.name}"
+                               + _owners(bad, cluster_options, loop))
+        return routed
+
+    @classmethod
+    def option_stages(cls, *, cluster_options: type, loop: bool = True) -> dict[str, tuple[str, str]]:
+        """Option key → (stage, field) for every option this method takes (``loop`` or not)."""
+        stages: dict[str, tuple[str, str]] = {}
+        if cls.clusters:
+            stages.update({n: ("cluster", n) for n, _, _ in option_fields(cluster_options)})
+            fed = {p.feeds: p.name for p in cls.preludes}
+            for n, _, info in option_fields(cls.RefineOptions):
+                if loop and n in fed:
+                    stages[n] = ("given", fed[n])
+                elif info.loop or not loop:
+                    stages[n] = ("refine", n)
+        stages.update({n: ("train", n) for n, _, _ in option_fields(cls.Params)})
+        if loop:
+            for p in cls.preludes:
+                stages.update({f"{p.name}_{n}": (p.name, n) for n, _, _ in option_fields(p.Options)})
+        return stages
+
+
+def _owners(keys: list[str], cluster_options: type, loop: bool) -> str:
+    """" (an option of icrefine)" for options another registered method takes, else ""."""
+    from reidctl.methods import METHODS  # the registry imports this module
+
+    owners = sorted({m.name for m in METHODS.values() for k in keys
+                     if k in m.option_stages(cluster_options=cluster_options, loop=loop)})
+    return f" (an option of {', '.join(owners)})" if owners else ""

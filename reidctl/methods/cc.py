@@ -7,7 +7,7 @@ backward pass the memory moves towards the batch's features.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from reidctl.errors import ReidctlError
 from reidctl.methods.base import Batch, EpochData, Method, TrainParams
+from reidctl.options import option
 from reidctl.train.memory import UPDATES, ClusterMemory
 
 
@@ -26,9 +27,10 @@ class CCParams(TrainParams):
     Adam 3.5e-4 / 5e-4, StepLR 20 × 0.1, 4 BN chunks) are inherited from :class:`TrainParams`,
     which holds exactly CC's values."""
 
-    momentum: float = 0.1
-    temperature: float = 0.05
-    memory_update: str = "sample"
+    momentum: float = field(default=0.1, metadata=option("Cluster memory momentum m in C = m·C + (1−m)·x."))
+    temperature: float = field(default=0.05, metadata=option("ClusterNCE temperature τ."))
+    memory_update: str = field(default="sample", metadata=option(
+        "Memory update: sample (official), hard (--use-hard) or mean."))
 
     def check(self) -> None:
         super().check()

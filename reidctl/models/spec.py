@@ -6,7 +6,7 @@ takes a :class:`ModelSpec`; the ``loop`` keys its stages on it (:func:`reidctl.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -14,6 +14,7 @@ import torch
 
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ModelConfig, ReidModel
+from reidctl.options import option
 from reidctl.models.weights import build_model, init_description
 from reidctl.train.checkpoint import (
     load_checkpoint,
@@ -30,14 +31,16 @@ class ModelSpec:
     """Where a model comes from: a checkpoint, or a fresh build from architecture options."""
 
     checkpoint: Path | None = None
-    arch: str = "resnet50"
-    pooling: str = "gem"
-    last_stride: int = 1
-    parts: int = 0
-    height: int = 256
-    width: int = 128
-    weights: Path | None = None
-    pretrained: str = "none"
+    arch: str = field(default="resnet50", metadata=option("Backbone: resnet50, resnet18 or mobilenet_v2."))
+    pooling: str = field(default="gem", metadata=option("Global pooling of a fresh model: gem (learnable p) or avg."))
+    last_stride: int = field(default=1, metadata=option("Stride of the last stage: 1 (the papers' default) or 2."))
+    parts: int = field(default=0, metadata=option("Horizontal part stripes of a fresh model (0 = none)."))
+    height: int = field(default=256, metadata=option("Input height in pixels (128 suits CPU work)."))
+    width: int = field(default=128, metadata=option("Input width in pixels (64 suits CPU work)."))
+    weights: Path | None = field(default=None, metadata=option(
+        "Backbone weights file: a torchvision state dict or its 'features' part."))
+    pretrained: str = field(default="none", metadata=option(
+        "imagenet (torchvision weights API; needs internet once) or none."))
     seed: int = 1
 
     def check_given(self, given: Iterable[str]) -> None:

@@ -3,7 +3,10 @@
 A training checkpoint (``reidctl.train.trainer.TrainSession.save``) also holds: ``epoch`` (the
 last completed one), ``optimizer``, ``scheduler``, ``scaler`` (fp16 AMP), ``rng`` (see
 :func:`capture_rng`), ``method``, ``method_params``, ``method_state``, ``heads``, ``bn_chunks``,
-``history`` (per-epoch stats) and ``provenance``.
+``history`` (per-epoch stats), ``steps`` (optimiser steps so far) and ``provenance``; and, when
+the method keeps persistent arrays (``TrainingMethod.persistent_arrays``), ``method_arrays``: the
+name and content digest of the file beside it that holds them (:func:`write_method_arrays`),
+so the checkpoint's own digest changes with them while the arrays stay out of it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from reidctl import __version__
-from reidctl.artifacts import CHECKPOINT, atomic_save
+from reidctl.artifacts import CHECKPOINT, atomic_save, read_method_state, write_method_state
 from reidctl.errors import ArtifactError
 from reidctl.models.reid import ModelConfig, ReidModel
 
@@ -54,11 +57,15 @@ def save_checkpoint(path: str | Path, model: ReidModel, **state: Any) -> str:
 
 
 def content_digest(payload: Mapping[str, Any]) -> str:
-    """A digest of what a checkpoint holds (weights, optimiser, RNG, method state ...), leaving
-    out :data:`NOT_DIGESTED`: re-training the same epoch to the same weights gives the same
-    digest wherever the file lies, so the stages after it stay cached."""
+    """A digest of what a checkpoint holds (weights, optimiser, RNG, method state, the digest of
+    its persistent arrays ...), leaving out :data:`NOT_DIGESTED` and the name of the arrays'
+    file: re-training the same epoch to the same weights gives the same digest wherever the
+    file lies, so the stages after it stay cached."""
     h = hashlib.sha256()
-    _hash_value(h, {k: v for k, v in payload.items() if k not in NOT_DIGESTED})
+    digested = {k: v for k, v in payload.items() if k not in NOT_DIGESTED}
+    if isinstance(digested.get("method_arrays"), Mapping):  # their content counts, not their file's name
+        digested["method_arrays"] = digested["method_arrays"].get("digest")
+    _hash_value(h, digested)
     return h.hexdigest()[:32]
 
 
@@ -212,3 +219,35 @@ def load_training_state(
             ) from None
     if scaler is not None and payload.get("scaler"):
         scaler.load_state_dict(payload["scaler"])
+
+
+# --------------------------------------------------------------------------------------------
+# a method's persistent arrays: a file of their own beside the checkpoint
+
+
+def method_arrays_path(checkpoint: str | Path) -> Path:
+    """Where the persistent arrays of ``checkpoint`` go: ``e3.pt`` → ``e3.state.h5``."""
+    return Path(checkpoint).with_suffix(".state.h5")
+
+
+def write_method_arrays(checkpoint: str | Path, arrays: Mapping[str, np.ndarray], *, method: str,
+                        epoch: int) -> dict[str, str]:
+    """Write ``arrays`` beside ``checkpoint`` (atomically); returns the record the checkpoint
+    keeps as ``method_arrays``: the file's name (it moves with the checkpoint) and digest."""
+    path = method_arrays_path(checkpoint)
+    digest = write_method_state(path, arrays, params={"method": method, "epoch": epoch})
+    return {"file": path.name, "digest": digest}
+
+
+def read_method_arrays(record: Mapping[str, str], source: str | Path) -> dict[str, np.ndarray]:
+    """The arrays a checkpoint read from ``source`` names in ``record``, refused (one line naming
+    the file) when the file is missing or its content is not what the checkpoint was saved with."""
+    path = Path(source).parent / record["file"]
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file; it holds the method state that {source} was saved with "
+                            "(keep it beside the checkpoint)")
+    arrays, digest = read_method_state(path)
+    if digest != record["digest"]:
+        raise ArtifactError(f"{path}: holds other method state (digest {digest}) than {source} was saved with "
+                            f"(digest {record['digest']}); it was changed or replaced after the checkpoint was written")
+    return arrays

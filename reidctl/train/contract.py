@@ -17,37 +17,58 @@ This module imports nothing from ``reidctl.methods``: the trainer knows methods 
   synchronised by DDP and saved in the checkpoint, and ``state_dict()`` / ``load_state_dict()``
   for small state that persists across epochs.
 
+A method that trains differently from the CC family overrides the hooks whose defaults are
+exactly the CC family's loop (in the spirit of fast-reid's ``build_optimizer`` /
+``build_lr_scheduler`` / ``build_train_loader`` and Lightning's ``configure_optimizers``):
+
+* ``configure_optimizer(model, heads)``: the optimiser and its parameter groups (default: Adam);
+* ``configure_scheduler(optimizer, epoch, step)`` and ``scheduler_interval``: the lr schedule and
+  whether it steps once per epoch or after every iteration (default: StepLR, per epoch);
+* ``epoch_length(data)`` and ``train_stream(ctx)``: what one epoch is and the inputs of its steps
+  (default: ``params.iters`` identity-balanced batches, :mod:`reidctl.train.streams`);
+* ``training_step(inputs, forward, state)``: the forward pass(es) and the loss (default: one
+  forward, then ``loss``);
+* ``persistent_arrays()`` / ``load_persistent_arrays(arrays)``: large state that persists across
+  epochs, saved in a file of its own beside the checkpoint (default: none).
+
 The trainer owns everything else: devices, AMP, DDP, BN chunks, checkpoints and logging.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.optim.lr_scheduler import LRScheduler, StepLR
 
+from reidctl.data.base import Sample
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ReidModel
+from reidctl.options import option, resolve
+
+#: ``TrainingMethod.scheduler_interval`` values: step after the epoch, or after every iteration.
+SCHEDULER_INTERVALS = ("epoch", "iteration")
 
 
 @dataclass
 class TrainParams:
     """Options of the one-epoch trainer that every method has (CC's official values)."""
 
-    iters: int = 200
-    batch_size: int = 256
-    num_instances: int = 16
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    step_size: int = 20
-    gamma: float = 0.1
-    #: BN statistics on this many contiguous chunks of the global batch: 4 emulates the
-    #: official 4-GPU DataParallel runs (ALGORITHMS.md §3.8); 1 = plain BatchNorm.
-    bn_chunks: int = 4
+    iters: int = field(default=200, metadata=option("Iterations per epoch (MSMT17: cc 400)."))
+    batch_size: int = field(default=256, metadata=option("Training batch = identities × --num-instances."))
+    num_instances: int = field(default=16, metadata=option("Images per pseudo identity in a batch."))
+    lr: float = field(default=3.5e-4, metadata=option("Learning rate."))
+    weight_decay: float = field(default=5e-4, metadata=option("Weight decay."))
+    step_size: int = field(default=20, metadata=option("StepLR period in epochs."))
+    gamma: float = field(default=0.1, metadata=option("StepLR factor."))
+    bn_chunks: int = field(default=4, metadata=option(
+        "BatchNorm statistics per chunk of the global batch: 4 emulates the official 4-GPU DataParallel runs "
+        "(ALGORITHMS.md §3.8); 1 = plain BatchNorm."))
 
     def check(self) -> None:
         """Raise a user error for values that cannot work."""
@@ -97,6 +118,58 @@ class Batch:
     index: torch.Tensor  # B int64: positions in EpochData (not in the train split)
 
 
+@dataclass
+class StreamContext:
+    """What ``TrainingMethod.train_stream`` may build an epoch's stream from.
+
+    Under DDP every rank gets the same context except ``rank``; ``generator`` is the session's
+    training generator, in the same state on every rank, so drawing from it keeps the ranks in
+    step and makes the epoch a function of the checkpoint it starts from.
+    """
+
+    samples: Sequence[Sample]  # the clustered train images: samples[i] is data.labels[i]
+    data: EpochData  # epoch, device and seed already set
+    generator: np.random.Generator
+    device: torch.device
+    rank: int
+    world: int
+    workers: int  # DataLoader workers
+    height: int  # the model's input size
+    width: int
+    batch_size: int  # the global batch (params.batch_size)
+    per_rank: int  # this rank's part of it
+    length: int  # steps this epoch (``epoch_length(data)``)
+
+
+class StepResult(NamedTuple):
+    """What ``training_step`` returns: the loss to back-propagate, named values to log, and what
+    ``after_backward`` receives as its ``outputs``."""
+
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor | float]
+    outputs: Any
+
+
+#: The trainer's forward: the (possibly DDP-wrapped) model + heads under the session's autocast.
+Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
+    """Every parameter that requires a gradient (GeM ``p`` included, the frozen BN bias not)."""
+    return [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
+
+
+def positioned(scheduler: LRScheduler, steps: int) -> LRScheduler:
+    """``scheduler`` stepped ``steps`` times: a schedule rebuilt at its base lr every epoch lands
+    on bit-identically the lr of one that was stepped all along (so a resumed run, or an
+    ``--epoch`` given explicitly, continues exactly). Returns ``scheduler``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+        for _ in range(steps):
+            scheduler.step()
+    return scheduler
+
+
 class TrainingMethod:
     """Base class of a trainable method: override ``make_state`` and ``loss`` at least."""
 
@@ -104,10 +177,15 @@ class TrainingMethod:
     Params: ClassVar[type[TrainParams]] = TrainParams
     #: Whether ``loss`` uses the part features (DDP must know about unused parameters).
     uses_parts: ClassVar[bool] = False
+    #: Whether the method trains on pseudo labels. False: it trains on every train row without
+    #: any (``EpochData.labels`` numbers the rows 0..N-1), and ``loop`` neither clusters nor refines.
+    clusters: ClassVar[bool] = True
     #: Names of the labels file's extra arrays the method reads (into ``EpochData.extra``);
     #: only these are loaded, since others (e.g. a sparse Jaccard matrix) can be large.
     label_arrays: ClassVar[tuple[str, ...]] = ()
-
+    #: When the trainer steps the scheduler: once after the epoch's last iteration (``"epoch"``,
+    #: the CC family's StepLR) or after every optimiser step (``"iteration"``).
+    scheduler_interval: ClassVar[str] = "epoch"
 
     def __init__(self, params: TrainParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -120,20 +198,66 @@ class TrainingMethod:
         Unknown names in ``overrides`` are a user error (an option of another method); unknown
         names in ``base`` are ignored (a checkpoint of another method).
         """
-        names = {f.name for f in dataclasses.fields(cls.Params)}
-        values = {k: v for k, v in (base or {}).items() if k in names}
-        bad = sorted(set(overrides or {}) - names)
-        if bad:
-            opts = ", ".join("--" + b.replace("_", "-") for b in bad)
-            raise ReidctlError(f"{opts} does not apply to --method {cls.name}")
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        params = cls.Params(**values)
-        params.check()
-        return params
+        return resolve(cls.Params, overrides, what=f"--method {cls.name}", base=base)
 
     def build_heads(self, model: ReidModel) -> nn.Module | None:
         """Extra trainable modules (classifiers ...) optimised and saved with the model."""
         return None
+
+    # ---- optimisation
+
+    def configure_optimizer(self, model: nn.Module, heads: nn.Module | None) -> torch.optim.Optimizer:
+        """The optimiser and its parameter groups; called once, when the session is built
+        (before a checkpoint's optimiser state is loaded into it).
+
+        The hyper-parameters each group gets here are restored at the start of every epoch
+        (before ``configure_scheduler``), so options changed on resuming take effect.
+        Default: Adam over every trainable parameter of the model and heads with ``params.lr``
+        and ``params.weight_decay`` (one group).
+        """
+        p = self.params
+        return torch.optim.Adam(trainable_parameters(model, heads), lr=p.lr, weight_decay=p.weight_decay)
+
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> LRScheduler:
+        """The lr schedule of ``epoch``, positioned where that epoch starts; called at the start of
+        every epoch, the groups holding their ``configure_optimizer`` values.
+
+        ``step`` is the number of optimiser steps of the session's earlier epochs (to position a
+        per-iteration schedule). The trainer steps it as ``scheduler_interval`` says.
+        Default: ``StepLR(step_size, gamma)`` stepped ``epoch`` times (see :func:`positioned`).
+        """
+        p = self.params
+        return positioned(StepLR(optimizer, step_size=p.step_size, gamma=p.gamma), epoch)
+
+    # ---- the epoch's stream of steps
+
+    def epoch_length(self, data: EpochData) -> int:
+        """Steps (optimiser updates) in one epoch; called at the start of every epoch, and by the
+        stage for its progress bar, so it must be cheap and draw no random number.
+        Default: ``params.iters`` (the CC family's ``IterLoader``)."""
+        return self.params.iters
+
+    def train_stream(self, ctx: StreamContext) -> Iterable[Any]:
+        """The inputs of the epoch's steps, one per ``training_step``; the trainer takes
+        ``ctx.length`` of them. Called once per epoch before ``make_state``; build the loader here
+        (eagerly: errors and random draws before the first step) and draw every random number
+        from ``ctx.generator``.
+
+        Default: :func:`reidctl.train.streams.identity_stream`: identity-balanced batches of
+        ``ctx.samples`` as :class:`Batch`, restarting the sampler when a pass is exhausted.
+        """
+        from reidctl.train.streams import identity_stream  # streams builds this module's Batch
+
+        return identity_stream(ctx, self.params.num_instances)
+
+    def training_step(self, inputs: Any, forward: Forward, state: Any) -> StepResult:
+        """One step's forward pass(es) and loss; ``inputs`` is an item of ``train_stream`` and
+        ``forward`` the trainer's net (model + heads, under autocast and DDP as configured): call
+        it once per domain to get per-domain BatchNorm statistics.
+        Default: ``outputs = forward(inputs.images)``, then ``loss(inputs, outputs, state)``."""
+        outputs = forward(inputs.images)
+        loss, logs = self.loss(inputs, outputs, state)
+        return StepResult(loss, logs, outputs)
 
     def make_state(self, data: EpochData, heads: nn.Module | None) -> Any:
         raise NotImplementedError
@@ -142,8 +266,10 @@ class TrainingMethod:
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         raise NotImplementedError
 
-    def after_backward(self, batch: Batch, outputs: dict[str, torch.Tensor], state: Any) -> None:
-        """Non-differentiable per-batch updates (memory momentum ...); default: none."""
+    def after_backward(self, batch: Any, outputs: Any, state: Any) -> None:
+        """Non-differentiable per-batch updates (memory momentum ...), run after the backward pass
+        and before the optimiser step; ``batch`` is the step's input and ``outputs`` what
+        ``training_step`` returned as its outputs. Default: none."""
 
     def epoch_summary(self, state: Any) -> dict[str, Any]:
         """Extra numbers for the epoch's stats."""
@@ -155,3 +281,16 @@ class TrainingMethod:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
+
+    def persistent_arrays(self) -> dict[str, np.ndarray]:
+        """Large state kept from one epoch to the next (a multilabel memory of hundreds of MB).
+
+        Called when a checkpoint is saved (rank 0 only: under DDP every rank must hold the same
+        arrays); when not empty, they are written to a file of their own beside the checkpoint
+        (``<checkpoint>.state.h5``), never into it, and the checkpoint records that file's name
+        and content digest. Default: none."""
+        return {}
+
+    def load_persistent_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Take back what ``persistent_arrays`` saved; called when a session resumes a checkpoint
+        of the same method that has them (after the file's digest was verified). Default: none."""

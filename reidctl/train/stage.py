@@ -1,11 +1,13 @@
 """The `train-epoch` stage: checkpoint + dataset + labels.h5 (+ features.h5) → next checkpoint.
 
 One call trains one epoch, the unit the ``loop`` caches. Under ``torchrun`` every rank runs it
-with the same arguments; rank 0 writes the checkpoint.
+with the same arguments; rank 0 writes the checkpoint, and the method's persistent arrays (when
+it has any) to ``<out>.state.h5`` beside it, which the checkpoint names and a later epoch reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from reidctl import dist
-from reidctl.artifacts import check_output, read_features, read_labels
+from reidctl.artifacts import METHOD_STATE, check_output, read_features, read_labels
 from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.device import resolve_device
@@ -26,7 +28,7 @@ from reidctl.methods import get_method
 from reidctl.models.reid import ReidModel
 from reidctl.models.weights import init_description
 from reidctl.progress import progress_bar
-from reidctl.train.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint
+from reidctl.train.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, method_arrays_path
 from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, resume, train_epoch
 
 
@@ -104,24 +106,59 @@ def check_features(path: Path, meta_model: Mapping[str, Any] | None, dim: int, p
                                 f"({'; '.join(differ)}); extract them with this model")
 
 
+@dataclass
+class EpochRows:
+    """The train rows of an epoch, their labels (-1 = outlier) and the labels file's arrays."""
+
+    train: list[Sample]
+    labels: np.ndarray
+    paths: list[str] | None  # the rows' relative paths, when a labels file fixes them
+    extra: Mapping[str, Any]
+    digest: str | None  # the labels file's
+
+
+def _epoch_rows(req: TrainEpochRequest, split: Sequence[Sample], label_arrays: Sequence[str]) -> EpochRows:
+    """The rows of the labels file; for a method without pseudo labels, every train image
+    (those of ``--features`` when given) numbered 0..N-1."""
+    if req.labels is None:
+        paths = None if req.features is None else read_features(req.features).paths
+        train = list(split) if paths is None else train_rows(split, paths, Path(req.features))
+        return EpochRows(train, np.arange(len(train), dtype=np.int64), paths, {}, None)
+    labels = read_labels(req.labels, load=label_arrays)
+    missing = [name for name in label_arrays if name not in labels.extra]
+    if missing:
+        raise ArtifactError(f"{req.labels}: has no {', '.join(repr(m) for m in missing)} array, which --method "
+                            f"{req.method} trains with; make the labels with `reidctl refine --method {req.method}`")
+    return EpochRows(train_rows(split, labels.paths, Path(req.labels)), labels.labels, list(labels.paths),
+                     labels.extra, labels.meta.digest)
+
+
+def check_state_output(session: TrainSession, req: TrainEpochRequest, out: str | Path) -> None:
+    """Refuse to write the method's persistent arrays over a file that is not a method state
+    (unless ``--force``), or over the state of the checkpoint this epoch continues."""
+    if not session.method.persistent_arrays():
+        return
+    inputs = (req.labels, req.features, req.checkpoint,
+              None if req.checkpoint is None else method_arrays_path(req.checkpoint))
+    check_output(method_arrays_path(out), schema=METHOD_STATE, inputs=inputs, force=req.force)
+
+
 def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
     """Train one epoch and write the checkpoint ``out``; returns the epoch's summary."""
-    if req.labels is None:
+    method_cls = get_method(req.method)
+    if req.labels is None and method_cls.clusters:
         raise ReidctlError("--labels is required (a labels file from `reidctl cluster` or `reidctl refine`)")
+    if req.labels is not None and not method_cls.clusters:
+        raise ReidctlError(f"--method {req.method} trains on every train image without pseudo labels: drop --labels")
     check_loader_options(req.extract_batch_size, req.workers, batch_flag="--extract-batch-size")
     check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.labels, req.features, req.checkpoint, req.weights),
                  force=req.force)
     ds = load_dataset(req.data, req.dataset)
     if not ds.train:
         raise ReidctlError(f"{ds.root}: the dataset has no train images")
-    method_cls = get_method(req.method)
-    labels = read_labels(req.labels, load=method_cls.label_arrays)
-    missing = [name for name in method_cls.label_arrays if name not in labels.extra]
-    if missing:
-        raise ArtifactError(f"{req.labels}: has no {', '.join(repr(m) for m in missing)} array, which --method {req.method} trains "
-                            f"with; make the labels with `reidctl refine --method {req.method}`")
-    train = train_rows(ds.train, labels.paths, Path(req.labels))
-    feats = read_features(req.features, expect_paths=labels.paths) if req.features is not None else None
+    rows = _epoch_rows(req, ds.train, method_cls.label_arrays)
+    train, labels = rows.train, rows.labels
+    feats = read_features(req.features, expect_paths=rows.paths) if req.features is not None else None
     if req.deterministic:
         prepare_determinism()
     with dist.distributed(resolve_device(req.device)) as device:
@@ -142,20 +179,21 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
             source = req.features if req.features is not None else req.checkpoint or "the fresh model"
             raise ReidctlError(f"--method {req.method} needs part features, and {source} has none: "
                                "train a model with --parts")
-        data = prepare_epoch(labels.labels, np.array([s.camid for s in train]), features, parts, labels.extra)
+        data = prepare_epoch(labels, np.array([s.camid for s in train]), features, parts, rows.extra)
         samples = [train[i] for i in data.rows]
-        with progress_bar(f"train epoch {epoch}", session.params.iters,
-                          enabled=None if dist.is_main() else False) as advance:
+        steps = session.method.epoch_length(dataclasses.replace(data, epoch=epoch, device=device))
+        with progress_bar(f"train epoch {epoch}", steps, enabled=None if dist.is_main() else False) as advance:
             stats = train_epoch(session, samples, data, epoch=epoch, workers=req.workers,
                                 deterministic=req.deterministic, progress=advance)
         if dist.is_main():
+            check_state_output(session, req, out)
             session.save(out, provenance={
                 **provenance, "data": str(req.data), "dataset": ds.name, "labels": str(req.labels),
-                "inputs": {"labels": labels.meta.digest, "features": feats_digest},
+                "inputs": {"labels": rows.digest, "features": feats_digest},
             })
         dist.barrier()
     return {
         "out": str(out), "method": req.method, **stats.to_dict(),
-        "outliers": int(np.sum(labels.labels < 0)), "rows": len(train),
+        "outliers": int(np.sum(labels < 0)), "rows": len(train),
         "train_images_not_in_labels": len(ds.train) - len(train), "params": session.params.to_dict(),
     }

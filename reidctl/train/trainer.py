@@ -1,9 +1,11 @@
-"""The one-epoch trainer: identity-balanced batches → model → method loss → Adam, ``iters`` times.
+"""The one-epoch trainer: the method's stream of steps → model → method loss → optimiser step.
 
 :class:`TrainSession` holds what persists from one epoch to the next (model, method, optimiser,
-scaler, the training generator, the epoch counter) and is what a checkpoint stores;
-:func:`train_epoch` runs one epoch on it. The method (``reidctl.methods``) supplies the loss;
-the trainer supplies everything else: sampling, augmentation, BN chunks, AMP, DDP, the schedule.
+scaler, the training generator, the epoch and step counters) and is what a checkpoint stores;
+:func:`train_epoch` runs one epoch on it. The method (:class:`~reidctl.train.contract.TrainingMethod`)
+supplies the optimiser, the schedule, the stream of batches and the loss through hooks whose
+defaults are the CC family's loop (Adam, StepLR per epoch, ``iters`` identity-balanced batches);
+the trainer supplies everything else: devices, BN chunks, AMP, DDP, checkpoints and logging.
 
 Randomness: every random number of an epoch comes from the session's ``numpy`` generator (the
 sampler's draws and one augmentation seed per sampled image), so an epoch is a function of the
@@ -14,61 +16,32 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import StepLR
-from torch.utils.data import DataLoader, Dataset
+from torch.optim.lr_scheduler import LRScheduler
 
 from reidctl import dist
 from reidctl.data.base import Sample
-from reidctl.data.images import load_image
-from reidctl.data.samplers import SEED_BOUND, IdentityBatchSampler, IterLoader, pass_length
-from reidctl.data.transforms import train_transform
-from reidctl.errors import DatasetError, ReidctlError
-from reidctl.train.contract import Batch, EpochData, TrainingMethod
+from reidctl.data.samplers import SEED_BOUND
+from reidctl.errors import ReidctlError
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.train.bn_chunks import chunk_sizes, set_bn_chunks
-from reidctl.train.checkpoint import capture_rng, load_training_state, restore_rng, save_checkpoint
+from reidctl.train.checkpoint import (
+    capture_rng, load_training_state, read_method_arrays, restore_rng, save_checkpoint, write_method_arrays,
+)
+from reidctl.train.contract import SCHEDULER_INTERVALS, EpochData, Forward, StepResult, StreamContext, TrainingMethod
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-
-
-# --------------------------------------------------------------------------------------------
-# data
-
-
-class TrainImages(Dataset):
-    """Augmented training images, indexed by ``(position, seed)`` pairs from the batch sampler.
-
-    The seed drives this image's augmentation (its own ``torch.Generator``). A bad image comes
-    back flagged instead of raising inside a worker, so the main process fails with one message.
-    """
-
-    def __init__(self, samples: Sequence[Sample], height: int, width: int) -> None:
-        self.samples = list(samples)
-        self.transform = train_transform(height, width)
-        self.blank = torch.zeros(3, height, width)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, str]:
-        i, seed = item
-        try:
-            img = load_image(self.samples[i].path)
-        except DatasetError as exc:
-            return self.blank, i, str(exc)
-        return self.transform(img, generator=torch.Generator().manual_seed(int(seed))), i, ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,11 +68,6 @@ def dtype_name(dtype: torch.dtype | None) -> str:
     return "off" if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
-    """Every parameter that requires a gradient (GeM ``p`` included, the frozen BN bias not)."""
-    return [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
-
-
 class _Net(nn.Module):
     """Model + method heads as one module, so DDP synchronises both in one forward."""
 
@@ -118,13 +86,16 @@ class _Net(nn.Module):
 class TrainSession:
     """Everything that carries over from one epoch to the next; what a checkpoint holds.
 
-    ``epoch`` is the last completed epoch (-1 before the first). Build a fresh one with the
-    constructor, or continue a checkpoint with :func:`resume`.
+    ``epoch`` is the last completed epoch (-1 before the first), ``steps`` the optimiser steps of
+    all epochs so far. Build a fresh one with the constructor, or continue a checkpoint with
+    :func:`resume`.
     """
 
     def __init__(self, model: ReidModel, method: TrainingMethod, *, device: torch.device | str = "cpu",
                  amp: str = "auto", seed: int = 1, generator: np.random.Generator | None = None,
-                 epoch: int = -1) -> None:
+                 epoch: int = -1, steps: int = 0) -> None:
+        if method.scheduler_interval not in SCHEDULER_INTERVALS:
+            raise ValueError(f"{type(method).__name__}.scheduler_interval must be one of {SCHEDULER_INTERVALS}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.method = method
@@ -133,14 +104,16 @@ class TrainSession:
         self.heads = method.build_heads(model)
         if self.heads is not None:
             self.heads.to(self.device)
-        p = method.params
-        self.optimizer = torch.optim.Adam(trainable_parameters(self.model, self.heads), lr=p.lr,
-                                          weight_decay=p.weight_decay)
-        self.scheduler: StepLR | None = None
+        self.optimizer = method.configure_optimizer(self.model, self.heads)
+        #: Each group's hyper-parameters as configured (with the current options): every epoch
+        #: starts from them, whatever a loaded optimiser state or the last schedule left.
+        self.base_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.scheduler: LRScheduler | None = None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.generator = generator if generator is not None else np.random.default_rng(seed)
         self.seed = seed
         self.epoch = epoch
+        self.steps = steps
         self.history: list[dict[str, Any]] = []
 
     @property
@@ -151,6 +124,7 @@ class TrainSession:
         """The training state (the model itself is added by ``save_checkpoint``)."""
         return {
             "epoch": self.epoch,
+            "steps": self.steps,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -166,19 +140,34 @@ class TrainSession:
         }
 
     def save(self, path: str | Path, **extra: Any) -> None:
-        """Write a checkpoint atomically (call on rank 0 only under DDP)."""
+        """Write a checkpoint atomically (call on rank 0 only under DDP).
+
+        The method's persistent arrays, when it has any, go to a file of their own beside it
+        (written first, so a checkpoint never names a file that is not there); the checkpoint
+        records that file's name and digest as ``method_arrays``."""
+        arrays = self.method.persistent_arrays()
+        if arrays:
+            extra["method_arrays"] = write_method_arrays(path, arrays, method=self.method.name, epoch=self.epoch)
         save_checkpoint(path, self.model, **self.state_dict(), **extra)
+
+    def reset_optimizer(self) -> None:
+        """Give every group its configured hyper-parameters back (the lr a schedule moved, the
+        values a loaded optimiser state brought), so the epoch's schedule starts from them."""
+        for group, base in zip(self.optimizer.param_groups, self.base_groups):
+            group.pop("initial_lr", None)
+            group.update(base)
 
 
 def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, overrides: Mapping[str, Any] | None = None,
            device: torch.device | str = "cpu", amp: str = "auto", seed: int = 1,
            source: str | Path = "checkpoint") -> TrainSession:
-    """A session that continues a checkpoint ``payload`` (see ``load_checkpoint``).
+    """A session that continues a checkpoint ``payload`` (see ``load_checkpoint``) read from ``source``.
 
     Method options not in ``overrides`` keep the checkpoint's values when it was trained with the
     same method, else the method's defaults. The training generator, optimiser, scaler, method
-    state and global RNG states are restored; a checkpoint without training state (plain model
-    weights) starts a fresh optimiser and a generator seeded with ``seed``.
+    state (and persistent arrays, from their file beside ``source``) and global RNG states are
+    restored; a checkpoint without training state (plain model weights) starts a fresh
+    optimiser and a generator seeded with ``seed``.
     """
     model = ReidModel(ModelConfig(**payload["model_config"]))
     same = payload.get("method") == method_cls.name
@@ -188,11 +177,14 @@ def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, over
     generator = restore_rng(rng) if rng else None
     last = payload.get("epoch")
     session = TrainSession(model, method, device=device, amp=amp, seed=int(payload.get("seed", seed)),
-                           generator=generator, epoch=-1 if last is None else int(last))
+                           generator=generator, epoch=-1 if last is None else int(last),
+                           steps=int(payload.get("steps") or 0))
     load_training_state(payload, model=session.model, heads=session.heads, source=source,
                         optimizer=session.optimizer if same else None, scaler=session.scaler)
     if same and payload.get("method_state"):
         method.load_state_dict(payload["method_state"])
+    if same and payload.get("method_arrays"):
+        method.load_persistent_arrays(read_method_arrays(payload["method_arrays"], source))
     if same:
         session.history = list(payload.get("history") or [])
     return session
@@ -288,22 +280,6 @@ def rank_bn_chunks(bn_chunks: int, world: int) -> int:
     return bn_chunks // world
 
 
-def _lr_schedule(session: TrainSession, epoch: int) -> StepLR:
-    """StepLR(step_size, gamma) positioned at ``epoch``: built at the base lr and stepped
-    ``epoch`` times, so the lr is bit-identical to a run that stepped once per epoch."""
-    p = session.params
-    for g in session.optimizer.param_groups:
-        g.pop("initial_lr", None)
-        g["lr"] = p.lr
-        g["weight_decay"] = p.weight_decay
-    sched = StepLR(session.optimizer, step_size=p.step_size, gamma=p.gamma)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
-        for _ in range(epoch):
-            sched.step()
-    return sched
-
-
 def train_epoch(
     session: TrainSession,
     samples: Sequence[Sample],
@@ -314,117 +290,148 @@ def train_epoch(
     deterministic: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> EpochStats:
-    """Train ``session`` for exactly ``params.iters`` iterations on the clustered ``samples``.
+    """Train ``session`` for one epoch (``method.epoch_length(data)`` steps) on the clustered ``samples``.
 
     ``samples[i]`` is the image of ``data.labels[i]`` (outliers already left out). Under DDP
     (a process group is up) every rank calls this with the same arguments.
     """
-    p = session.params
+    p, method = session.params, session.method
     epoch = session.epoch + 1 if epoch is None else epoch
     if len(samples) != len(data.labels):
         raise ValueError("samples and data.labels must line up")
-    if data.num_clusters < 1:
-        raise ReidctlError("no clusters to train on: every sample is an outlier")
-    world, rank = dist.world_size(), dist.rank()
-    device = session.device
-    if p.batch_size % world:
-        raise ReidctlError(f"--batch-size {p.batch_size} is not divisible by the {world} processes")
-    per_rank = p.batch_size // world
-    chunks = rank_bn_chunks(p.bn_chunks, world)
-    if chunks > 1 and min(chunk_sizes(per_rank, chunks)) < 2:
-        raise ReidctlError(
-            f"--bn-chunks {p.bn_chunks} splits a batch of {p.batch_size} into chunks of fewer than 2 images; "
-            "BatchNorm needs at least 2 per chunk"
-        )
-    if pass_length(data.labels, p.num_instances) < p.batch_size:
-        raise ReidctlError(
-            f"one pass over the {data.num_clusters} clusters yields only "
-            f"{pass_length(data.labels, p.num_instances)} images, fewer than --batch-size {p.batch_size}: "
-            "lower --batch-size (or raise --num-instances)"
-        )
+    chunks = _check_batch(p.batch_size, p.bn_chunks, dist.world_size())
+    ctx = _stream_context(session, samples, data, epoch, workers)
+    stream = method.train_stream(ctx)
 
-    gen = session.generator
-    data = dataclasses.replace(data, epoch=epoch, device=device, seed=int(gen.integers(SEED_BOUND)))
-    loader_seed = int(gen.integers(SEED_BOUND))
-    sampler = IdentityBatchSampler(data.labels, data.camids, batch_size=p.batch_size,
-                                   num_instances=p.num_instances, rng=gen, rank=rank, world_size=world)
-    cfg = session.model.config
-    cuda = device.type == "cuda"
-    loader = DataLoader(
-        TrainImages(samples, cfg.height, cfg.width), batch_sampler=sampler, num_workers=workers,
-        pin_memory=cuda, persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(loader_seed + rank),
-    )
-    labels_t = torch.as_tensor(data.labels, dtype=torch.int64)
-    camids_t = torch.as_tensor(data.camids, dtype=torch.int64)
-
-    model, method = session.model, session.method
-    set_bn_chunks(model, chunks)
-    state = method.make_state(data, session.heads)
-    net: nn.Module = _Net(model, session.heads)
-    if cuda:
-        net = net.to(memory_format=torch.channels_last)
-    if dist.is_distributed():
-        unused = bool(cfg.parts) and not method.uses_parts
-        net = DistributedDataParallel(net, device_ids=[device.index] if cuda else None,
-                                      find_unused_parameters=unused)
-    session.scheduler = _lr_schedule(session, epoch)
+    set_bn_chunks(session.model, chunks)
+    state = method.make_state(ctx.data, session.heads)
+    forward = _forward(session, _net(session))
+    session.reset_optimizer()
+    session.scheduler = method.configure_scheduler(session.optimizer, epoch, session.steps)
     lr = session.optimizer.param_groups[0]["lr"]
-    optimizer, scaler = session.optimizer, session.scaler
 
-    net.train()
     start = time.perf_counter()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    logs: dict[str, torch.Tensor] = {}
-    with determinism(deterministic, device):
-        for images, index, errors in IterLoader(loader, p.iters):
-            _raise_bad_images(errors)
-            batch = Batch(
-                images=images.to(device, non_blocking=True,
-                                 memory_format=torch.channels_last if cuda else torch.preserve_format),
-                labels=labels_t[index].to(device, non_blocking=True),
-                camids=camids_t[index].to(device, non_blocking=True),
-                index=index.to(device, non_blocking=True),
-            )
-            with torch.autocast(device_type=device.type, dtype=session.amp_dtype or torch.float32,
-                                enabled=session.amp_dtype is not None):
-                outputs = net(batch.images)
-            loss, values = method.loss(batch, outputs, state)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                method.after_backward(batch, outputs, state)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                method.after_backward(batch, outputs, state)
-                optimizer.step()
-            total += loss.detach().double()
-            for k, v in values.items():
-                logs[k] = logs.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64, device=device).detach()
-            if progress is not None:
-                progress(1)
-    session.scheduler.step()
+    with determinism(deterministic, session.device), _closing(stream):
+        total, logs = _run_steps(session, stream, ctx.length, forward, state, progress)
+    if method.scheduler_interval == "epoch":
+        session.scheduler.step()
     seconds = time.perf_counter() - start
-    mean_loss = dist.all_reduce_mean(float(total.item()) / p.iters)
+    mean_loss = dist.all_reduce_mean(float(total.item()) / ctx.length)
     if not math.isfinite(mean_loss):
         raise ReidctlError(f"training diverged in epoch {epoch} (mean loss {mean_loss}); try a lower --lr")
     stats = EpochStats(
-        epoch=epoch, loss=mean_loss, iterations=p.iters, seconds=seconds, clusters=data.num_clusters,
-        images=len(samples), lr=lr, batch_size=p.batch_size, bn_chunks=p.bn_chunks, world_size=world,
+        epoch=epoch, loss=mean_loss, iterations=ctx.length, seconds=seconds, clusters=data.num_clusters,
+        images=len(samples), lr=lr, batch_size=p.batch_size, bn_chunks=p.bn_chunks, world_size=ctx.world,
         amp=dtype_name(session.amp_dtype),
-        logs={k: dist.all_reduce_mean(float(v.item()) / p.iters) for k, v in logs.items()}
+        logs={k: dist.all_reduce_mean(float(v.item()) / ctx.length) for k, v in logs.items()}
         | method.epoch_summary(state),
     )
     session.epoch = epoch
+    session.steps += ctx.length
     session.history.append(stats.to_dict())
     return stats
 
 
-def _raise_bad_images(errors: Sequence[str]) -> None:
-    """Fail on an unreadable image; under DDP every rank learns of it (no rank waits forever)."""
-    bad = next((e for e in errors if e), "")
-    if dist.any_rank(bool(bad)):
-        others = dist.all_gather_object(bad) if dist.is_distributed() else [bad]
-        raise DatasetError(next(e for e in others if e))
+def _stream_context(session: TrainSession, samples: Sequence[Sample], data: EpochData, epoch: int,
+                    workers: int) -> StreamContext:
+    """The epoch's :class:`StreamContext`. Draws the epoch's ``data.seed`` from the session's
+    generator, before the stream's own draws (the order every checkpoint so far was made with)."""
+    p, method, device = session.params, session.method, session.device
+    data = dataclasses.replace(data, epoch=epoch, device=device, seed=int(session.generator.integers(SEED_BOUND)))
+    length = method.epoch_length(data)
+    if length < 1:
+        raise ReidctlError(f"--method {method.name} gives an epoch of {length} steps; it needs at least 1")
+    world, cfg = dist.world_size(), session.model.config
+    return StreamContext(samples=samples, data=data, generator=session.generator, device=device, rank=dist.rank(),
+                         world=world, workers=workers, height=cfg.height, width=cfg.width, batch_size=p.batch_size,
+                         per_rank=p.batch_size // world, length=length)
+
+
+def _run_steps(session: TrainSession, stream: Iterable[Any], length: int, forward: Forward, state: Any,
+               progress: Callable[[int], None] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``length`` steps on the stream's inputs; the summed loss and logs (tensors on the device,
+    so a step costs no device sync)."""
+    method, device = session.method, session.device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    logs: dict[str, torch.Tensor] = {}
+    done = 0
+    for inputs in itertools.islice(stream, length):
+        step = method.training_step(inputs, forward, state)
+        _optimise(session, step, inputs, state)
+        total += step.loss.detach().double()
+        for k, v in step.logs.items():
+            logs[k] = logs.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64, device=device).detach()
+        done += 1
+        if progress is not None:
+            progress(1)
+    if done < length:
+        raise ReidctlError(f"--method {method.name}: its training stream ended after {done} of {length} steps")
+    return total, logs
+
+
+@contextlib.contextmanager
+def _closing(stream: Any) -> Iterator[None]:
+    """Close a generator stream when the epoch ends (its DataLoader workers stop now, not when
+    the garbage collector gets to it, e.g. after an exception)."""
+    try:
+        yield
+    finally:
+        close = getattr(stream, "close", None)
+        if callable(close):
+            close()
+
+
+def _check_batch(batch_size: int, bn_chunks: int, world: int) -> int:
+    """The BN chunks per rank; refuse a batch that cannot be split over the ranks and chunks."""
+    if batch_size % world:
+        raise ReidctlError(f"--batch-size {batch_size} is not divisible by the {world} processes")
+    chunks = rank_bn_chunks(bn_chunks, world)
+    if chunks > 1 and min(chunk_sizes(batch_size // world, chunks)) < 2:
+        raise ReidctlError(
+            f"--bn-chunks {bn_chunks} splits a batch of {batch_size} into chunks of fewer than 2 images; "
+            "BatchNorm needs at least 2 per chunk"
+        )
+    return chunks
+
+
+def _net(session: TrainSession) -> nn.Module:
+    """Model + heads in training mode: channels-last on CUDA, wrapped by DDP under torchrun."""
+    device, cuda = session.device, session.device.type == "cuda"
+    net: nn.Module = _Net(session.model, session.heads)
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+    if dist.is_distributed():
+        unused = bool(session.model.config.parts) and not session.method.uses_parts
+        net = DistributedDataParallel(net, device_ids=[device.index] if cuda else None,
+                                      find_unused_parameters=unused)
+    net.train()
+    return net
+
+
+def _forward(session: TrainSession, net: nn.Module) -> Forward:
+    """``net`` under the session's autocast: the ``forward`` a method's ``training_step`` calls."""
+    device_type, dtype = session.device.type, session.amp_dtype
+
+    def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return net(images)
+
+    return forward
+
+
+def _optimise(session: TrainSession, step: StepResult, inputs: Any, state: Any) -> None:
+    """Backward (scaled under fp16), the method's ``after_backward``, the optimiser step, and
+    the scheduler's step when it steps per iteration."""
+    optimizer, scaler, method = session.optimizer, session.scaler, session.method
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(step.loss).backward()
+        method.after_backward(inputs, step.outputs, state)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        step.loss.backward()
+        method.after_backward(inputs, step.outputs, state)
+        optimizer.step()
+    if method.scheduler_interval == "iteration":
+        session.scheduler.step()

@@ -2,7 +2,7 @@
 
 Stage 1 (:mod:`.stage1`, ``reidctl intra-camera``) clusters each camera on its own; stage 2
 (:mod:`.method`, ``reidctl refine --method icrefine``) prunes the global clusters with them.
-:mod:`.stage1` is imported on demand (it needs the trainer, which imports the method registry).
+:mod:`.prelude` declares stage 1 as the prelude ``loop`` runs once before epoch 0.
 """
 
 from reidctl.methods.icrefine.decay import DECAYS, discard_probability

@@ -10,7 +10,7 @@ cluster outside its intra-camera cluster discarded with probability p(epoch) (:m
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -25,6 +25,8 @@ from reidctl.methods.icrefine.info_nodes import (
     INFOMAP_SEED, MODES, cosine_neighbours, infomap_clusters, score_links, select_information_nodes,
 )
 from reidctl.methods.icrefine.intra import DEFAULT_CLUSTERS, cluster_per_camera, read_intra_labels
+from reidctl.methods.icrefine.prelude import INTRA_CAMERA
+from reidctl.options import option, resolve
 
 #: Global clusters when --n-clusters is not given: the paper's Market-1501 value (the released
 #: MSMT17 script hard-codes 1200), capped at N/5 so that small datasets still cluster.
@@ -44,33 +46,28 @@ class IcrefineParams(CCParams):
 class IcrefineOptions:
     """Options of the refine stage (``reidctl refine --method icrefine``)."""
 
-    decay: str = "none"  # p(e) schedule: none (the released code, p = 1), linear, exponential, cosine
-    epoch: int = 0  # e in p(e)
-    epochs: int = 50  # E in p(e): the official number of epochs
-    info_nodes: str = "per-cluster"  # per-cluster (the code) or all (the paper)
-    intra: str | None = None  # a stage-1 file; None = cluster each camera's features here
-    knn_k: int = 15  # neighbours of the score and the Infomap graph (self included)
-    min_sim: float = 0.5  # links need cos ≥ min_sim
-    min_size: int = 4  # Infomap modules need more members than this
-    intra_clusters: str = DEFAULT_CLUSTERS  # per-camera clusters when clustering here (no --intra)
-    intra_k1: int = 30  # Jaccard k1 of that per-camera clustering (train_cam.py's); lowered for small cameras
-
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> IcrefineOptions:
-        names = [f.name for f in dataclasses.fields(cls)]
-        bad = sorted(set(options) - set(names))
-        if bad:
-            raise ReidctlError(f"{', '.join('--' + b.replace('_', '-') for b in bad)} does not apply to "
-                               "`refine --method icrefine`")
-        values = {k: v for k, v in options.items() if v is not None}
-        if values.get("intra") is not None:
-            values["intra"] = str(values["intra"])
-            if "intra_clusters" in values:
-                raise ReidctlError("--intra-clusters sets how `refine` clusters each camera itself; with --intra FILE "
-                                   "the intra-camera clusters come from that file (drop one of them)")
-        opts = cls(**values)
-        opts.check()
-        return opts
+    decay: str = field(default="none", metadata=option(
+        "icrefine: discard probability p(e) at epoch e of E: none (p = 1, the released code), linear 1−e/(4E), "
+        "exponential 0.75^(e/E), cosine ½(1+cos(πe/(3E)))."))
+    epoch: int = field(default=0, metadata=option("icrefine: the epoch e of p(e).", loop=False))
+    epochs: int = field(default=50, metadata=option(
+        "icrefine: the number of epochs E of p(e) (the official number of epochs).", loop=False))
+    info_nodes: str = field(default="per-cluster", metadata=option(
+        "icrefine: information nodes: per-cluster (one per Infomap cluster, the code) or all (every image "
+        "scoring above the mean, the paper)."))
+    intra: str | None = field(default=None, metadata=option(
+        "icrefine: intra-camera labels from `reidctl intra-camera` (default: `refine` clusters each camera's "
+        "features itself; `loop` runs that stage unless given this file).", loop=False))
+    knn_k: int = field(default=15, metadata=option(
+        "icrefine: neighbours of the centrality score and the Infomap graph (self included)."))
+    min_sim: float = field(default=0.5, metadata=option("icrefine: links need cosine similarity ≥ this."))
+    min_size: int = field(default=4, metadata=option("icrefine: Infomap modules need more members than this."))
+    intra_clusters: str | None = field(default=None, metadata=option(
+        f"icrefine: clusters per camera when `refine` clusters each camera itself (no --intra): images/D or a "
+        f"fixed number (unset: {DEFAULT_CLUSTERS}).", loop=False))
+    intra_k1: int = field(default=30, metadata=option(
+        "icrefine: Jaccard k1 of that per-camera clustering (train_cam.py's; lowered for small cameras).",
+        loop=False))
 
     def check(self) -> None:
         if self.decay not in DECAYS:
@@ -78,15 +75,19 @@ class IcrefineOptions:
         if self.info_nodes not in MODES:
             raise ReidctlError(f"--info-nodes {self.info_nodes}: choose one of {', '.join(MODES)}")
         discard_probability(self.decay, self.epoch, self.epochs)  # checks epoch/epochs
-        # Python API only (the official values): no command-line flag sets these three
         if self.knn_k < 2:
-            raise ReidctlError("IcrefineOptions.knn_k must be at least 2 (the image itself and one neighbour)")
+            raise ReidctlError("--knn-k must be at least 2 (the image itself and one neighbour)")
         if not 0.0 <= self.min_sim <= 1.0:
-            raise ReidctlError("IcrefineOptions.min_sim must lie in [0, 1]")
+            raise ReidctlError("--min-sim must lie in [0, 1]")
         if self.min_size < 0:
-            raise ReidctlError("IcrefineOptions.min_size must not be negative")
+            raise ReidctlError("--min-size must not be negative")
         if self.intra_k1 < 2:
-            raise ReidctlError("IcrefineOptions.intra_k1 must be at least 2")
+            raise ReidctlError("--intra-k1 must be at least 2")
+        if self.intra is not None and self.intra_clusters is not None:
+            raise ReidctlError("--intra-clusters sets how `refine` clusters each camera itself; with --intra FILE "
+                               "the intra-camera clusters come from that file (drop one of them)")
+        if self.intra is not None:
+            self.intra = str(self.intra)
         if self.intra is not None and not Path(self.intra).exists():
             raise ReidctlError(f"--intra {self.intra}: no such file (make one with `reidctl intra-camera`)")
 
@@ -100,7 +101,9 @@ class Icrefine(ClusterContrast):
     # average linkage into --n-clusters clusters; eps is ICSR's argparse default, used only
     # with --global-clustering dbscan (its commented-out DBSCAN path)
     cluster_defaults: ClassVar[dict[str, Any]] = {"algo": "agglomerative", "eps": 0.5}
-    intra_camera = True
+    RefineOptions = IcrefineOptions
+    refine_context = ("epoch", "epochs")  # p(e) needs them
+    preludes = (INTRA_CAMERA,)  # stage 1: its labels reach refine as its option `intra`
 
     @classmethod
     def resolve_clustering(cls, params: Any, n_samples: int) -> Any:
@@ -110,14 +113,10 @@ class Icrefine(ClusterContrast):
         return params
 
     @classmethod
-    def refine_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        return dataclasses.asdict(IcrefineOptions.from_mapping(options))
-
-    @classmethod
     def refine(cls, features: Any, labels: np.ndarray, extra: Mapping[str, Any], options: Mapping[str, Any],
                *, seed: int = 1) -> Refined:
         """Information nodes + discarding (see the module docstring); never reads identities."""
-        opts = IcrefineOptions.from_mapping(options)
+        opts = resolve(IcrefineOptions, options, what="`refine --method icrefine`")
         global_labels = np.asarray(labels, np.int32)
         camids = np.asarray(features.camids, np.int64)
         n = len(global_labels)
@@ -127,7 +126,7 @@ class Icrefine(ClusterContrast):
             source = f"stage 1: {opts.intra}"
             unclustered = []
         else:
-            intra, reports = cluster_per_camera(features.feats, camids, clusters=opts.intra_clusters,
+            intra, reports = cluster_per_camera(features.feats, camids, clusters=opts.intra_clusters or DEFAULT_CLUSTERS,
                                                 k1=opts.intra_k1)
             source = "per-camera clustering of the features (no --intra given)"
             unclustered = [f"camera {r.camera}: {r.skipped}" for r in reports if r.skipped]

@@ -38,6 +38,7 @@ from reidctl.methods.icrefine.intra import (
     DEFAULT_CLUSTERS, CameraReport, camera_k1, camera_rows, cluster_camera, clusters_for, parse_clusters, silhouette,
     skip_reason, write_intra_labels,
 )
+from reidctl.options import option, resolve
 from reidctl.progress import progress_bar
 from reidctl.train.checkpoint import checkpoint_digest
 from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, train_epoch
@@ -53,10 +54,11 @@ class IntraCameraParams(CCParams):
     batch_size: int = 64
     num_instances: int = 4
     momentum: float = 0.2
-    epochs: int = 20
-    k1: int = 30
-    k2: int = 6
-    clusters: str = DEFAULT_CLUSTERS  # "images/D" or a fixed number per camera (Market's released files: 600)
+    epochs: int = field(default=20, metadata=option("Epochs per camera; lower it on a CPU."))
+    k1: int = field(default=30, metadata=option("Jaccard k1; a camera needs more images than k1."))
+    k2: int = field(default=6, metadata=option("Jaccard k2."))
+    clusters: str = field(default=DEFAULT_CLUSTERS, metadata=option(
+        "Clusters per camera: images/D or a fixed number (Market's released files: 600)."))
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -74,18 +76,6 @@ class IntraCameraParams(CCParams):
         names = {f.name for f in dataclasses.fields(CCParams)}
         return CCParams(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
 
-    @classmethod
-    def resolve(cls, overrides: Mapping[str, Any] | None = None) -> IntraCameraParams:
-        """Defaults with the given (non-None) overrides; unknown names are a user error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(overrides or {}) - names)
-        if bad:
-            raise ReidctlError(f"unknown intra-camera option(s): {', '.join(bad)}")
-        params = cls(**{k: (str(v) if k == "clusters" else v) for k, v in (overrides or {}).items()
-                        if v is not None})
-        params.check()
-        return params
-
 
 #: Options of the loop's training that stage 1 follows when given (both stages officially
 #: use batches of 64 = 16 identities × 4 on 4 GPUs).
@@ -95,7 +85,13 @@ SHARED_WITH_TRAINING = ("batch_size", "num_instances", "bn_chunks")
 def loop_params(intra: Mapping[str, Any], train: Mapping[str, Any]) -> IntraCameraParams:
     """Stage-1 options of ``loop``: its ``--intra-*`` options, then the batch shape of ``train``."""
     shared = {k: train[k] for k in SHARED_WITH_TRAINING if train.get(k) is not None}
-    return IntraCameraParams.resolve({**shared, **{k: v for k, v in intra.items() if v is not None}})
+    return resolve_params({**shared, **intra})
+
+
+def resolve_params(given: Mapping[str, Any]) -> IntraCameraParams:
+    """The defaults with the given (non-None) options; ``clusters`` may come as a number."""
+    given = {k: (str(v) if k == "clusters" and v is not None else v) for k, v in given.items()}
+    return resolve(IntraCameraParams, given, what="the intra-camera stage")
 
 
 @dataclass

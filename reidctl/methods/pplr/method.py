@@ -19,7 +19,6 @@ pooled stripes (``--pooling avg --parts 3 --height 384``). See ALGORITHMS.md §4
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -31,13 +30,12 @@ import torch.nn.functional as F
 from reidctl.errors import ReidctlError
 from reidctl.methods.base import Batch, EpochData, Method, Refined, TrainParams
 from reidctl.models.reid import ReidModel
+from reidctl.options import option
 from reidctl.search import knn
 from reidctl.methods.pplr import losses as pplr_losses
 from reidctl.train import losses
 from reidctl.train.memory import cluster_centroids
 
-#: Marks a Params field that belongs to the ``refine`` stage (not a training option).
-REFINE = {"stage": "refine"}
 PARTS_HINT = "build the model with --parts 3 --pooling avg (the official PPLR model)"
 
 
@@ -90,55 +88,52 @@ class PPLRParams(TrainParams):
     iters: int = 400
     batch_size: int = 64
     num_instances: int = 4
-    #: Top-k of the cross-agreement (the ``refine`` stage; not a training option).
-    k: int = field(default=20, metadata=REFINE)
-    #: Weight of the one-hot label in the PGLR target (1 = plain cross entropy).
-    beta: float = 0.5
-    #: False (``--no-pglr``): the global classifier learns from the one-hot label (β = 1).
-    pglr: bool = True
-    #: False (``--no-aals``): the parts keep the warm-up label smoothing in every epoch.
-    aals: bool = True
-    aals_epoch: int = 5
-    #: ε of the warm-up label smoothing of the part classifiers.
-    label_smoothing: float = 0.1
-    #: T in the part weights softmax(S/T) of PGLR (the official code: 1).
-    agreement_temperature: float = 1.0
-    #: Rows of each classifier; the number of clusters K must not exceed it.
-    classifier_rows: int = 3000
-    #: The camera-aware proxy loss of ``train_pplr_cam.py`` (proxies fixed for the epoch): its
-    #: weight λ, temperature τ and number of hard negative proxies.
-    camera_proxies: bool = False
-    cam_lambda: float = 0.5
-    cam_temperature: float = 0.07
-    cam_hard_negatives: int = 50
+    beta: float = field(default=0.5, metadata=option("pplr: weight of the one-hot label in the PGLR target."))
+    pglr: bool = field(default=True, metadata=option(
+        "pplr: --no-pglr is the ablation where the global classifier learns from the one-hot label (β = 1)."))
+    aals: bool = field(default=True, metadata=option(
+        "pplr: --no-aals is the ablation where the parts keep the warm-up label smoothing in every epoch."))
+    aals_epoch: int = field(default=5, metadata=option("pplr: first epoch of AALS; label smoothing before."))
+    label_smoothing: float = field(default=0.1, metadata=option(
+        "pplr: ε of the part classifiers' warm-up label smoothing."))
+    agreement_temperature: float = field(default=1.0, metadata=option(
+        "pplr: T of the part weights softmax(S/T) in PGLR."))
+    classifier_rows: int = field(default=3000, metadata=option(
+        "pplr: rows of each classifier = the most clusters allowed."))
+    camera_proxies: bool = field(default=False, metadata=option(
+        "pplr: add the camera-aware proxy loss (train_pplr_cam.py; needs camera ids)."))
+    cam_lambda: float = field(default=0.5, metadata=option("pplr: weight λ of the camera proxy loss (MSMT17 1.0)."))
+    cam_temperature: float = field(default=0.07, metadata=option("pplr: temperature τ of the camera proxy loss."))
+    cam_hard_negatives: int = field(default=50, metadata=option(
+        "pplr: hard negative proxies of the camera proxy loss."))
 
     def check(self) -> None:
         super().check()
-        if self.k < 1:
-            raise ReidctlError("--k must be at least 1")
         if not 0.0 <= self.beta <= 1.0:
             raise ReidctlError("--beta must lie in [0, 1]")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ReidctlError("PPLRParams.label_smoothing must lie in [0, 1) (a Python API field; official 0.1)")
+            raise ReidctlError("--label-smoothing must lie in [0, 1)")
         if self.aals_epoch < 0:
             raise ReidctlError("--aals-epoch must not be negative")
         if self.agreement_temperature <= 0:
             raise ReidctlError("--agreement-temperature must be positive")
         if self.classifier_rows < 1:
             raise ReidctlError("--classifier-rows must be at least 1")
-        if self.cam_temperature <= 0 or self.cam_hard_negatives < 1:  # Python API only (official: 0.07, 50)
-            raise ReidctlError("cam_temperature must be positive and cam_hard_negatives at least 1")
+        if self.cam_temperature <= 0 or self.cam_hard_negatives < 1:
+            raise ReidctlError("--cam-temperature must be positive and --cam-hard-negatives at least 1")
         if self.cam_lambda < 0:
             raise ReidctlError("--cam-lambda must not be negative")
 
-    @classmethod
-    def refine_fields(cls) -> tuple[str, ...]:
-        """Names of the fields that are options of the ``refine`` stage."""
-        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("stage") == "refine")
 
-    def to_dict(self) -> dict[str, Any]:
-        """The training options (the refine-stage ``k`` is recorded by the refine stage)."""
-        return {k: v for k, v in super().to_dict().items() if k not in self.refine_fields()}
+@dataclass
+class PPLRRefineOptions:
+    """Options of PPLR's ``refine`` step."""
+
+    k: int = field(default=20, metadata=option("pplr: top-k neighbours of the cross-agreement."))
+
+    def check(self) -> None:
+        if self.k < 1:
+            raise ReidctlError("--k must be at least 1")
 
 
 class PPLRHeads(nn.Module):
@@ -184,6 +179,7 @@ class PPLR(Method):
 
     name = "pplr"
     Params = PPLRParams
+    RefineOptions = PPLRRefineOptions
     params: PPLRParams
     uses_parts = True
     label_arrays = ("agreement",)
@@ -191,20 +187,6 @@ class PPLR(Method):
     model_defaults = {"parts": 3, "pooling": "avg"}
 
     # ---- refine stage
-
-    @classmethod
-    def refine_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``k`` (PPLRParams' default unless given); any other option is a user error."""
-        names = cls.Params.refine_fields()
-        bad = sorted(set(options) - set(names))
-        if bad:
-            raise ReidctlError(f"{', '.join('--' + b.replace('_', '-') for b in bad)} does not apply to "
-                               f"`refine --method {cls.name}` (its options: {', '.join('--' + n for n in names)})")
-        defaults = cls.Params()
-        opts = {n: getattr(defaults, n) if options.get(n) is None else options[n] for n in names}
-        if int(opts["k"]) < 1:
-            raise ReidctlError("--k must be at least 1")
-        return opts
 
     @classmethod
     def refine(cls, features: Any, labels: np.ndarray, extra: Mapping[str, Any], options: Mapping[str, Any],
@@ -218,15 +200,6 @@ class PPLR(Method):
         summary = {"agreement_mean": [round(float(v), 4) for v in scores.mean(0)]}
         return Refined(np.asarray(labels, dtype=np.int32), extra={"agreement": scores}, summary=summary,
                        options=opts)
-
-    @classmethod
-    def resolve_params(cls, base: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
-                       ) -> PPLRParams:
-        stage = sorted(set(overrides or {}) & set(cls.Params.refine_fields()))
-        if stage:
-            raise ReidctlError(f"--{stage[0]} is an option of the refine stage (`reidctl refine --method pplr "
-                               f"--{stage[0]} ...`), not of training")
-        return super().resolve_params(base, overrides)  # type: ignore[return-value]
 
     # ---- training
 

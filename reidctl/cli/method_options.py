@@ -1,0 +1,196 @@
+"""Command-line flags made from the options' declarations (:mod:`reidctl.options`).
+
+Each option is declared once, on the dataclass that holds its default (``ClusterParams``, a
+method's ``Params`` and ``RefineOptions``, a prelude's ``Options``). :func:`with_options` adds
+the flags of a command to a Typer function and hands the function the given ones as one
+``options`` mapping (flat names, unset options left out), which the library routes to stages.
+A flag is always optional here (unset = the method's default, or a checkpoint's value), and a
+boolean is a ``--name/--no-name`` pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Iterable, Optional
+
+import typer
+
+from reidctl.cli.options import Runtime
+from reidctl.cluster.stage import ClusterParams
+from reidctl.methods import METHODS, Method
+from reidctl.models.spec import ModelSpec
+from reidctl.options import OptionInfo, flag_of, option_fields
+from reidctl.stages import Prelude
+
+
+@dataclass
+class Flag:
+    """One option of a command: its Python name, type, spellings and per-method defaults."""
+
+    key: str
+    type: type
+    info: OptionInfo
+    name: str  # the field's name (``epochs`` for ``intra_epochs``)
+    prefix: str = ""
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)  # method (or "") → default
+    plain: bool = False  # a flag with its default value (not "unset"), a boolean a single switch
+
+    def flags(self) -> str | tuple[str, ...]:
+        main = flag_of(self.key) if self.prefix or self.info.flag is None else self.info.flag
+        if self.plain:
+            return (main, *self.info.aliases)
+        if self.type is bool:
+            return (f"{main}/--no-{main[2:]}",)
+        return (main, *self.info.aliases)
+
+    def help(self) -> str:
+        return self.info.help if self.plain else f"{self.info.help} {default_text(self.defaults)}".strip()
+
+    def parameter(self) -> inspect.Parameter:
+        typ = self.type if self.plain else Optional[self.type]
+        annotation = Annotated[typ, typer.Option(*self.flags(), help=self.help())]
+        return inspect.Parameter(self.key, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 default=self.defaults[""] if self.plain else None, annotation=annotation)
+
+
+def default_text(defaults: dict[str, Any]) -> str:
+    """"(0.6)" when every method has the same default, else "(cc 0.6, pplr 0.5)"; unset ones left out."""
+    shown = {m: v for m, v in defaults.items() if v is not None}
+    if not shown:
+        return ""
+    values = list(shown.values())
+    if all(v == values[0] for v in values) and len(shown) == len(defaults):
+        return f"({_value(values[0])})"
+    return "(" + ", ".join(f"{m} {_value(v)}" for m, v in shown.items()) + ")"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return str(v)
+
+
+def _collect(table: dict[str, Flag], cls: type, owner: str, *, prefix: str = "", loop: bool = False,
+             instance: Any = None, skip: Iterable[str] = ()) -> None:
+    """Add the option fields of dataclass ``cls`` to ``table``, noting ``owner``'s default."""
+    defaults = instance if instance is not None else cls()
+    for name, typ, info in option_fields(cls):
+        if name in skip or (loop and not info.loop):
+            continue
+        key = f"{prefix}_{name}" if prefix else name
+        flag = table.setdefault(key, Flag(key, typ, info, name, prefix))
+        if flag.type is not typ:
+            raise TypeError(f"option {key} is declared as {flag.type.__name__} and as {typ.__name__}")
+        flag.defaults[owner] = defaults[name] if isinstance(defaults, dict) else getattr(defaults, name)
+
+
+def _cluster_defaults(method: type[Method]) -> dict[str, Any]:
+    return {**dataclasses.asdict(ClusterParams()), **method.cluster_defaults}
+
+
+def cluster_flags() -> list[Flag]:
+    table: dict[str, Flag] = {}
+    _collect(table, ClusterParams, "")
+    return list(table.values())
+
+
+def refine_flags() -> list[Flag]:
+    """`refine`: the clustering (when it clusters itself) and every method's refine options."""
+    table: dict[str, Flag] = {}
+    clustering = [m for m in METHODS.values() if m.clusters]
+    for m in clustering:
+        _collect(table, ClusterParams, m.name, instance=_cluster_defaults(m))
+    for m in clustering:
+        _collect(table, m.RefineOptions, m.name)
+    return list(table.values())
+
+
+def train_flags() -> list[Flag]:
+    """`train-epoch`: every method's training options."""
+    table: dict[str, Flag] = {}
+    for m in METHODS.values():
+        _collect(table, m.Params, m.name)
+    return list(table.values())
+
+
+def loop_flags() -> list[Flag]:
+    """`loop`: clustering, refine options the loop does not supply itself, a prelude's ready-made
+    output (``--<feeds> FILE``), training, and each prelude's options as ``--<prelude>-<option>``."""
+    table: dict[str, Flag] = {}
+    clustering = [m for m in METHODS.values() if m.clusters]
+    for m in clustering:
+        _collect(table, ClusterParams, m.name, instance=_cluster_defaults(m))
+    for m in clustering:
+        fed = {p.feeds for p in m.preludes}
+        _collect(table, m.RefineOptions, m.name, loop=True, skip=fed)
+        for p in m.preludes:
+            table.setdefault(p.feeds, Flag(p.feeds, str, OptionInfo(
+                f"{m.name}: use this file instead of running the {p.name} stage ({p.help})."), p.feeds))
+    for m in METHODS.values():
+        _collect(table, m.Params, m.name)
+    for m in METHODS.values():
+        for p in m.preludes:
+            _collect(table, p.Options, m.name, prefix=p.name)
+    return list(table.values())
+
+
+def model_flags(*, by_method: bool = False) -> list[Flag]:
+    """The options of a fresh model (``ModelSpec``); ``by_method``: unset pooling and parts take
+    the method's official values (``Method.model_defaults``), shown per method."""
+    table: dict[str, Flag] = {}
+    if by_method:
+        for m in METHODS.values():
+            _collect(table, ModelSpec, m.name, instance={**dataclasses.asdict(ModelSpec()), **m.model_defaults})
+    else:
+        _collect(table, ModelSpec, "")
+    return list(table.values())
+
+
+def runtime_flags(*names: str) -> list[Flag]:
+    """Options of how a command runs (:class:`reidctl.cli.options.Runtime`), in the order named."""
+    table: dict[str, Flag] = {}
+    _collect(table, Runtime, "")
+    for flag in table.values():
+        flag.plain = True
+    return [table[n] for n in names]
+
+
+def prelude_flags(prelude: Prelude) -> list[Flag]:
+    """A prelude run on its own (`intra-camera`): its options without prefix."""
+    table: dict[str, Flag] = {}
+    _collect(table, prelude.Options, "")
+    return list(table.values())
+
+
+def with_options(**groups: list[Flag]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add each group of flags to a command function in place of its parameter of that name
+    (``options=train_flags()`` replaces ``options``); the function receives, under that name,
+    ``{key: value}`` for the group's flags that were given (plain flags: always, with defaults)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(func, eval_str=True)
+        params = list(sig.parameters.values())
+        taken = {p.name for p in params} - set(groups)
+        clash = [f.key for flags in groups.values() for f in flags if f.key in taken]
+        if clash:
+            raise TypeError(f"{func.__name__}: options {clash} clash with the command's own parameters")
+        new: list[inspect.Parameter] = []
+        for p in params:
+            new += [f.parameter() for f in groups[p.name]] if p.name in groups else [p]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for into, flags in groups.items():
+                given = {f.key: kwargs.pop(f.key) for f in flags}
+                kwargs[into] = {k: v for k, v in given.items() if v is not None}
+            return func(*args, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=new)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in new}
+        del wrapper.__wrapped__  # Typer must read the new signature, not the wrapped one's
+        return wrapper
+
+    return decorate

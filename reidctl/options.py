@@ -1,0 +1,87 @@
+"""Options declared once, on the dataclasses that hold their defaults.
+
+Every option of a stage (clustering, a method's refine step, its training, a prelude) is a field
+of a dataclass whose default is the official value; its help text and command-line spelling sit
+in the field's metadata, written with :func:`option`. A subclass may change a default with a plain
+``iters: int = 400``: the help is looked up along the class hierarchy. Commands build their flags
+from these declarations (:mod:`reidctl.cli.method_options`) and methods route a flat mapping of
+given options to their stages (:meth:`reidctl.methods.base.Method.route`), so no option is
+spelled out twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from reidctl.errors import ReidctlError
+
+KEY = "reidctl.option"
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """How a dataclass field appears as an option."""
+
+    help: str
+    flag: str | None = None  # default: --field-name
+    aliases: tuple[str, ...] = ()  # other accepted spellings (--global-clustering for --algo)
+    loop: bool = True  # False: `loop` supplies the value itself (the epoch, a prelude's output)
+
+
+def option(help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), loop: bool = True
+           ) -> dict[str, OptionInfo]:
+    """Field metadata that makes a dataclass field an option: ``field(default=..., metadata=option("..."))``."""
+    return {KEY: OptionInfo(help, flag, aliases, loop)}
+
+
+def flag_of(name: str) -> str:
+    """The default command-line spelling of a field: ``num_instances`` → ``--num-instances``."""
+    return "--" + name.replace("_", "-")
+
+
+def option_info(cls: type, name: str) -> OptionInfo | None:
+    """The :class:`OptionInfo` of field ``name``, from the nearest class that declared it with metadata."""
+    for klass in cls.__mro__:
+        fields = getattr(klass, "__dataclass_fields__", {})
+        if name in fields and KEY in fields[name].metadata:
+            return fields[name].metadata[KEY]
+    return None
+
+
+def option_fields(cls: type) -> list[tuple[str, type, OptionInfo]]:
+    """``(name, value type, info)`` of every option field of dataclass ``cls``, in declaration order.
+
+    The value type is the annotation without ``Optional`` (``int | None`` → ``int``).
+    """
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        info = option_info(cls, f.name)
+        if info is not None:
+            out.append((f.name, _plain_type(hints[f.name]), info))
+    return out
+
+
+def _plain_type(annotation: Any) -> type:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def resolve(cls: type, given: Mapping[str, Any] | None, *, what: str, base: Mapping[str, Any] | None = None) -> Any:
+    """An instance of dataclass ``cls``: its defaults, then ``base`` (known names only), then the
+    ``given`` values that are not None. A given name ``cls`` lacks is a user error naming ``what``
+    (e.g. "--method cc"); ``check()`` runs when the class has one."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = [k for k in (given or {}) if k not in names]
+    if bad:
+        verb = "does" if len(bad) == 1 else "do"
+        raise ReidctlError(f"{', '.join(flag_of(b) for b in bad)} {verb} not apply to {what}")
+    values = {k: v for k, v in (base or {}).items() if k in names}
+    values.update({k: v for k, v in (given or {}).items() if v is not None})
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check()
+    return obj
