@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 
@@ -93,6 +93,19 @@ class Method(TrainingMethod):
         depend on N (icrefine: the number of clusters). Default: unchanged."""
         return params
 
+    @classmethod
+    def resolve_params(cls, base: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+                       ) -> TrainParams:
+        """The training options (see :meth:`TrainingMethod.resolve_params`); an option of another
+        method is refused naming the method it belongs to."""
+        names = {f.name for f in dataclasses.fields(cls.Params)}
+        bad = [k for k in overrides or {} if k not in names]
+        if bad:
+            verb = "does" if len(bad) == 1 else "do"
+            raise ReidctlError(f"{', '.join(flag_of(b) for b in bad)} {verb} not apply to --method {cls.name}"
+                               + _owners(bad, lambda m: [f.name for f in dataclasses.fields(m.Params)]))
+        return super().resolve_params(base, overrides)
+
     # ---- refine
 
     @classmethod
@@ -140,7 +153,7 @@ class Method(TrainingMethod):
         if bad:
             verb = "does" if len(bad) == 1 else "do"
             raise ReidctlError(f"{', '.join(flag_of(b) for b in bad)} {verb} not apply to --method {cls.name}"
-                               + _owners(bad, cluster_options, loop))
+                               + _owners(bad, lambda m: m.option_stages(cluster_options=cluster_options, loop=loop)))
         return routed
 
     @classmethod
@@ -162,10 +175,9 @@ class Method(TrainingMethod):
         return stages
 
 
-def _owners(keys: list[str], cluster_options: type, loop: bool) -> str:
+def _owners(keys: list[str], options_of: Callable[[type[Method]], Iterable[str]]) -> str:
     """" (an option of icrefine)" for options another registered method takes, else ""."""
     from reidctl.methods import METHODS  # the registry imports this module
 
-    owners = sorted({m.name for m in METHODS.values() for k in keys
-                     if k in m.option_stages(cluster_options=cluster_options, loop=loop)})
+    owners = sorted({m.name for m in METHODS.values() for k in keys if k in options_of(m)})
     return f" (an option of {', '.join(owners)})" if owners else ""

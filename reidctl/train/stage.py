@@ -146,6 +146,7 @@ def check_state_output(session: TrainSession, req: TrainEpochRequest, out: str |
 def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
     """Train one epoch and write the checkpoint ``out``; returns the epoch's summary."""
     method_cls = get_method(req.method)
+    method_cls.resolve_params(None, dict.fromkeys(req.overrides))  # another method's options fail before any work
     if req.labels is None and method_cls.clusters:
         raise ReidctlError("--labels is required (a labels file from `reidctl cluster` or `reidctl refine`)")
     if req.labels is not None and not method_cls.clusters:
