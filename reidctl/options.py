@@ -74,14 +74,20 @@ def resolve(cls: type, given: Mapping[str, Any] | None, *, what: str, base: Mapp
     """An instance of dataclass ``cls``: its defaults, then ``base`` (known names only), then the
     ``given`` values that are not None. A given name ``cls`` lacks is a user error naming ``what``
     (e.g. "--method cc"); ``check()`` runs when the class has one."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    bad = [k for k in (given or {}) if k not in names]
-    if bad:
-        verb = "does" if len(bad) == 1 else "do"
-        raise ReidctlError(f"{', '.join(flag_of(b) for b in bad)} {verb} not apply to {what}")
+    names = resolve_names(cls, given or {}, what=what)
     values = {k: v for k, v in (base or {}).items() if k in names}
     values.update({k: v for k, v in (given or {}).items() if v is not None})
     obj = cls(**values)
     if hasattr(obj, "check"):
         obj.check()
     return obj
+
+
+def resolve_names(cls: type, given: Mapping[str, Any], *, what: str) -> set[str]:
+    """The field names of dataclass ``cls``; a name in ``given`` it lacks is a user error naming ``what``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = [k for k in given if k not in names]
+    if bad:
+        verb = "does" if len(bad) == 1 else "do"
+        raise ReidctlError(f"{', '.join(flag_of(b) for b in bad)} {verb} not apply to {what}")
+    return names

@@ -60,10 +60,6 @@ class Routed:
     given: dict[str, str] = field(default_factory=dict)  # prelude name → a ready-made output file
 
 
-#: The loop values a method's ``refine`` may read (``Method.refine_context``).
-LOOP_VALUES = ("epoch", "epochs")
-
-
 class Method(TrainingMethod):
     """Base class of a method: the training hooks plus the stages it owns."""
 
@@ -71,7 +67,8 @@ class Method(TrainingMethod):
     RefineOptions: ClassVar[type] = NoOptions
     #: ``ClusterParams`` values of the official command that differ from CC's (eps 0.6 ...).
     cluster_defaults: ClassVar[dict[str, Any]] = {}
-    #: Loop values that ``refine`` reads as options of the same name (of :data:`LOOP_VALUES`).
+    #: Loop values that ``refine`` reads as options of the same name: ``epoch`` (0-based) and
+    #: ``epochs`` (the run's number of epochs); they are part of the refine stage's cache key.
     refine_context: ClassVar[tuple[str, ...]] = ()
     #: Stages run once before epoch 0, whose outputs ``refine`` receives.
     preludes: ClassVar[tuple[Prelude, ...]] = ()
@@ -94,17 +91,14 @@ class Method(TrainingMethod):
         return params
 
     @classmethod
-    def resolve_params(cls, base: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
-                       ) -> TrainParams:
-        """The training options (see :meth:`TrainingMethod.resolve_params`); an option of another
-        method is refused naming the method it belongs to."""
+    def refuse_foreign(cls, options: Mapping[str, Any]) -> None:
+        """Refuse training options this method does not have, naming the method they belong to."""
         names = {f.name for f in dataclasses.fields(cls.Params)}
-        bad = [k for k in overrides or {} if k not in names]
+        bad = [k for k in options if k not in names]
         if bad:
             verb = "does" if len(bad) == 1 else "do"
             raise ReidctlError(f"{', '.join(flag_of(b) for b in bad)} {verb} not apply to --method {cls.name}"
                                + _owners(bad, lambda m: [f.name for f in dataclasses.fields(m.Params)]))
-        return super().resolve_params(base, overrides)
 
     # ---- refine
 
@@ -122,10 +116,6 @@ class Method(TrainingMethod):
         return Refined(np.asarray(labels, dtype=np.int32))
 
     # ---- options
-
-    @classmethod
-    def prelude(cls, name: str) -> Prelude:
-        return next(p for p in cls.preludes if p.name == name)
 
     @classmethod
     def route(cls, options: Mapping[str, Any], *, cluster_options: type, loop: bool = True) -> Routed:

@@ -49,7 +49,7 @@ from torch.optim.lr_scheduler import LRScheduler, StepLR
 from reidctl.data.base import Sample
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ReidModel
-from reidctl.options import option, resolve
+from reidctl.options import option, resolve, resolve_names
 
 #: ``TrainingMethod.scheduler_interval`` values: step after the epoch, or after every iteration.
 SCHEDULER_INTERVALS = ("epoch", "iteration")
@@ -198,7 +198,13 @@ class TrainingMethod:
         Unknown names in ``overrides`` are a user error (an option of another method); unknown
         names in ``base`` are ignored (a checkpoint of another method).
         """
+        cls.refuse_foreign(overrides or {})
         return resolve(cls.Params, overrides, what=f"--method {cls.name}", base=base)
+
+    @classmethod
+    def refuse_foreign(cls, options: Mapping[str, Any]) -> None:
+        """Refuse option names ``Params`` does not have (before any work is done)."""
+        resolve_names(cls.Params, options, what=f"--method {cls.name}")
 
     def build_heads(self, model: ReidModel) -> nn.Module | None:
         """Extra trainable modules (classifiers ...) optimised and saved with the model."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from reidctl import dist
-from reidctl.artifacts import METHOD_STATE, check_output, read_features, read_labels
+from reidctl.artifacts import METHOD_STATE, check_output, check_rows, read_features, read_labels
 from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.device import resolve_device
@@ -117,11 +117,12 @@ class EpochRows:
     digest: str | None  # the labels file's
 
 
-def _epoch_rows(req: TrainEpochRequest, split: Sequence[Sample], label_arrays: Sequence[str]) -> EpochRows:
+def _epoch_rows(req: TrainEpochRequest, split: Sequence[Sample], label_arrays: Sequence[str],
+                feature_paths: Sequence[str] | None) -> EpochRows:
     """The rows of the labels file; for a method without pseudo labels, every train image
-    (those of ``--features`` when given) numbered 0..N-1."""
+    (those of ``--features``, ``feature_paths``, when given) numbered 0..N-1."""
     if req.labels is None:
-        paths = None if req.features is None else read_features(req.features).paths
+        paths = None if feature_paths is None else list(feature_paths)
         train = list(split) if paths is None else train_rows(split, paths, Path(req.features))
         return EpochRows(train, np.arange(len(train), dtype=np.int64), paths, {}, None)
     labels = read_labels(req.labels, load=label_arrays)
@@ -146,7 +147,7 @@ def check_state_output(session: TrainSession, req: TrainEpochRequest, out: str |
 def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
     """Train one epoch and write the checkpoint ``out``; returns the epoch's summary."""
     method_cls = get_method(req.method)
-    method_cls.resolve_params(None, dict.fromkeys(req.overrides))  # another method's options fail before any work
+    method_cls.refuse_foreign(req.overrides)  # another method's options fail before any work
     if req.labels is None and method_cls.clusters:
         raise ReidctlError("--labels is required (a labels file from `reidctl cluster` or `reidctl refine`)")
     if req.labels is not None and not method_cls.clusters:
@@ -157,9 +158,11 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
     ds = load_dataset(req.data, req.dataset)
     if not ds.train:
         raise ReidctlError(f"{ds.root}: the dataset has no train images")
-    rows = _epoch_rows(req, ds.train, method_cls.label_arrays)
+    feats = read_features(req.features) if req.features is not None else None
+    rows = _epoch_rows(req, ds.train, method_cls.label_arrays, feats and feats.paths)
+    if feats is not None:
+        check_rows(feats.path, feats.paths, rows.paths)
     train, labels = rows.train, rows.labels
-    feats = read_features(req.features, expect_paths=rows.paths) if req.features is not None else None
     if req.deterministic:
         prepare_determinism()
     with dist.distributed(resolve_device(req.device)) as device:
