@@ -272,6 +272,7 @@ def test_cli_intra_camera_then_refine_with_it(tmp_path):
               match="no camera has enough images")
 
 
+@pytest.mark.slow
 def test_cli_loop_icrefine(tmp_path):
     run_dir = tmp_path / "run"
     args = ["loop", "--method", "icrefine", "--data", "synthetic:tiny", "--run-dir", run_dir, "--epochs", "1",

@@ -79,6 +79,7 @@ def test_a_registered_method_runs_its_prelude_once_and_its_own_training(data, re
     assert again["stats"]["mean"] != stats["mean"]
 
 
+@pytest.mark.slow
 def test_a_ready_made_prelude_output_replaces_the_prelude(data, registered, tmp_path):
     run_loop(_config(data, tmp_path / "a", stats_images=4))
     given = tmp_path / "a" / "stats" / "stats.json"

@@ -296,6 +296,7 @@ def test_train_epoch_command(tiny, tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow
 def test_loop_runs_pplr_on_synthetic_tiny(tmp_path):
     run_dir = tmp_path / "run"
     base = ["loop", "--data", "synthetic:tiny", "--run-dir", run_dir, "--epochs", "1", *FAST, *SMALL,

@@ -95,6 +95,7 @@ def test_1_training_precision_is_in_the_train_key(market, tmp_path, monkeypatch)
     assert stages[(0, "extract")] is True and stages[(0, "train")] is False
 
 
+@pytest.mark.slow
 def test_2_added_and_removed_images_rerun_every_stage(tmp_path):
     data = colour_market(tmp_path / "market", train_ids=6, test_ids=3)
     run_dir = tmp_path / "run"
@@ -137,6 +138,7 @@ def test_3_missing_output_is_rerun(market, tmp_path):
     assert _cached(run_dir, n)[(0, "refine")] is False and any("missing" in m for m in _notices(run_dir, n))
 
 
+@pytest.mark.slow
 def test_4_copied_and_moved_run_dirs_use_their_own_artifacts(market, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     first = run_loop(_config(market, "runs/a", epochs=2, eval_every=1))  # a relative --run-dir
@@ -153,6 +155,7 @@ def test_4_copied_and_moved_run_dirs_use_their_own_artifacts(market, tmp_path, m
     assert records and all(not os.path.isabs(r["output"]) and "runs" not in r["output"] for r in records)
 
 
+@pytest.mark.slow
 def test_4_retraining_to_the_same_weights_keeps_later_stages_cached(market, tmp_path):
     run_dir = tmp_path / "run"
     run_loop(_config(market, run_dir, epochs=2))
