@@ -65,7 +65,7 @@ def evaluate_feature_file(path: str | Path, *, ap: str = "sklearn", rerank: bool
 
 
 def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap: str = "sklearn",
-                   rerank: bool = False, pairs: str = "market", batch_size: int = 128, workers: int = 2,
+                   rerank: bool = False, pairs: str = "market", batch_size: int | None = None, workers: int | None = None,
                    device: str = "auto", random_init: bool = False) -> dict[str, Any]:
     """Extract query + gallery in memory with the model of ``spec`` and evaluate.
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from reidctl import dist
 from reidctl.artifacts import FEATURES, check_output, write_features
@@ -17,6 +16,7 @@ from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
 from reidctl.features import Extracted, extract_features
 from reidctl.models.spec import ModelSpec
+from reidctl.precision import DEFAULT_AMP, precision_name
 from reidctl.models.reid import ReidModel
 from reidctl.progress import progress_bar
 from reidctl.train.checkpoint import checkpoint_digest
@@ -26,29 +26,25 @@ class ExtractRequest(ModelSpec):
     data: str = ""
     dataset: str | None = None
     split: str = "train"
-    batch_size: int = 128
-    workers: int = 2
+    batch_size: int | None = None  # None: reidctl.device.resolve_extract_batch
+    workers: int | None = None  # None: reidctl.device.resolve_workers
     device: str = "auto"
+    amp: str = DEFAULT_AMP  # float32; bf16 / fp16 autocast on CUDA when asked
     skip_bad_images: bool = False
     force: bool = False  # overwrite an existing --out that is not a features file
 
 
-def check_loader_options(batch_size: int, workers: int, *, batch_flag: str = "--batch-size") -> None:
+def check_loader_options(batch_size: int | None, workers: int | None, *, batch_flag: str = "--batch-size") -> None:
     """Refuse a batch size below 1 or a negative worker count (one ``error:`` line, not a usage box)."""
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ReidctlError(f"{batch_flag} must be at least 1 (got {batch_size})")
-    if workers < 0:
+    if workers is not None and workers < 0:
         raise ReidctlError(f"--workers must be 0 (load in the main process) or more (got {workers})")
 
 
-def extraction_precision(device: torch.device) -> str:
-    """What extraction computes in on ``device``: fp16 autocast on CUDA, float32 elsewhere."""
-    return "fp16" if device.type == "cuda" else "fp32"
-
-
 def extract_split(
-    model: ReidModel, ds: Dataset, split: str, *, batch_size: int = 128, workers: int = 2,
-    device: str = "auto", skip_bad_images: bool = False,
+    model: ReidModel, ds: Dataset, split: str, *, batch_size: int | None = None, workers: int | None = None,
+    device: str = "auto", amp: str = DEFAULT_AMP, skip_bad_images: bool = False,
 ) -> tuple[Extracted, list]:
     """Features of one split, with a progress bar; returns them and the rows that were kept."""
     if split not in SPLIT_CHOICES:
@@ -59,7 +55,7 @@ def extract_split(
         raise ReidctlError(f"{ds.root}: the dataset has no images in split '{split}'")
     dev = resolve_device(device)
     with progress_bar(f"extract {split}", len(samples)) as advance:
-        ext = extract_features(model, samples, batch_size=batch_size, workers=workers, device=dev,
+        ext = extract_features(model, samples, batch_size=batch_size, workers=workers, device=dev, amp=amp,
                                skip_bad_images=skip_bad_images, progress=advance)
     return ext, [s for s, k in zip(samples, ext.keep) if k]
 
@@ -72,10 +68,11 @@ def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
     # Under torchrun every rank extracts its block; rank 0 writes the file.
     with dist.distributed(resolve_device(req.device)) as device:
         ext, rows = extract_split(model, ds, req.split, batch_size=req.batch_size, workers=req.workers,
-                                  device=str(device), skip_bad_images=req.skip_bad_images)
+                                  device=str(device), amp=req.amp, skip_bad_images=req.skip_bad_images)
         main = dist.is_main()
     split_names = [n for n, k in zip(ds.split_of(req.split), ext.keep) if k]
-    params = {**provenance, "layout": ds.layout, "split": req.split, "skip_bad_images": req.skip_bad_images}
+    params = {**provenance, "layout": ds.layout, "split": req.split, "skip_bad_images": req.skip_bad_images,
+              "precision": precision_name(req.amp, resolve_device(req.device))}
     inputs = {"checkpoint": checkpoint_digest(req.checkpoint)} if req.checkpoint else {}
     if main:
         write_features(

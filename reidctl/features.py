@@ -12,8 +12,11 @@ from torch.utils.data import DataLoader, Dataset
 from reidctl import dist
 from reidctl.data.base import Sample
 from reidctl.data.images import load_image
-from reidctl.data.transforms import test_transform
+from reidctl.data.transforms import ResizedBytes, normalize_batch
+from reidctl.device import resolve_extract_batch, resolve_workers
+from reidctl.precision import DEFAULT_AMP, autocast, memory_format, resolve_amp
 from reidctl.errors import DatasetError
+from reidctl.models.inference import inference_model
 from reidctl.models.reid import ReidModel
 
 
@@ -23,8 +26,8 @@ class ImageRows(Dataset):
 
     def __init__(self, samples: Sequence[Sample], height: int, width: int) -> None:
         self.samples = list(samples)
-        self.transform = test_transform(height, width)
-        self.blank = torch.zeros(3, height, width)
+        self.transform = ResizedBytes(height, width)
+        self.blank = torch.zeros(3, height, width, dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -48,20 +51,21 @@ def extract_features(
     model: ReidModel,
     samples: Sequence[Sample],
     *,
-    batch_size: int = 128,
-    workers: int = 2,
+    batch_size: int | None = None,
+    workers: int | None = None,
     device: torch.device | str = "cpu",
+    amp: str = DEFAULT_AMP,
     skip_bad_images: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Extracted:
-    """Eval-mode features of ``samples``; AMP and channels-last on CUDA.
+    """Eval-mode features of ``samples``, channels-last, in float32 (``amp``: autocast on CUDA).
 
     Under ``torchrun`` (a process group is up) each rank extracts its contiguous block of
     ``samples`` and every rank gets the whole result, in the order of ``samples``.
     """
     if not dist.is_distributed():
         feats, parts, keep, bad, error = _extract_rows(
-            model, samples, batch_size=batch_size, workers=workers, device=device,
+            model, samples, batch_size=batch_size, workers=workers, device=device, amp=amp,
             skip_bad_images=skip_bad_images, progress=progress)
         if error:
             raise DatasetError(error)
@@ -71,7 +75,7 @@ def extract_features(
 
     lo, hi = dist.shard_range(len(samples))
     feats, parts, keep, bad, error = _extract_rows(
-        model, samples[lo:hi], batch_size=batch_size, workers=workers, device=device,
+        model, samples[lo:hi], batch_size=batch_size, workers=workers, device=device, amp=amp,
         skip_bad_images=skip_bad_images, progress=progress)
     # Agree on shapes and errors first, so that no rank waits forever on a rank that failed.
     info = dist.all_gather_object((None if feats is None else feats.shape[1:],
@@ -98,9 +102,10 @@ def _extract_rows(
     model: ReidModel,
     samples: Sequence[Sample],
     *,
-    batch_size: int,
-    workers: int,
+    batch_size: int | None,
+    workers: int | None,
     device: torch.device | str,
+    amp: str,
     skip_bad_images: bool,
     progress: Callable[[int], None] | None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, list[str], str]:
@@ -115,16 +120,14 @@ def _extract_rows(
         return None, None, keep, bad, ""
     loader = DataLoader(
         ImageRows(samples, cfg.height, cfg.width),
-        batch_size=batch_size,
-        num_workers=workers,
+        batch_size=resolve_extract_batch(batch_size, device),
+        num_workers=resolve_workers(workers, device),
         pin_memory=device.type == "cuda",
         shuffle=False,
         generator=torch.Generator(),  # do not draw loader seeds from the global RNG
     )
-    cuda = device.type == "cuda"
-    model = model.to(device).eval()
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    layout, dtype = memory_format(device), resolve_amp(amp, device)
+    model = inference_model(model, device, layout)
     feats = parts = None
     with torch.inference_mode():
         for images, index, errors in loader:
@@ -134,10 +137,8 @@ def _extract_rows(
                         return None, None, keep, bad, f"{err} (use --skip-bad-images to skip such files)"
                     keep[i] = False
                     bad.append(err)
-            images = images.to(device, non_blocking=True)
-            if cuda:
-                images = images.to(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=cuda):
+            images = normalize_batch(images, device, layout)
+            with autocast(device, dtype):
                 out = model.embed(images)
             g = out["global"].float().cpu().numpy()
             if feats is None:

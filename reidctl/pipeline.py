@@ -35,16 +35,16 @@ from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
 from reidctl.evaluation import count_valid_queries
 from reidctl.evaluation_stage import evaluate_feature_file
-from reidctl.extraction import ExtractRequest, check_loader_options, extraction_precision, run_extract
+from reidctl.extraction import ExtractRequest, check_loader_options, run_extract
 from reidctl.methods import Method, get_method
 from reidctl.models.spec import ModelSpec
 from reidctl.options import flag_of
+from reidctl.precision import DEFAULT_AMP, precision_name
 from reidctl.refine import default_cluster_params, run_refine
 from reidctl.rundir import Notice, RunDir, StageResult, stage_key, write_json
 from reidctl.stages import Prelude, RunContext
 from reidctl.train.checkpoint import checkpoint_digest
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
-from reidctl.train.trainer import precision_name
 
 #: What ``--force-from`` accepts, in run order ("prelude": every stage a method runs before epoch 0).
 STAGES = ("prelude", "extract", "cluster", "refine", "train", "evaluate")
@@ -70,10 +70,10 @@ class LoopConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     eval_every: int = 10
     eval_init: bool = True
-    extract_batch_size: int = 128
-    workers: int = 2
+    extract_batch_size: int | None = None  # None: reidctl.device.resolve_extract_batch
+    workers: int | None = None  # None: reidctl.device.resolve_workers
     device: str = "auto"
-    amp: str = "auto"
+    amp: str = DEFAULT_AMP  # float32; bf16 / fp16 autocast on CUDA only when asked
     deterministic: bool = False
     skip_bad_images: bool = False
     force_from: str | None = None
@@ -129,8 +129,7 @@ class _Loop:
         self.method_cls: type[Method] = get_method(cfg.method)
         routed = self.method_cls.route(cfg.options, cluster_options=ClusterParams)
         device = resolve_device(cfg.device)
-        self.extract_precision = extraction_precision(device)
-        self.train_precision = precision_name(cfg.amp, device)
+        self.precision = precision_name(cfg.amp, device)
         self.train_overrides = routed.train
         self.train_params = self.method_cls.resolve_params(None, routed.train).to_dict()
         self.refine_given = routed.refine
@@ -179,7 +178,7 @@ class _Loop:
                          extract_batch_size=cfg.extract_batch_size)
         call = StageCall(prelude.name, prelude.name, prelude.output, lambda out: prelude.run(ctx, options, out),
                          options=dataclasses.asdict(options), seed=cfg.seed, group="prelude",
-                         reads={**self.images("train"), "model": self.model_key, "precision": self.train_precision,
+                         reads={**self.images("train"), "model": self.model_key, "precision": self.precision,
                                 "deterministic": cfg.deterministic})
         return self.stage(call, prelude.name)
 
@@ -190,7 +189,7 @@ class _Loop:
             req = ExtractRequest(**{**dataclasses.asdict(self.model), "checkpoint": ckpt and ckpt.path},
                                  data=cfg.data, dataset=cfg.dataset, split=split,
                                  batch_size=cfg.extract_batch_size, workers=cfg.workers, device=cfg.device,
-                                 skip_bad_images=cfg.skip_bad_images)
+                                 amp=cfg.amp, skip_bad_images=cfg.skip_bad_images)
             res = run_extract(req, out)
             return {k: res[k] for k in ("rows", "dim", "parts", "skipped_images")}
 
@@ -198,7 +197,7 @@ class _Loop:
         call = StageCall("extract" if split == "train" else "extract_test", folder, f"{split}.h5", go,
                          options={"split": split, "skip_bad_images": cfg.skip_bad_images},
                          inputs={"checkpoint": ckpt}, group="extract",
-                         reads={**self.images(images), "precision": self.extract_precision,
+                         reads={**self.images(images), "precision": self.precision,
                                 "model": self.fresh_model(ckpt)})
         return self.stage(call, epoch)
 
@@ -252,7 +251,7 @@ class _Loop:
         call = StageCall("train", folder, "model.pt", go, options={"method": cfg.method, "params": self.train_params},
                          seed=cfg.seed, inputs={"checkpoint": ckpt, "labels": ref, "features": feats},
                          reads={**self.images("train"), "model": self.fresh_model(ckpt),
-                                "precision": self.train_precision, "deterministic": cfg.deterministic})
+                                "precision": self.precision, "deterministic": cfg.deterministic})
         return self.stage(call, epoch)
 
     # ------------------------------------------------------------------------------------ loop

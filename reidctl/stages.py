@@ -24,11 +24,11 @@ class RunContext:
     dataset: str | None
     model: ModelSpec  # the fresh model of epoch 0 (no checkpoint), its seed set
     seed: int
-    workers: int
+    workers: int | None
     device: str
     amp: str
     deterministic: bool
-    extract_batch_size: int
+    extract_batch_size: int | None
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def test_1_seed_is_in_every_key(market, weights, tmp_path):
     assert stages[(0, "cluster")] is False and stages[(0, "refine")] is False and stages[(0, "train")] is False
 
 
-def test_1_training_precision_is_in_the_train_key(market, tmp_path, monkeypatch):
+def test_1_precision_is_in_the_extract_and_train_keys(market, tmp_path, monkeypatch):
     import reidctl.pipeline as pipeline
 
     run_dir = tmp_path / "run"
@@ -92,7 +92,10 @@ def test_1_training_precision_is_in_the_train_key(market, tmp_path, monkeypatch)
     monkeypatch.setattr(pipeline, "precision_name", lambda amp, device: "bfloat16", raising=False)
     run_loop(_config(market, run_dir, amp="bf16"))
     stages = _cached(run_dir, n)
-    assert stages[(0, "extract")] is True and stages[(0, "train")] is False
+    assert stages[(0, "extract")] is False and stages[(0, "train")] is False  # both follow --amp
+    n = len(_log(run_dir))
+    run_loop(_config(market, run_dir, amp="bf16"))
+    assert all(_cached(run_dir, n).values())
 
 
 @pytest.mark.slow

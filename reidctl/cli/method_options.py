@@ -168,7 +168,8 @@ def prelude_flags(prelude: Prelude) -> list[Flag]:
 def with_options(**groups: list[Flag]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add each group of flags to a command function in place of its parameter of that name
     (``options=train_flags()`` replaces ``options``); the function receives, under that name,
-    ``{key: value}`` for the group's flags that were given (plain flags: always, with defaults)."""
+    ``{key: value}`` for the group's flags that were given (plain flags: always, their defaults
+    included, None meaning "the library decides")."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(func, eval_str=True)
@@ -184,8 +185,8 @@ def with_options(**groups: list[Flag]) -> Callable[[Callable[..., Any]], Callabl
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             for into, flags in groups.items():
-                given = {f.key: kwargs.pop(f.key) for f in flags}
-                kwargs[into] = {k: v for k, v in given.items() if v is not None}
+                values = [(f, kwargs.pop(f.key)) for f in flags]
+                kwargs[into] = {f.key: v for f, v in values if f.plain or v is not None}
             return func(*args, **kwargs)
 
         wrapper.__signature__ = sig.replace(parameters=new)  # type: ignore[attr-defined]

@@ -24,12 +24,17 @@ class Runtime:
     """How a command runs (not what it computes): declared once, taken by name by each command
     (``with_options(runtime_flags("workers", "device"), into="run")``)."""
 
-    batch_size: int = field(default=128, metadata=option("Images per forward pass."))
-    extract_batch_size: int = field(default=128, metadata=option("Images per forward pass when extracting."))
-    workers: int = field(default=2, metadata=option("Data-loading worker processes."))
+    batch_size: int | None = field(default=None, metadata=option(
+        "Images per forward pass (default: 64 on a CPU, where smaller batches stay in cache; 256 with CUDA)."))
+    extract_batch_size: int | None = field(default=None, metadata=option(
+        "Images per forward pass when extracting (default: 64 on a CPU, 256 with CUDA)."))
+    workers: int | None = field(default=None, metadata=option(
+        "Data-loading worker processes (default: none on a CPU, whose cores the model already uses; "
+        "min(8, CPUs − 1) with CUDA)."))
     device: str = field(default="auto", metadata=option("auto, cpu, cuda or cuda:N."))
-    amp: str = field(default="auto", metadata=option(
-        "Mixed precision of training on CUDA: auto (bf16 where supported, else fp16), bf16, fp16 or off."))
+    amp: str = field(default="off", metadata=option(
+        "Mixed precision on CUDA: off (float32, as the official codes), bf16, fp16, or auto (bf16 where the GPU "
+        "supports it, else fp16). A CPU always computes in float32."))
     deterministic: bool = field(default=False, metadata=option(
         "Deterministic kernels: bit-exact resume and repeat runs (slower on GPU)."))
     skip_bad_images: bool = field(default=False, metadata=option(

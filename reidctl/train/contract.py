@@ -133,7 +133,7 @@ class StreamContext:
     device: torch.device
     rank: int
     world: int
-    workers: int  # DataLoader workers
+    workers: int  # DataLoader workers (resolved: a number)
     height: int  # the model's input size
     width: int
     batch_size: int  # the global batch (params.batch_size)

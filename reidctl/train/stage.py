@@ -27,6 +27,7 @@ from reidctl.features import extract_features
 from reidctl.methods import get_method
 from reidctl.models.reid import ReidModel
 from reidctl.models.weights import init_description
+from reidctl.precision import DEFAULT_AMP
 from reidctl.progress import progress_bar
 from reidctl.train.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, method_arrays_path
 from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, resume, train_epoch
@@ -49,11 +50,11 @@ class TrainEpochRequest(ModelSpec):
     overrides: Mapping[str, Any] = field(default_factory=dict)
     features: Path | None = None
     epoch: int | None = None
-    workers: int = 4
+    workers: int | None = None  # None: reidctl.device.resolve_workers
     device: str = "auto"
-    amp: str = "auto"
+    amp: str = DEFAULT_AMP
     deterministic: bool = False
-    extract_batch_size: int = 128
+    extract_batch_size: int | None = None  # None: reidctl.device.resolve_extract_batch
     force: bool = False  # overwrite an existing --out that is not a reidctl checkpoint
 
 
@@ -177,7 +178,7 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
         else:
             with progress_bar("extract train", len(train), enabled=None if dist.is_main() else False) as adv:
                 ext = extract_features(session.model, train, batch_size=req.extract_batch_size,
-                                       workers=req.workers, device=device, progress=adv)
+                                       workers=req.workers, device=device, amp=req.amp, progress=adv)
             features, parts, feats_digest = ext.feats, ext.parts, "extracted"
         if session.method.uses_parts and parts is None:
             source = req.features if req.features is not None else req.checkpoint or "the fresh model"

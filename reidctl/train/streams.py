@@ -24,6 +24,7 @@ from reidctl.data.images import load_image
 from reidctl.data.samplers import SEED_BOUND, IdentityBatchSampler, IterLoader, pass_length
 from reidctl.data.transforms import train_transform
 from reidctl.errors import DatasetError, ReidctlError
+from reidctl.precision import memory_format
 from reidctl.train.contract import Batch, StreamContext
 
 #: An augmentation: PIL image + its own generator → tensor (``reidctl.data.transforms.TrainTransform``).
@@ -102,12 +103,11 @@ def device_batches(loader: Iterable[Any], labels: np.ndarray, camids: np.ndarray
     """
     labels_t = torch.as_tensor(labels, dtype=torch.int64)
     camids_t = torch.as_tensor(camids, dtype=torch.int64)
-    cuda = device.type == "cuda"
+    layout = memory_format(device)
     for images, index, errors in (loader if steps is None else IterLoader(loader, steps)):
         raise_bad_images(errors)
         yield Batch(
-            images=images.to(device, non_blocking=True,
-                             memory_format=torch.channels_last if cuda else torch.preserve_format),
+            images=images.to(device, non_blocking=True, memory_format=layout),
             labels=labels_t[index].to(device, non_blocking=True),
             camids=camids_t[index].to(device, non_blocking=True),
             index=index.to(device, non_blocking=True),

@@ -35,38 +35,13 @@ from reidctl.data.base import Sample
 from reidctl.data.samplers import SEED_BOUND
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ModelConfig, ReidModel
+from reidctl.device import resolve_workers
+from reidctl.precision import DEFAULT_AMP, autocast, dtype_name, memory_format, resolve_amp
 from reidctl.train.bn_chunks import chunk_sizes, set_bn_chunks
 from reidctl.train.checkpoint import (
     capture_rng, load_training_state, read_method_arrays, restore_rng, save_checkpoint, write_method_arrays,
 )
 from reidctl.train.contract import SCHEDULER_INTERVALS, EpochData, Forward, StepResult, StreamContext, TrainingMethod
-
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-
-
-# --------------------------------------------------------------------------------------------
-# the session
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: AMP runs on CUDA only (``auto`` = bf16 where supported, else fp16)."""
-    if amp not in AMP_MODES:
-        raise ReidctlError(f"--amp {amp}: choose one of {', '.join(AMP_MODES)}")
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def precision_name(amp: str, device: torch.device) -> str:
-    """The precision ``--amp`` resolves to on ``device``: off (float32), bfloat16 or float16."""
-    return dtype_name(resolve_amp(amp, device))
-
-
-def dtype_name(dtype: torch.dtype | None) -> str:
-    return "off" if dtype is None else str(dtype).removeprefix("torch.")
-
 
 class _Net(nn.Module):
     """Model + method heads as one module, so DDP synchronises both in one forward."""
@@ -92,7 +67,7 @@ class TrainSession:
     """
 
     def __init__(self, model: ReidModel, method: TrainingMethod, *, device: torch.device | str = "cpu",
-                 amp: str = "auto", seed: int = 1, generator: np.random.Generator | None = None,
+                 amp: str = DEFAULT_AMP, seed: int = 1, generator: np.random.Generator | None = None,
                  epoch: int = -1, steps: int = 0) -> None:
         if method.scheduler_interval not in SCHEDULER_INTERVALS:
             raise ValueError(f"{type(method).__name__}.scheduler_interval must be one of {SCHEDULER_INTERVALS}")
@@ -159,7 +134,7 @@ class TrainSession:
 
 
 def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, overrides: Mapping[str, Any] | None = None,
-           device: torch.device | str = "cpu", amp: str = "auto", seed: int = 1,
+           device: torch.device | str = "cpu", amp: str = DEFAULT_AMP, seed: int = 1,
            source: str | Path = "checkpoint") -> TrainSession:
     """A session that continues a checkpoint ``payload`` (see ``load_checkpoint``) read from ``source``.
 
@@ -286,7 +261,7 @@ def train_epoch(
     data: EpochData,
     *,
     epoch: int | None = None,
-    workers: int = 4,
+    workers: int | None = None,
     deterministic: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> EpochStats:
@@ -333,7 +308,7 @@ def train_epoch(
 
 
 def _stream_context(session: TrainSession, samples: Sequence[Sample], data: EpochData, epoch: int,
-                    workers: int) -> StreamContext:
+                    workers: int | None) -> StreamContext:
     """The epoch's :class:`StreamContext`. Draws the epoch's ``data.seed`` from the session's
     generator, before the stream's own draws (the order every checkpoint so far was made with)."""
     p, method, device = session.params, session.method, session.device
@@ -343,7 +318,7 @@ def _stream_context(session: TrainSession, samples: Sequence[Sample], data: Epoc
         raise ReidctlError(f"--method {method.name} gives an epoch of {length} steps; it needs at least 1")
     world, cfg = dist.world_size(), session.model.config
     return StreamContext(samples=samples, data=data, generator=session.generator, device=device, rank=dist.rank(),
-                         world=world, workers=workers, height=cfg.height, width=cfg.width, batch_size=p.batch_size,
+                         world=world, workers=resolve_workers(workers, session.device), height=cfg.height, width=cfg.width, batch_size=p.batch_size,
                          per_rank=p.batch_size // world, length=length)
 
 
@@ -395,11 +370,9 @@ def _check_batch(batch_size: int, bn_chunks: int, world: int) -> int:
 
 
 def _net(session: TrainSession) -> nn.Module:
-    """Model + heads in training mode: channels-last on CUDA, wrapped by DDP under torchrun."""
+    """Model + heads in training mode, channels-last, wrapped by DDP under torchrun."""
     device, cuda = session.device, session.device.type == "cuda"
-    net: nn.Module = _Net(session.model, session.heads)
-    if cuda:
-        net = net.to(memory_format=torch.channels_last)
+    net: nn.Module = _Net(session.model, session.heads).to(memory_format=memory_format(device))
     if dist.is_distributed():
         unused = bool(session.model.config.parts) and not session.method.uses_parts
         net = DistributedDataParallel(net, device_ids=[device.index] if cuda else None,
@@ -410,10 +383,10 @@ def _net(session: TrainSession) -> nn.Module:
 
 def _forward(session: TrainSession, net: nn.Module) -> Forward:
     """``net`` under the session's autocast: the ``forward`` a method's ``training_step`` calls."""
-    device_type, dtype = session.device.type, session.amp_dtype
+    device, dtype = session.device, session.amp_dtype
 
     def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.autocast(device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, dtype):
             return net(images)
 
     return forward

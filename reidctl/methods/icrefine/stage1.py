@@ -39,6 +39,7 @@ from reidctl.methods.icrefine.intra import (
     skip_reason, write_intra_labels,
 )
 from reidctl.options import option, resolve
+from reidctl.precision import DEFAULT_AMP
 from reidctl.progress import progress_bar
 from reidctl.train.checkpoint import checkpoint_digest
 from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, train_epoch
@@ -101,11 +102,11 @@ class IntraCameraRequest(ModelSpec):
     data: str = ""
     dataset: str | None = None
     params: IntraCameraParams = field(default_factory=IntraCameraParams)
-    workers: int = 2
+    workers: int | None = None  # None: reidctl.device.resolve_workers
     device: str = "auto"
-    amp: str = "auto"
+    amp: str = DEFAULT_AMP
     deterministic: bool = False
-    extract_batch_size: int = 128
+    extract_batch_size: int | None = None  # None: reidctl.device.resolve_extract_batch
     force: bool = False  # overwrite an existing --out that is not an intra-camera labels file
 
 
@@ -180,7 +181,7 @@ def _train_camera(req: IntraCameraRequest, model: Any, samples: list, camids: np
     for epoch in range(p.epochs):
         with progress_bar(f"camera {rep.camera}: extract", len(samples), enabled=bar) as advance:
             ext = extract_features(session.model, samples, batch_size=req.extract_batch_size, workers=req.workers,
-                                   device=device, progress=advance)
+                                   device=device, amp=req.amp, progress=advance)
         labels, jaccard = cluster_camera(ext.feats, rep.clusters, k1=p.k1, k2=p.k2, device=str(device))
         score = silhouette(jaccard, labels)
         rep.history.append(score)
