@@ -247,7 +247,8 @@ def loop_share(args: argparse.Namespace, device: torch.device, root: Path) -> di
     name = args.models[0]
     height, width = (args.height, args.width) if args.height else SIZES[name]
     cfg = LoopConfig(data=args.loop_data, run_dir=root / "loop", epochs=1, eval_every=0,
-                     model=ModelSpec(arch=name, height=height, width=width),
+                     model=ModelSpec(arch=name, height=height, width=width,
+                                     weights=Path(args.weights) if args.weights else None),
                      options={"iters": args.loop_iters, "batch_size": args.batch_size, "num_instances": 4},
                      workers=args.workers, device=str(device), amp=args.amp)
     t = time.perf_counter()
@@ -300,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-loop", dest="loop", action="store_false")
     ap.add_argument("--loop-data", default="synthetic:small")
     ap.add_argument("--loop-iters", type=int, default=25)
+    ap.add_argument("--weights", default=None,
+                    help="backbone weights for the loop epoch (a random network may find a single cluster), "
+                         "e.g. ../shared/weights/mobilenet_v2_imagenet_features.pth")
     args = ap.parse_args(argv)
     args.models = ["mobilenet_v2"] if args.quick else args.models.split(",")
     if args.quick:
