@@ -108,6 +108,21 @@ def forward_flops(model: torch.nn.Module, batch: torch.Tensor) -> float:
     return counter.get_total_flops() / len(batch)
 
 
+def per_image(work: Callable[[], None], batch: int, device: torch.device) -> Callable[[], float]:
+    """After one warm-up call: a runner timing two calls of ``work`` (a batch each), seconds per image."""
+    work()
+    sync(device)
+
+    def run() -> float:
+        t = time.perf_counter()
+        for _ in range(2):
+            work()
+        sync(device)
+        return (time.perf_counter() - t) / (2 * batch)
+
+    return run
+
+
 def train_floor(cfg: ModelConfig, device: torch.device, batch: int, bn_chunks: int, amp: str
                 ) -> Callable[[], float]:
     """One step of forward + backward + Adam on an in-memory batch; returns seconds per image."""
@@ -125,17 +140,7 @@ def train_floor(cfg: ModelConfig, device: torch.device, batch: int, bn_chunks: i
         loss.backward()
         opt.step()
 
-    step()
-    sync(device)
-
-    def run() -> float:
-        t = time.perf_counter()
-        for _ in range(2):
-            step()
-        sync(device)
-        return (time.perf_counter() - t) / (2 * batch)
-
-    return run
+    return per_image(step, batch, device)
 
 
 def inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -157,17 +162,7 @@ def extract_floor(cfg: ModelConfig, device: torch.device, batch: int, amp: str) 
         with torch.inference_mode(), autocast(device, amp):
             model.embed(x)
 
-    forward()
-    sync(device)
-
-    def run() -> float:
-        t = time.perf_counter()
-        for _ in range(2):
-            forward()
-        sync(device)
-        return (time.perf_counter() - t) / (2 * batch)
-
-    return run
+    return per_image(forward, batch, device)
 
 
 def train_pipeline(cfg: ModelConfig, device: torch.device, samples: list, labels: np.ndarray, batch: int,
