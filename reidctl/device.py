@@ -1,4 +1,4 @@
-"""Resolving ``--device`` and ``--workers``."""
+"""Resolving ``--device`` and the defaults that depend on it (``--workers``, extraction batch)."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
         main = dist.is_main()
     split_names = [n for n, k in zip(ds.split_of(req.split), ext.keep) if k]
     params = {**provenance, "layout": ds.layout, "split": req.split, "skip_bad_images": req.skip_bad_images,
-              "precision": precision_name(req.amp, resolve_device(req.device))}
+              "precision": precision_name(req.amp, device)}
     inputs = {"checkpoint": checkpoint_digest(req.checkpoint)} if req.checkpoint else {}
     if main:
         write_features(

@@ -88,6 +88,11 @@ def resolve_names(cls: type, given: Mapping[str, Any], *, what: str) -> set[str]
     names = {f.name for f in dataclasses.fields(cls)}
     bad = [k for k in given if k not in names]
     if bad:
-        verb = "does" if len(bad) == 1 else "do"
-        raise ReidctlError(f"{', '.join(flag_of(b) for b in bad)} {verb} not apply to {what}")
+        raise not_applicable(bad, what)
     return names
+
+
+def not_applicable(keys: list[str], what: str, note: str = "") -> ReidctlError:
+    """The one user error for options that do not apply: "--beta does not apply to --method cc"."""
+    verb = "does" if len(keys) == 1 else "do"
+    return ReidctlError(f"{', '.join(flag_of(k) for k in keys)} {verb} not apply to {what}{note}")

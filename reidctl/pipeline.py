@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 
 from reidctl.artifacts import file_digest, read_meta
-from reidctl.cluster.stage import ClusterParams, run_cluster
+from reidctl.cluster.stage import run_cluster
 from reidctl.data.base import Dataset
 from reidctl.data.datasets import load_dataset
 from reidctl.data.fingerprint import split_fingerprint
@@ -127,7 +127,7 @@ class _Loop:
         self.cfg, self.ds = cfg, ds
         self.run: RunDir  # set by :meth:`epochs`
         self.method_cls: type[Method] = get_method(cfg.method)
-        routed = self.method_cls.route(cfg.options, cluster_options=ClusterParams)
+        routed = self.method_cls.route(cfg.options)
         device = resolve_device(cfg.device)
         self.precision = precision_name(cfg.amp, device)
         self.train_overrides = routed.train

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from reidctl import rundir
-from reidctl.cluster.stage import ClusterParams
 from reidctl.errors import ReidctlError
 from reidctl.methods import get_method
 from reidctl.pipeline import STAGES, StageCall, artifact_digest
@@ -99,12 +98,11 @@ def test_a_changed_output_is_noticed_and_the_stage_reruns(tmp_path):
 
 def test_a_method_routes_flat_options_to_its_stages():
     routed = get_method("icrefine").route(
-        {"eps": 0.4, "decay": "cosine", "iters": 3, "intra_epochs": 2, "intra": "s1.h5", "beta": None},
-        cluster_options=ClusterParams)
+        {"eps": 0.4, "decay": "cosine", "iters": 3, "intra_epochs": 2, "intra": "s1.h5", "beta": None})
     assert routed.cluster == {"eps": 0.4} and routed.refine == {"decay": "cosine"}
     assert routed.train == {"iters": 3} and routed.preludes == {"intra": {"epochs": 2}}
     assert routed.given == {"intra": "s1.h5"}
-    pplr = get_method("pplr").route({"k": 5, "beta": 0.3}, cluster_options=ClusterParams)
+    pplr = get_method("pplr").route({"k": 5, "beta": 0.3})
     assert pplr.refine == {"k": 5} and pplr.train == {"beta": 0.3}
 
 
@@ -117,10 +115,9 @@ def test_a_method_routes_flat_options_to_its_stages():
 ])
 def test_options_of_another_stage_or_method_are_refused_by_name(method, options, message):
     with pytest.raises(ReidctlError, match=message):
-        get_method(method).route(options, cluster_options=ClusterParams)
+        get_method(method).route(options)
 
 
 def test_outside_the_loop_refine_takes_what_the_loop_supplies():
-    routed = get_method("icrefine").route({"epoch": 3, "epochs": 10, "intra": "s1.h5"},
-                                          cluster_options=ClusterParams, loop=False)
+    routed = get_method("icrefine").route({"epoch": 3, "epochs": 10, "intra": "s1.h5"}, loop=False)
     assert routed.refine == {"epoch": 3, "epochs": 10, "intra": "s1.h5"} and not routed.given

@@ -11,7 +11,6 @@ from rich.table import Table
 from reidctl.cli.common import (command, err_console, multi_camera_cell, out_console, print_json, print_quality,
                                 settings, warn_single_camera)
 from reidctl.cli.method_options import refine_flags, runtime_flags
-from reidctl.cluster.stage import ClusterParams
 from reidctl.methods import METHODS, get_method
 from reidctl.refine import run_refine
 
@@ -28,7 +27,7 @@ def refine(
     options: dict = None,  # clustering and every method's refine options (reidctl.cli.method_options)
     run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
 ) -> None:
-    routed = get_method(method).route(options, cluster_options=ClusterParams, loop=False)
+    routed = get_method(method).route(options, loop=False)
     if out is None:  # `reidctl refine --method icrefine feats.h5` works as written
         out = features.with_name(f"{features.stem}.{method}.h5")
     summary = run_refine(method, features, out, labels_path=labels, cluster=routed.cluster, options=routed.refine,

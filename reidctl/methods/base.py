@@ -25,8 +25,8 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 
-from reidctl.errors import ReidctlError
-from reidctl.options import flag_of, option_fields, resolve
+from reidctl.cluster.stage import ClusterParams
+from reidctl.options import not_applicable, option_fields, resolve
 from reidctl.stages import Prelude
 from reidctl.train.contract import Batch, EpochData, TrainingMethod, TrainParams
 
@@ -93,12 +93,9 @@ class Method(TrainingMethod):
     @classmethod
     def refuse_foreign(cls, options: Mapping[str, Any]) -> None:
         """Refuse training options this method does not have, naming the method they belong to."""
-        names = {f.name for f in dataclasses.fields(cls.Params)}
-        bad = [k for k in options if k not in names]
+        bad = [k for k in options if k not in _field_names(cls.Params)]
         if bad:
-            verb = "does" if len(bad) == 1 else "do"
-            raise ReidctlError(f"{', '.join(flag_of(b) for b in bad)} {verb} not apply to --method {cls.name}"
-                               + _owners(bad, lambda m: [f.name for f in dataclasses.fields(m.Params)]))
+            raise not_applicable(bad, f"--method {cls.name}", _owners(bad, lambda m: _field_names(m.Params)))
 
     # ---- refine
 
@@ -118,14 +115,14 @@ class Method(TrainingMethod):
     # ---- options
 
     @classmethod
-    def route(cls, options: Mapping[str, Any], *, cluster_options: type, loop: bool = True) -> Routed:
+    def route(cls, options: Mapping[str, Any], *, loop: bool = True) -> Routed:
         """Split a flat mapping of given options (``None`` = not given) by stage, as ``loop``
-        takes them: clustering (``cluster_options``: the ``ClusterParams`` class), refine, training,
-        each prelude's (``<prelude>_<option>``) and ready-made prelude outputs (``<feeds>``).
+        takes them (``loop=False``: as ``refine`` does): clustering, refine, training, each
+        prelude's (``<prelude>_<option>``) and ready-made prelude outputs (``<feeds>``).
 
         An option that belongs to no stage of this method is a user error naming it."""
         routed = Routed()
-        stage_of = cls.option_stages(cluster_options=cluster_options, loop=loop)
+        stage_of = cls.option_stages(loop=loop)
         bad = []
         for key, value in options.items():
             if value is None:
@@ -141,17 +138,15 @@ class Method(TrainingMethod):
             else:
                 routed.preludes.setdefault(stage, {})[name] = value
         if bad:
-            verb = "does" if len(bad) == 1 else "do"
-            raise ReidctlError(f"{', '.join(flag_of(b) for b in bad)} {verb} not apply to --method {cls.name}"
-                               + _owners(bad, lambda m: m.option_stages(cluster_options=cluster_options, loop=loop)))
+            raise not_applicable(bad, f"--method {cls.name}", _owners(bad, lambda m: m.option_stages(loop=loop)))
         return routed
 
     @classmethod
-    def option_stages(cls, *, cluster_options: type, loop: bool = True) -> dict[str, tuple[str, str]]:
+    def option_stages(cls, *, loop: bool = True) -> dict[str, tuple[str, str]]:
         """Option key → (stage, field) for every option this method takes (``loop`` or not)."""
         stages: dict[str, tuple[str, str]] = {}
         if cls.clusters:
-            stages.update({n: ("cluster", n) for n, _, _ in option_fields(cluster_options)})
+            stages.update({n: ("cluster", n) for n, _, _ in option_fields(ClusterParams)})
             fed = {p.feeds: p.name for p in cls.preludes}
             for n, _, info in option_fields(cls.RefineOptions):
                 if loop and n in fed:
@@ -163,6 +158,10 @@ class Method(TrainingMethod):
             for p in cls.preludes:
                 stages.update({f"{p.name}_{n}": (p.name, n) for n, _, _ in option_fields(p.Options)})
         return stages
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def _owners(keys: list[str], options_of: Callable[[type[Method]], Iterable[str]]) -> str:

@@ -318,8 +318,8 @@ def _stream_context(session: TrainSession, samples: Sequence[Sample], data: Epoc
         raise ReidctlError(f"--method {method.name} gives an epoch of {length} steps; it needs at least 1")
     world, cfg = dist.world_size(), session.model.config
     return StreamContext(samples=samples, data=data, generator=session.generator, device=device, rank=dist.rank(),
-                         world=world, workers=resolve_workers(workers, session.device), height=cfg.height, width=cfg.width, batch_size=p.batch_size,
-                         per_rank=p.batch_size // world, length=length)
+                         world=world, workers=resolve_workers(workers, device), height=cfg.height, width=cfg.width,
+                         batch_size=p.batch_size, per_rank=p.batch_size // world, length=length)
 
 
 def _run_steps(session: TrainSession, stream: Iterable[Any], length: int, forward: Forward, state: Any,
