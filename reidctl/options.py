@@ -29,12 +29,16 @@ class OptionInfo:
     flag: str | None = None  # default: --field-name
     aliases: tuple[str, ...] = ()  # other accepted spellings (--global-clustering for --algo)
     loop: bool = True  # False: `loop` supplies the value itself (the epoch, a prelude's output)
+    off: str | None = None  # a boolean's "off" spelling (default: --no-<name>)
 
 
-def option(help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), loop: bool = True
-           ) -> dict[str, OptionInfo]:
-    """Field metadata that makes a dataclass field an option: ``field(default=..., metadata=option("..."))``."""
-    return {KEY: OptionInfo(help, flag, aliases, loop)}
+def option(help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), loop: bool = True,
+           off: str | None = None) -> dict[str, OptionInfo]:
+    """Field metadata that makes a dataclass field an option: ``field(default=..., metadata=option("..."))``.
+
+    ``off``: the spelling that sets a boolean to False, when ``--no-<name>`` reads badly
+    (``--global-local/--global-only``)."""
+    return {KEY: OptionInfo(help, flag, aliases, loop, off)}
 
 
 def flag_of(name: str) -> str:

@@ -134,7 +134,8 @@ class _Loop:
         self.train_params = self.method_cls.resolve_params(None, routed.train).to_dict()
         self.refine_given = routed.refine
         if self.method_cls.clusters:
-            self.cluster_params = default_cluster_params(cfg.method, n_samples=len(ds.train), **routed.cluster)
+            self.cluster_params = default_cluster_params(cfg.method, n_samples=len(ds.train), options=cfg.options,
+                                                         **routed.cluster)
             self.method_cls.refine_options(routed.refine)  # another method's options fail before any work
         self.given = routed.given
         self.prelude_options = {p.name: self._prelude_options(p, routed.preludes.get(p.name, {}), routed.train)
@@ -307,8 +308,9 @@ def check_config(cfg: LoopConfig, ds: Dataset) -> None:
     method_cls = get_method(cfg.method)
     if not ds.train:
         raise ReidctlError(f"{ds.root}: the dataset has no train images to learn from")
-    if method_cls.uses_parts and not cfg.model.parts:
-        parts = method_cls.model_defaults.get("parts")
+    method = method_cls(method_cls.resolve_params(None, method_cls.route(cfg.options).train))
+    if method.uses_parts and not cfg.model.parts:
+        parts = method_cls.official_model(cfg.options).get("parts")
         raise ReidctlError(f"--method {cfg.method} needs part features: --parts 0 leaves the model without them"
                            + (f" (its official model has {parts} stripes)" if parts else ""))
     if cfg.eval_every and ds.query and ds.gallery:

@@ -20,14 +20,18 @@ from reidctl.errors import ReidctlError, naming
 from reidctl.methods import get_method
 
 
-def default_cluster_params(method: str, *, n_samples: int | None = None, **overrides: Any) -> ClusterParams:
+def default_cluster_params(method: str, *, n_samples: int | None = None, options: Mapping[str, Any] | None = None,
+                           **overrides: Any) -> ClusterParams:
     """The clustering a method's official command runs, with the user's overrides on top.
+
+    ``options``: the flat options given to the command, from which a method may derive its
+    official clustering (NCPLR's branch mixture with ``--global-local``).
 
     With ``n_samples`` the method fills in what depends on N (icrefine's number of clusters) and
     average linkage is checked to fit in memory, before any expensive stage runs.
     """
     method_cls = get_method(method)
-    values = {**dataclasses.asdict(ClusterParams()), **method_cls.cluster_defaults}
+    values = {**dataclasses.asdict(ClusterParams()), **method_cls.official_clustering(options or {})}
     values.update({k: v for k, v in overrides.items() if v is not None})
     params = ClusterParams(**values)
     if n_samples is not None:
@@ -63,7 +67,7 @@ def run_refine(
         labels, extra, cluster_info = lab.labels, lab.extra, {"labels": "given"}
         inputs["labels"] = lab.meta.digest
     else:
-        params = default_cluster_params(method, n_samples=len(fe), **(cluster or {}))
+        params = default_cluster_params(method, n_samples=len(fe), options=options, **(cluster or {}))
         res = cluster_features(fe.feats, params, parts=fe.parts)
         labels = res["labels"]
         extra = {k: res[k] for k in ("knn_index", "knn_dist", "jaccard")}

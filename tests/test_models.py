@@ -33,10 +33,13 @@ def test_gem_formula_and_stripes():
     assert torch.allclose(gem(x)[..., 0], expected, atol=1e-6)
     parts = GeneralizedMeanPooling(bins=3)(x)
     assert torch.allclose(parts[..., 1], x[:, :, 2:4].pow(3).mean(dim=(2, 3)).pow(1 / 3), atol=1e-6)
-    # with p = 1 the stripes are exactly AdaptiveAvgPool2d((P, 1)), including uneven row counts
+    # with p = 1 and the adaptive split the stripes are exactly AdaptiveAvgPool2d((P, 1)), overlap included
     y = torch.rand(2, 4, 8, 3)
-    avg = GeneralizedMeanPooling(p=1.0, bins=3)
+    avg = GeneralizedMeanPooling(p=1.0, bins=3, split="adaptive")
     assert torch.allclose(avg(y), torch.nn.AdaptiveAvgPool2d((3, 1))(y).flatten(2), atol=1e-6)
+    # the default split is disjoint: rows [0,2), [2,5), [5,8)
+    disjoint = GeneralizedMeanPooling(p=1.0, bins=3)(y)
+    assert torch.allclose(disjoint[..., 1], y[:, :, 2:5].mean(dim=(2, 3)), atol=1e-6)
 
 
 def test_too_many_parts_for_the_map_is_a_clear_error():

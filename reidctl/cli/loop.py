@@ -38,7 +38,7 @@ def loop(
     """Extract → cluster → refine → train-epoch each epoch; re-running resumes where it stopped."""
     cfg = LoopConfig(
         data=data, run_dir=run_dir, method=method, epochs=epochs, dataset=dataset,
-        model=ModelSpec(**{**model, **get_method(method).model_settings(**model)}, seed=run["seed"]),
+        model=ModelSpec(**{**model, **get_method(method).model_settings(model, options)}, seed=run["seed"]),
         options=options,
         eval_every=eval_every, eval_init=not no_eval_init, force_from=force_from, **settings(run, "json"),
     )

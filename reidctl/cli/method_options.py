@@ -43,7 +43,7 @@ class Flag:
         if self.plain:
             return (main, *self.info.aliases)
         if self.type is bool:
-            return (f"{main}/--no-{main[2:]}",)
+            return (f"{main}/{self.info.off or '--no-' + main[2:]}",)
         return (main, *self.info.aliases)
 
     def help(self) -> str:

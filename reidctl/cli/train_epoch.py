@@ -42,7 +42,7 @@ def train_epoch(
     req = TrainEpochRequest(
         data=data, labels=labels, dataset=dataset, method=method, features=features, epoch=epoch,
         overrides=options,
-        checkpoint=checkpoint, **{**model, **get_method(method).model_settings(**model)}, **settings(run, "json"),
+        checkpoint=checkpoint, **{**model, **get_method(method).model_settings(model, options)}, **settings(run, "json"),
     )
     result = run_request(ctx, req, run_train_epoch, out)
     if dist.env_rank() != 0:

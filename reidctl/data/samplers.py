@@ -35,17 +35,29 @@ def identity_groups(labels: Sequence[int]) -> list[np.ndarray]:
     return [np.asarray(v, dtype=np.int64) for v in groups.values()]
 
 
+#: Where the identity sampler puts an identity's anchor: ``first`` (Cluster Contrast's sampler)
+#: or ``last``, after its companions (NCPLR's modified sampler, which also drops single-image
+#: identities).
+ANCHORS = ("first", "last")
+
+
 def identity_balanced_order(
-    labels: Sequence[int], camids: Sequence[int], num_instances: int, rng: np.random.Generator
+    labels: Sequence[int], camids: Sequence[int], num_instances: int, rng: np.random.Generator,
+    anchor: str = "first",
 ) -> list[int]:
     """One pass over the identities (``RandomMultipleGallerySampler.__iter__`` semantics).
 
     For each identity in a random permutation: a random anchor, then ``num_instances - 1``
     companions drawn from the identity's images in *other* cameras (without replacement when at
     least ``num_instances`` are available, else with replacement); when none is in another camera,
-    from its other images under the same rule; an identity with a single image contributes only
-    its anchor. Unknown cameras (-1) compare equal, i.e. count as one camera.
+    from its other images under the same rule. Unknown cameras (-1) compare equal, i.e. count as
+    one camera. ``anchor="first"`` (CC): the anchor precedes its companions and a single-image
+    identity contributes its anchor alone. ``anchor="last"`` (NCPLR's sampler, ALGORITHMS.md
+    §7.8): the anchor follows its companions and a single-image identity contributes nothing.
+    The random draws are the same in both orders.
     """
+    if anchor not in ANCHORS:
+        raise ReidctlError(f"--sampler-anchor {anchor}: choose first or last")
     if num_instances < 1:
         raise ReidctlError("--num-instances must be at least 1")
     camids = np.asarray(camids)
@@ -54,24 +66,37 @@ def identity_balanced_order(
     for g in rng.permutation(len(groups)).tolist():
         members = groups[g]
         anchor_pos = int(rng.integers(len(members)))
-        anchor = int(members[anchor_pos])
-        order.append(anchor)
-        if num_instances == 1:
-            continue
-        cams = camids[members]
-        pool = np.flatnonzero(cams != camids[anchor])
-        if len(pool) == 0:
-            pool = np.delete(np.arange(len(members)), anchor_pos)
-            if len(pool) == 0:
-                continue  # a single-image identity contributes only its anchor
-        picks = rng.choice(pool, size=num_instances - 1, replace=len(pool) < num_instances)
-        order.extend(members[picks].tolist())
+        first = int(members[anchor_pos])
+        order.extend(_with_anchor(first, _companions(members, anchor_pos, camids, num_instances, rng), anchor))
     return order
 
 
-def pass_length(labels: Sequence[int], num_instances: int) -> int:
-    """Images one pass yields: 1 for a single-image identity, ``num_instances`` otherwise."""
-    return sum(1 if len(g) == 1 else num_instances for g in identity_groups(labels))
+def _companions(members: np.ndarray, anchor_pos: int, camids: np.ndarray, num_instances: int,
+                rng: np.random.Generator) -> list[int] | None:
+    """The anchor's ``num_instances - 1`` companions (other cameras first); None for a
+    single-image identity, [] when ``num_instances`` is 1."""
+    if len(members) == 1:
+        return None
+    if num_instances == 1:
+        return []
+    pool = np.flatnonzero(camids[members] != camids[members[anchor_pos]])
+    if len(pool) == 0:
+        pool = np.delete(np.arange(len(members)), anchor_pos)
+    picks = rng.choice(pool, size=num_instances - 1, replace=len(pool) < num_instances)
+    return members[picks].tolist()
+
+
+def _with_anchor(anchor_row: int, companions: list[int] | None, anchor: str) -> list[int]:
+    if anchor == "first":
+        return [anchor_row, *(companions or [])]
+    return [] if companions is None else [*companions, anchor_row]
+
+
+def pass_length(labels: Sequence[int], num_instances: int, anchor: str = "first") -> int:
+    """Images one pass yields: ``num_instances`` per identity; a single-image identity yields
+    its anchor (``anchor="first"``) or nothing (``"last"``)."""
+    single = 1 if anchor == "first" else 0
+    return sum(single if len(g) == 1 else num_instances for g in identity_groups(labels))
 
 
 class IdentityBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -92,6 +117,7 @@ class IdentityBatchSampler(Sampler[list[tuple[int, int]]]):
         rng: np.random.Generator,
         rank: int = 0,
         world_size: int = 1,
+        anchor: str = "first",
     ) -> None:
         if batch_size < 1:
             raise ReidctlError("--batch-size must be at least 1")
@@ -110,13 +136,14 @@ class IdentityBatchSampler(Sampler[list[tuple[int, int]]]):
         self.rank = rank
         self.world_size = world_size
         self.per_rank = batch_size // world_size
-        self.batches_per_pass = pass_length(self.labels, num_instances) // batch_size
+        self.anchor = anchor
+        self.batches_per_pass = pass_length(self.labels, num_instances, anchor) // batch_size
 
     def __len__(self) -> int:
         return self.batches_per_pass
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = identity_balanced_order(self.labels, self.camids, self.num_instances, self.rng)
+        order = identity_balanced_order(self.labels, self.camids, self.num_instances, self.rng, self.anchor)
         seeds = self.rng.integers(0, SEED_BOUND, size=len(order)).tolist()
         lo = self.rank * self.per_rank
         for b in range(len(order) // self.batch_size):

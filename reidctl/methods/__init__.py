@@ -9,12 +9,14 @@ from reidctl.errors import ReidctlError
 from reidctl.methods.base import Batch, EpochData, Method, Refined, TrainParams
 from reidctl.methods.cc import CCParams, ClusterContrast
 from reidctl.methods.icrefine import Icrefine, IcrefineParams
+from reidctl.methods.ncplr import NCPLR, NCPLRParams
 from reidctl.methods.pplr import PPLR, PPLRParams
 
 METHODS: dict[str, type[Method]] = {
     "cc": ClusterContrast,
     "pplr": PPLR,
     "icrefine": Icrefine,
+    "ncplr": NCPLR,
 }
 
 
@@ -27,4 +29,4 @@ def get_method(name: str) -> type[Method]:
 
 
 __all__ = ["METHODS", "Batch", "CCParams", "ClusterContrast", "EpochData", "Icrefine", "IcrefineParams", "Method",
-           "PPLR", "PPLRParams", "Refined", "TrainParams", "get_method"]
+           "NCPLR", "NCPLRParams", "PPLR", "PPLRParams", "Refined", "TrainParams", "get_method"]

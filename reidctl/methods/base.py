@@ -60,6 +60,10 @@ class Routed:
     given: dict[str, str] = field(default_factory=dict)  # prelude name → a ready-made output file
 
 
+#: The model settings a method may set its own default for (CC's values).
+_MODEL_BASE: dict[str, Any] = {"pooling": "gem", "parts": 0, "height": 256, "width": 128}
+
+
 class Method(TrainingMethod):
     """Base class of a method: the training hooks plus the stages it owns."""
 
@@ -72,17 +76,31 @@ class Method(TrainingMethod):
     refine_context: ClassVar[tuple[str, ...]] = ()
     #: Stages run once before epoch 0, whose outputs ``refine`` receives.
     preludes: ClassVar[tuple[Prelude, ...]] = ()
-    #: Model settings of the official command that differ from CC's (GeM, no parts), used for a
-    #: fresh model when the user leaves them unset (PPLR: 3 average-pooled stripes).
+    #: Model settings of the official command that differ from CC's (GeM, no parts, 256×128),
+    #: used for a fresh model when the user leaves them unset (PPLR: 3 average-pooled stripes
+    #: at 384×128).
     model_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
-    def model_settings(cls, *, pooling: str | None = None, parts: int | None = None, **_: Any) -> dict[str, Any]:
-        """``pooling`` and ``parts`` as given, else the method's official value, else CC's (other
-        model options, passed along from a command line's mapping, are ignored)."""
-        base = {"pooling": "gem", "parts": 0, **cls.model_defaults}
-        return {"pooling": base["pooling"] if pooling is None else pooling,
-                "parts": base["parts"] if parts is None else parts}
+    def official_model(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The official model settings that differ from CC's, for the given flat ``options`` (a
+        method whose variants use different models, as NCPLR with and without parts, looks at
+        them). Default: ``model_defaults``."""
+        return dict(cls.model_defaults)
+
+    @classmethod
+    def official_clustering(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The official ``ClusterParams`` values that differ from CC's, for the given flat
+        ``options`` (NCPLR's branch mixture depends on ``--global-local`` and ``--lambda1``).
+        Default: ``cluster_defaults``."""
+        return dict(cls.cluster_defaults)
+
+    @classmethod
+    def model_settings(cls, model: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Pooling, parts and input size: as given in ``model``, else the method's official value
+        (:meth:`official_model` of the flat ``options``), else CC's."""
+        base = {**_MODEL_BASE, **cls.official_model(options or {})}
+        return {k: base[k] if model.get(k) is None else model[k] for k in _MODEL_BASE}
 
     @classmethod
     def resolve_clustering(cls, params: Any, n_samples: int) -> Any:

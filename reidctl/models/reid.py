@@ -1,4 +1,11 @@
-"""The re-ID model: backbone → pooling → BatchNorm neck, plus optional horizontal part stripes."""
+"""The re-ID model: backbone → pooling → BatchNorm neck, plus optional horizontal part stripes.
+
+Stripes split the feature map by height. ``disjoint`` (the default) cuts it at ``(i·H)//P``, so
+the stripes share no row: GL-NCPLR's up/down halves at ``H//2`` exactly, and PPLR's three
+stripes as the official 24-row maps give them. ``adaptive`` is ``AdaptiveAvgPool2d((P, 1))``'s
+binning, whose bins overlap by a row when H is not a multiple of P (8 rows, 3 stripes:
+[0,3), [2,6), [5,8)); it is what checkpoints made before the option existed use.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,18 @@ from reidctl.errors import ReidctlError
 from reidctl.models.backbones import BACKBONES, build_backbone
 
 POOLINGS = ("avg", "gem")
+PART_SPLITS = ("disjoint", "adaptive")
+
+
+def stripe_bounds(height: int, bins: int, split: str = "disjoint") -> list[tuple[int, int]]:
+    """Row ranges ``[lo, hi)`` of ``bins`` horizontal stripes of a ``height``-row map.
+
+    ``disjoint``: ``[(i·H)//P, ((i+1)·H)//P)``, a partition of the rows. ``adaptive``: floor and
+    ceil bounds, as ``AdaptiveAvgPool2d`` bins them (overlapping when P does not divide H).
+    """
+    if split == "disjoint":
+        return [((i * height) // bins, ((i + 1) * height) // bins) for i in range(bins)]
+    return [((i * height) // bins, -((-(i + 1) * height) // bins)) for i in range(bins)]
 
 
 @dataclass(frozen=True)
@@ -25,6 +44,15 @@ class ModelConfig:
     last_stride: int = 1
     height: int = 256
     width: int = 128
+    part_split: str = "disjoint"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        """A checkpoint's recorded config. One recorded before ``part_split`` existed pooled its
+        stripes with adaptive bins, so that is what it gets back."""
+        values = dict(values)
+        values.setdefault("part_split", "adaptive")
+        return cls(**values)
 
     def __post_init__(self) -> None:
         if self.arch not in BACKBONES:
@@ -35,6 +63,8 @@ class ModelConfig:
             raise ReidctlError("--parts must be 0 (no parts) or a positive number of stripes")
         if self.last_stride not in (1, 2):
             raise ReidctlError("--last-stride must be 1 or 2")
+        if self.part_split not in PART_SPLITS:
+            raise ReidctlError(f"unknown --part-split '{self.part_split}' (choose disjoint or adaptive)")
         if self.height < 32 or self.width < 16:
             raise ReidctlError(f"input size {self.height}×{self.width} is too small (at least 32×16)")
 
@@ -46,24 +76,43 @@ class GeneralizedMeanPooling(nn.Module):
     """GeM with a learnable exponent p (init 3), pooled over ``bins`` horizontal stripes.
 
     ``bins=1`` is the global pooling of the CC family. With ``bins=P`` every stripe has its own
-    exponent and covers the same rows as a bin of ``AdaptiveAvgPool2d((P, 1))``. Output: N×C×bins.
+    exponent and covers the rows :func:`stripe_bounds` gives for ``split``. Output: N×C×bins.
     """
 
-    def __init__(self, p: float = 3.0, eps: float = 1e-6, bins: int = 1) -> None:
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, bins: int = 1, split: str = "disjoint") -> None:
         super().__init__()
         self.p = nn.Parameter(torch.full((bins,), float(p)))
         self.eps = eps
         self.bins = bins
+        self.split = split
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.shape[2]
         x = x.clamp(min=self.eps)
         pooled = []
-        for i in range(self.bins):
-            lo, hi = (i * h) // self.bins, -((-(i + 1) * h) // self.bins)  # floor / ceil
+        for i, (lo, hi) in enumerate(stripe_bounds(x.shape[2], self.bins, self.split)):
             p = self.p[i]
             pooled.append(x[:, :, lo:hi].pow(p).mean(dim=(2, 3)).pow(1.0 / p))
         return torch.stack(pooled, dim=2)
+
+
+class StripeAvgPooling(nn.Module):
+    """Average pooling over ``bins`` disjoint horizontal stripes (:func:`stripe_bounds`). N×C×bins."""
+
+    def __init__(self, bins: int) -> None:
+        super().__init__()
+        self.bins = bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, :, lo:hi].mean(dim=(2, 3)) for lo, hi in stripe_bounds(x.shape[2], self.bins)], 2)
+
+
+def _stripe_pooling(config: ModelConfig) -> nn.Module:
+    """The part stripes' pooling: GeM (an exponent per stripe) or average, split as configured."""
+    if config.pooling == "gem":
+        return GeneralizedMeanPooling(bins=config.parts, split=config.part_split)
+    if config.part_split == "adaptive":
+        return nn.AdaptiveAvgPool2d((config.parts, 1))
+    return StripeAvgPooling(config.parts)
 
 
 def _neck(channels: int) -> nn.BatchNorm1d:
@@ -88,11 +137,8 @@ class ReidModel(nn.Module):
         self.pool = GeneralizedMeanPooling() if config.pooling == "gem" else nn.AdaptiveAvgPool2d(1)
         self.neck = _neck(self.channels)
         if config.parts:
-            bins = config.parts
-            self.part_pool = (
-                GeneralizedMeanPooling(bins=bins) if config.pooling == "gem" else nn.AdaptiveAvgPool2d((bins, 1))
-            )
-            self.part_necks = nn.ModuleList(_neck(self.channels) for _ in range(bins))
+            self.part_pool = _stripe_pooling(config)
+            self.part_necks = nn.ModuleList(_neck(self.channels) for _ in range(config.parts))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.backbone(x)

@@ -23,7 +23,7 @@ from reidctl.train.checkpoint import (
 )
 
 #: The fields of a ModelSpec that fix the model's structure (a checkpoint records them).
-STRUCTURE = ("arch", "pooling", "last_stride", "parts", "height", "width")
+STRUCTURE = ("arch", "pooling", "last_stride", "parts", "part_split", "height", "width")
 
 
 @dataclass
@@ -35,6 +35,9 @@ class ModelSpec:
     pooling: str = field(default="gem", metadata=option("Global pooling of a fresh model: gem (learnable p) or avg."))
     last_stride: int = field(default=1, metadata=option("Stride of the last stage: 1 (the papers' default) or 2."))
     parts: int = field(default=0, metadata=option("Horizontal part stripes of a fresh model (0 = none)."))
+    part_split: str = field(default="disjoint", metadata=option(
+        "How stripes split the map's rows: disjoint (at (i·H)//P, the official splits) or adaptive "
+        "(AdaptiveAvgPool2d's bins, which overlap when P does not divide H)."))
     height: int = field(default=256, metadata=option("Input height in pixels (128 suits CPU work)."))
     width: int = field(default=128, metadata=option("Input width in pixels (64 suits CPU work)."))
     weights: Path | None = field(default=None, metadata=option(
@@ -67,7 +70,8 @@ class ModelSpec:
             model, epoch = model_from_payload(payload, self.checkpoint), payload.get("epoch")
             return model, {"model": model.config.to_dict(), "init": f"checkpoint:{Path(self.checkpoint).name}",
                            "epoch": epoch}
-        config = ModelConfig(self.arch, self.pooling, self.parts, self.last_stride, self.height, self.width)
+        config = ModelConfig(self.arch, self.pooling, self.parts, self.last_stride, self.height, self.width,
+                             self.part_split)
         torch.manual_seed(self.seed)  # random initialisation is part of the experiment
         model = build_model(config, pretrained=self.pretrained, weights=self.weights)
         return model, {"model": config.to_dict(), "init": init_description(self.pretrained, self.weights)}

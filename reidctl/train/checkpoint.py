@@ -126,7 +126,7 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     config = payload.get("model_config")
     if not isinstance(config, dict):
         raise ArtifactError(f"{path}: corrupt checkpoint, it records no model configuration")
-    return config
+    return ModelConfig.from_dict(config).to_dict()
 
 
 def model_from_checkpoint(path: str | Path) -> ReidModel:
@@ -135,7 +135,7 @@ def model_from_checkpoint(path: str | Path) -> ReidModel:
 
 def model_from_payload(payload: dict[str, Any], source: str | Path) -> ReidModel:
     """The model of an already loaded checkpoint (so callers needing more of it read it once)."""
-    model = ReidModel(ModelConfig(**payload["model_config"]))
+    model = ReidModel(ModelConfig.from_dict(payload["model_config"]))
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:

@@ -69,12 +69,17 @@ class TrainParams:
     bn_chunks: int = field(default=4, metadata=option(
         "BatchNorm statistics per chunk of the global batch: 4 emulates the official 4-GPU DataParallel runs "
         "(ALGORITHMS.md §3.8); 1 = plain BatchNorm."))
+    sampler_anchor: str = field(default="first", metadata=option(
+        "Identity sampler: the anchor first, before its companions (CC's sampler), or last, after them, "
+        "with single-image identities dropped (NCPLR's sampler)."))
 
     def check(self) -> None:
         """Raise a user error for values that cannot work."""
         for name in ("iters", "batch_size", "num_instances", "step_size", "bn_chunks"):
             if getattr(self, name) < 1:
                 raise ReidctlError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.sampler_anchor not in ("first", "last"):
+            raise ReidctlError(f"--sampler-anchor {self.sampler_anchor}: choose first or last")
         if self.lr <= 0 or self.weight_decay < 0 or self.gamma <= 0:
             raise ReidctlError("--lr and --gamma must be positive, --weight-decay not negative")
         if self.batch_size % self.num_instances:
@@ -254,7 +259,7 @@ class TrainingMethod:
         """
         from reidctl.train.streams import identity_stream  # streams builds this module's Batch
 
-        return identity_stream(ctx, self.params.num_instances)
+        return identity_stream(ctx, self.params.num_instances, self.params.sampler_anchor)
 
     def training_step(self, inputs: Any, forward: Forward, state: Any) -> StepResult:
         """One step's forward pass(es) and loss; ``inputs`` is an item of ``train_stream`` and

@@ -122,12 +122,12 @@ def raise_bad_images(errors: Sequence[str]) -> None:
         raise DatasetError(next(e for e in others if e))
 
 
-def check_identity_batches(ctx: StreamContext, num_instances: int) -> None:
+def check_identity_batches(ctx: StreamContext, num_instances: int, anchor: str = "first") -> None:
     """Refuse an epoch whose clusters cannot fill one identity-balanced batch."""
     data = ctx.data
     if data.num_clusters < 1:
         raise ReidctlError("no clusters to train on: every sample is an outlier")
-    yielded = pass_length(data.labels, num_instances)
+    yielded = pass_length(data.labels, num_instances, anchor)
     if yielded < ctx.batch_size:
         raise ReidctlError(
             f"one pass over the {data.num_clusters} clusters yields only {yielded} images, fewer than "
@@ -135,15 +135,17 @@ def check_identity_batches(ctx: StreamContext, num_instances: int) -> None:
         )
 
 
-def identity_stream(ctx: StreamContext, num_instances: int) -> Iterator[Batch]:
+def identity_stream(ctx: StreamContext, num_instances: int, anchor: str = "first") -> Iterator[Batch]:
     """The CC family's epoch: ``ctx.length`` identity-balanced batches of ``ctx.samples``
-    (``num_instances`` per identity), the sampler starting a new pass when one is exhausted."""
-    check_identity_batches(ctx, num_instances)
+    (``num_instances`` per identity, the anchor ``first`` or ``last``:
+    :func:`~reidctl.data.samplers.identity_balanced_order`), the sampler starting a new pass when
+    one is exhausted."""
+    check_identity_batches(ctx, num_instances, anchor)
     data = ctx.data
     seed = int(ctx.generator.integers(SEED_BOUND))
     sampler = IdentityBatchSampler(data.labels, data.camids, batch_size=ctx.batch_size,
                                    num_instances=num_instances, rng=ctx.generator, rank=ctx.rank,
-                                   world_size=ctx.world)
+                                   world_size=ctx.world, anchor=anchor)
     return device_batches(image_loader(ctx, ctx.samples, sampler, seed), data.labels, data.camids, ctx.device,
                           ctx.length)
 

@@ -144,7 +144,7 @@ def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, over
     restored; a checkpoint without training state (plain model weights) starts a fresh
     optimiser and a generator seeded with ``seed``.
     """
-    model = ReidModel(ModelConfig(**payload["model_config"]))
+    model = ReidModel(ModelConfig.from_dict(payload["model_config"]))
     same = payload.get("method") == method_cls.name
     params = method_cls.resolve_params(payload.get("method_params") if same else None, overrides)
     method = method_cls(params)

@@ -34,6 +34,7 @@ from reidctl.options import option
 from reidctl.search import knn
 from reidctl.methods.pplr import losses as pplr_losses
 from reidctl.train import losses
+from reidctl.train.heads import CentroidClassifiers
 from reidctl.train.memory import cluster_centroids
 
 PARTS_HINT = "build the model with --parts 3 --pooling avg (the official PPLR model)"
@@ -81,7 +82,7 @@ class PPLRParams(TrainParams):
     """The official command's values (``train_pplr.py``, ALGORITHMS.md §4.6). Adam 3.5e-4 / 5e-4,
     StepLR 20 × 0.1 and 4 BN chunks (here 16 images each: the 4-GPU runs) are inherited from
     :class:`TrainParams`. Clustering: DBSCAN eps 0.5 (``PPLR.cluster_defaults``); model: 3
-    average-pooled stripes (``--parts 3 --pooling avg``). The camera-aware variant
+    average-pooled disjoint stripes at 384×128 (``PPLR.model_defaults``). The camera-aware variant
     (``camera_proxies``) officially clusters with eps 0.4 (Market) / 0.6 (MSMT17) and uses
     ``cam_lambda`` 1.0 on MSMT17."""
 
@@ -99,7 +100,7 @@ class PPLRParams(TrainParams):
     agreement_temperature: float = field(default=1.0, metadata=option(
         "pplr: T of the part weights softmax(S/T) in PGLR."))
     classifier_rows: int = field(default=3000, metadata=option(
-        "pplr: rows of each classifier = the most clusters allowed."))
+        "pplr, ncplr: rows of each classifier = the most clusters allowed."))
     camera_proxies: bool = field(default=False, metadata=option(
         "pplr: add the camera-aware proxy loss (train_pplr_cam.py; needs camera ids)."))
     cam_lambda: float = field(default=0.5, metadata=option("pplr: weight λ of the camera proxy loss (MSMT17 1.0)."))
@@ -136,33 +137,8 @@ class PPLRRefineOptions:
             raise ReidctlError("--k must be at least 1")
 
 
-class PPLRHeads(nn.Module):
-    """Bias-free global and per-part classifiers; logits = BN features · rows[:K] (no temperature)."""
-
-    def __init__(self, channels: int, parts: int, rows: int) -> None:
-        super().__init__()
-        self.classifier = nn.Linear(channels, rows, bias=False)
-        self.part_classifiers = nn.ModuleList(nn.Linear(channels, rows, bias=False) for _ in range(parts))
-        for lin in (self.classifier, *self.part_classifiers):
-            nn.init.normal_(lin.weight, std=0.001)
-        self.active = rows  # K, set every epoch
-
-    @torch.no_grad()
-    def reset(self, centroids: torch.Tensor, part_centroids: list[torch.Tensor]) -> None:
-        """Overwrite rows 0..K-1 in place (the Adam state of the parameters stays)."""
-        k = len(centroids)
-        self.classifier.weight[:k] = centroids.to(self.classifier.weight)
-        for lin, c in zip(self.part_classifiers, part_centroids):
-            lin.weight[:k] = c.to(lin.weight)
-        self.active = k
-
-    def forward(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        k = self.active
-        logits = F.linear(outputs["global"], self.classifier.weight[:k])
-        parts = outputs["parts"]
-        part_logits = torch.stack(
-            [F.linear(parts[:, i], lin.weight[:k]) for i, lin in enumerate(self.part_classifiers)], 1)
-        return {"logits": logits, "part_logits": part_logits}
+#: PPLR's classifiers: a global one and one per stripe, re-initialised from centroids every epoch.
+PPLRHeads = CentroidClassifiers
 
 
 @dataclass
@@ -184,7 +160,7 @@ class PPLR(Method):
     uses_parts = True
     label_arrays = ("agreement",)
     cluster_defaults = {"eps": 0.5}
-    model_defaults = {"parts": 3, "pooling": "avg"}
+    model_defaults = {"parts": 3, "pooling": "avg", "height": 384, "width": 128}
 
     # ---- refine stage
 
