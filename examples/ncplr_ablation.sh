@@ -28,17 +28,9 @@ DATA=$1
 OUT=$2
 shift 2
 NCPLR_ARGS=${NCPLR_ARGS:-}
-REIDCTL=${REIDCTL:-reidctl}
-PYTHON=${PYTHON:-python}
 HERE=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$OUT"
-
-run() {  # run NAME [options ...]
-    local name=$1
-    shift
-    echo "== $name: reidctl loop $*" >&2
-    "$REIDCTL" loop --data "$DATA" --run-dir "$OUT/$name" --json "$@" >"$OUT/$name.json"
-}
+# shellcheck source=examples/ablation_lib.sh
+. "$HERE/ablation_lib.sh"
 
 run cc --method cc "$@"
 # $NCPLR_ARGS is unquoted on purpose: it holds several options.

@@ -29,16 +29,9 @@ DATA=$1
 OUT=$2
 shift 2
 PPLR_ARGS=${PPLR_ARGS:---parts 3 --pooling avg}
-REIDCTL=${REIDCTL:-reidctl}
-PYTHON=${PYTHON:-python}
-mkdir -p "$OUT"
-
-run() {  # run NAME [options ...]
-    local name=$1
-    shift
-    echo "== $name: reidctl loop $*" >&2
-    "$REIDCTL" loop --data "$DATA" --run-dir "$OUT/$name" --json "$@" >"$OUT/$name.json"
-}
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=examples/ablation_lib.sh
+. "$HERE/ablation_lib.sh"
 
 run cc --method cc "$@"
 # $PPLR_ARGS is unquoted on purpose: it holds several options.

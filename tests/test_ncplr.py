@@ -396,3 +396,24 @@ def test_refine_cli_stores_neighbour_sets_and_refuses_foreign_options(tmp_path, 
               match=r"--eps-neighbor .*\(an option of ncplr\)")
     with pytest.raises(ReidctlError, match="choose one of official, paper, mean"):
         get_method("ncplr").resolve_params(None, {"neighbor_weight": "closest"})
+
+
+@pytest.mark.slow
+def test_ablation_script_prints_one_row_per_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    wrapper = tmp_path / "reidctl"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m reidctl "$@"\n')
+    wrapper.chmod(0o755)
+    script = Path(__file__).parents[1] / "examples" / "ncplr_ablation.sh"
+    env = {**os.environ, "REIDCTL": str(wrapper), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(script), "synthetic:tiny", str(tmp_path / "out"), *CLI_ARGS,
+                           "--eps", "0.6", "--batch-size", "16", "--num-instances", "4", "--iters", "1",
+                           "--epochs", "1", "--eval-every", "1", "--no-eval-init"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| run")]
+    assert [r.split(" | ")[0] for r in rows] == ["| cc", "| ncplr", "| gl_ncplr", "| gl_ncplr_no_refine"]
