@@ -27,23 +27,25 @@ import torch.nn.functional as F
 
 from reidctl import dist
 from reidctl.errors import ReidctlError
-from reidctl.methods.base import Batch, EpochData, Method, Refined, TrainParams
+from reidctl.methods.base import Batch, EpochData, Method, Refined
+from reidctl.methods.cc import CCParams
 from reidctl.methods.ncplr import neighbours as nb
 from reidctl.methods.ncplr import targets as tg
 from reidctl.models.reid import ReidModel
 from reidctl.options import option
 from reidctl.train.heads import CentroidClassifiers
-from reidctl.train.memory import UPDATES, ClusterMemory, cluster_centroids
+from reidctl.train.memory import ClusterMemory, cluster_centroids
 
 #: GL-NCPLR's part branches: the upper and the lower half of the feature map.
 HALVES = 2
 
 
 @dataclass
-class NCPLRParams(TrainParams):
-    """The official ``train.sh`` values (ALGORITHMS.md §7, §7.7). Inherited from :class:`TrainParams`
+class NCPLRParams(CCParams):
+    """The official ``train.sh`` values (ALGORITHMS.md §7, §7.7). Inherited from :class:`CCParams`
     with CC's values, which are also NCPLR's: batch 256 = 16 identities × 16, 200 iterations,
-    Adam 3.5e-4 / 5e-4, StepLR 20 × 0.1. Clustering: DBSCAN eps 0.5 (``NCPLR.cluster_defaults``);
+    Adam 3.5e-4 / 5e-4, StepLR 20 × 0.1, the cluster memories' momentum 0.1, τ 0.05 and
+    per-sample update. Clustering: DBSCAN eps 0.5 (``NCPLR.cluster_defaults``);
     model: GeM at 320×128, with two halves for ``--global-local`` (``NCPLR.official_model``);
     neighbour sets: eps_neighbor 0.2 (:class:`NCPLRRefineOptions`)."""
 
@@ -67,10 +69,6 @@ class NCPLRParams(TrainParams):
     neighbor_temp: float = field(default=1.0, metadata=option("ncplr: temperature T_n of the neighbour weights."))
     refine_loss: bool = field(default=True, metadata=option(
         "ncplr: --no-refine-loss is the ablation with the ClusterNCE terms alone."))
-    momentum: float = field(default=0.1, metadata=option("Cluster memory momentum m in C = m·C + (1−m)·x."))
-    temperature: float = field(default=0.05, metadata=option("ClusterNCE temperature τ."))
-    memory_update: str = field(default="sample", metadata=option(
-        "Memory update: sample (official), hard (--use-hard) or mean."))
     classifier_rows: int = field(default=3000, metadata=option(
         "pplr, ncplr: rows of each classifier = the most clusters allowed."))
 
@@ -81,15 +79,11 @@ class NCPLRParams(TrainParams):
         for name in ("lambda2", "alpha", "cmalpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ReidctlError(f"--{name} must lie in [0, 1]")
-        if self.temp_kl <= 0 or self.neighbor_temp <= 0 or self.temperature <= 0:
-            raise ReidctlError("--temp-kl, --neighbor-temp and --temperature must be positive")
+        if self.temp_kl <= 0 or self.neighbor_temp <= 0:
+            raise ReidctlError("--temp-kl and --neighbor-temp must be positive")
         if self.neighbor_weight not in nb.NEIGHBOR_WEIGHTS:
             raise ReidctlError(f"--neighbor-weight {self.neighbor_weight}: choose one of "
                                f"{', '.join(nb.NEIGHBOR_WEIGHTS)}")
-        if self.memory_update not in UPDATES:
-            raise ReidctlError(f"--memory-update {self.memory_update}: choose one of {', '.join(UPDATES)}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ReidctlError("--momentum must lie in [0, 1)")
         if self.classifier_rows < 1:
             raise ReidctlError("--classifier-rows must be at least 1")
 
