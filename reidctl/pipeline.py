@@ -131,7 +131,9 @@ class _Loop:
         device = resolve_device(cfg.device)
         self.precision = precision_name(cfg.amp, device)
         self.train_overrides = routed.train
-        self.train_params = self.method_cls.resolve_params(None, routed.train).to_dict()
+        params = self.method_cls.resolve_params(None, routed.train)
+        self.train_params = params.to_dict()
+        self._check_parts(self.method_cls(params))
         self.refine_given = routed.refine
         if self.method_cls.clusters:
             self.cluster_params = default_cluster_params(cfg.method, n_samples=len(ds.train), options=cfg.options,
@@ -143,6 +145,13 @@ class _Loop:
         self.model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)
         self.model_key = model_key(self.model)
         self.data = {"train": split_fingerprint(ds.train), "test": split_fingerprint(ds.samples("test"))}
+
+    def _check_parts(self, method: Method) -> None:
+        """A method whose training (as configured) reads part features needs a model with parts."""
+        if method.uses_parts and not self.cfg.model.parts:
+            parts = self.method_cls.official_model(self.cfg.options).get("parts")
+            raise ReidctlError(f"--method {self.cfg.method} needs part features: --parts 0 leaves the model without "
+                               "them" + (f" (its official model has {parts} stripes)" if parts else ""))
 
     def _prelude_options(self, prelude: Prelude, given: Mapping[str, Any], train: Mapping[str, Any]) -> Any:
         if prelude.feeds in self.given:
@@ -298,21 +307,17 @@ class _Loop:
 
 def check_config(cfg: LoopConfig, ds: Dataset) -> None:
     """Refuse a loop that cannot work before its first stage runs (and before the run folder
-    is made): bad numbers, a model without the features the method needs, a test split nothing
-    can be evaluated on. (Options of another method are refused when the loop routes them.)"""
+    is made): bad numbers, an unknown method, a split without training images, a test split
+    nothing can be evaluated on. (Options of another method, and a model without the part
+    features the method needs, are refused when the loop resolves its options.)"""
     if cfg.epochs < 1:
         raise ReidctlError("--epochs must be at least 1")
     if cfg.eval_every < 0:
         raise ReidctlError("--eval-every must be 0 (never) or positive")
     check_loader_options(cfg.extract_batch_size, cfg.workers, batch_flag="--extract-batch-size")
-    method_cls = get_method(cfg.method)
+    get_method(cfg.method)  # an unknown method fails here
     if not ds.train:
         raise ReidctlError(f"{ds.root}: the dataset has no train images to learn from")
-    method = method_cls(method_cls.resolve_params(None, method_cls.route(cfg.options).train))
-    if method.uses_parts and not cfg.model.parts:
-        parts = method_cls.official_model(cfg.options).get("parts")
-        raise ReidctlError(f"--method {cfg.method} needs part features: --parts 0 leaves the model without them"
-                           + (f" (its official model has {parts} stripes)" if parts else ""))
     if cfg.eval_every and ds.query and ds.gallery:
         valid = count_valid_queries([s.pid for s in ds.query], [s.camid for s in ds.query],
                                     [s.pid for s in ds.gallery], [s.camid for s in ds.gallery])

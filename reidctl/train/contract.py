@@ -47,6 +47,7 @@ import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler, StepLR
 
 from reidctl.data.base import Sample
+from reidctl.data.samplers import ANCHORS
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ReidModel
 from reidctl.options import option, resolve, resolve_names
@@ -78,7 +79,7 @@ class TrainParams:
         for name in ("iters", "batch_size", "num_instances", "step_size", "bn_chunks"):
             if getattr(self, name) < 1:
                 raise ReidctlError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.sampler_anchor not in ("first", "last"):
+        if self.sampler_anchor not in ANCHORS:
             raise ReidctlError(f"--sampler-anchor {self.sampler_anchor}: choose first or last")
         if self.lr <= 0 or self.weight_decay < 0 or self.gamma <= 0:
             raise ReidctlError("--lr and --gamma must be positive, --weight-decay not negative")

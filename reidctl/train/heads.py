@@ -1,8 +1,9 @@
 """Classifiers whose rows are re-initialised every epoch with the cluster centroids.
 
 Part-based refinement methods (ALGORITHMS.md §4.2, §7.1) put a bias-free ``Linear(C, rows)`` on
-the BN-neck feature of the global branch and of each part, and at the start of every epoch overwrite its first K rows (K = the epoch's
-clusters) with the normalised centroids of that branch's features. Only ``[:K]`` is used for
+the BN-neck feature of the global branch and of each part, and at the start of every epoch
+overwrite its first K rows (K = the epoch's clusters) with the normalised centroids of that
+branch's features. Only ``[:K]`` is used for
 the logits, ``BN(f)·w`` without temperature. The rows are overwritten in place, so the Adam
 moments of the weight persist across epochs, as in the official codes.
 """

@@ -157,13 +157,7 @@ class NCPLR(Method):
                                "`reidctl cluster` (or none, to cluster here)")
         labels = np.asarray(labels, dtype=np.int32)
         sets = nb.neighbour_sets(extra["jaccard"], labels, float(opts["eps_neighbor"]))
-        sizes = np.diff(sets.indptr)[labels >= 0]
-        owner = np.repeat(np.arange(len(labels)), np.diff(sets.indptr))
-        same = labels[owner] == labels[sets.indices]
-        summary = {"neighbour_pairs": int(sets.nnz),
-                   "neighbours_mean": round(float(sizes.mean()), 3) if len(sizes) else 0.0,
-                   "neighbours_same_cluster": round(float(same.mean()), 4) if sets.nnz else 0.0}
-        return Refined(labels, extra={"neighbors": sets}, summary=summary, options=opts)
+        return Refined(labels, extra={"neighbors": sets}, summary=nb.summary(sets, labels), options=opts)
 
     # ---- training
 
@@ -218,11 +212,8 @@ class NCPLR(Method):
         device = logits[0].device
         r_t, b_t = torch.as_tensor(r, device=device), torch.as_tensor(b, device=device)
         w = nb.neighbour_weights(r_t, torch.as_tensor(d, device=device), local, p.neighbor_weight, p.neighbor_temp)
-        out = []
-        for lg in logits:
-            probs = dist.all_gather_cat(F.softmax(lg.detach().float(), dim=1))
-            out.append(nb.ensemble(probs, r_t, b_t, w, local))
-        return out
+        probs = dist.all_gather_cat(torch.stack([F.softmax(lg.detach().float(), dim=1) for lg in logits], 1))
+        return [nb.ensemble(probs[:, i], r_t, b_t, w, local) for i in range(len(logits))]
 
     def loss(self, batch: Batch, outputs: dict[str, torch.Tensor], state: NCPLRState
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:

@@ -31,6 +31,11 @@ def _row_entries(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.n
     return np.repeat(starts, lengths) + offsets, owner
 
 
+def _owners(m: sp.csr_matrix) -> np.ndarray:
+    """The row of every stored entry of a CSR matrix."""
+    return np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+
+
 def _csr(values: np.ndarray, cols: np.ndarray, owner: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
     """A CSR matrix from entries already grouped by row (``owner`` non-decreasing), explicit
     zeros kept (scipy's constructors from COO would sum duplicates, its arithmetic drops zeros)."""
@@ -54,10 +59,21 @@ def neighbour_sets(distance: sp.spmatrix | sp.sparray, labels: np.ndarray, eps: 
     n = len(labels)
     if d.shape != (n, n):
         raise ReidctlError(f"the clustering distance is {d.shape[0]}×{d.shape[1]} but there are {n} labels")
-    owner = np.repeat(np.arange(n), np.diff(d.indptr))
+    owner = _owners(d)
     clustered = labels >= 0
     keep = (d.data <= eps) & clustered[owner] & clustered[d.indices]
     return _csr(d.data[keep], d.indices[keep], owner[keep], (n, n))
+
+
+def summary(sets: sp.csr_matrix, labels: np.ndarray) -> dict[str, float | int]:
+    """What the refine stage reports: stored pairs (self-pairs included), the mean set size of
+    the clustered rows, and the share of pairs inside one cluster."""
+    labels = np.asarray(labels)
+    sizes = np.diff(sets.indptr)[labels >= 0]
+    same = labels[_owners(sets)] == labels[sets.indices]
+    return {"neighbour_pairs": int(sets.nnz),
+            "neighbours_mean": round(float(sizes.mean()), 3) if len(sizes) else 0.0,
+            "neighbours_same_cluster": round(float(same.mean()), 4) if sets.nnz else 0.0}
 
 
 def epoch_neighbours(neighbours: sp.spmatrix | sp.sparray, rows: np.ndarray) -> sp.csr_matrix:
