@@ -12,6 +12,7 @@ from reidctl import dist
 from reidctl.artifacts import FEATURES, check_output, write_features
 from reidctl.data.base import SPLIT_CHOICES, Dataset
 from reidctl.data.datasets import load_dataset
+from reidctl.data.stats import input_norm
 from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
 from reidctl.features import Extracted, extract_features
@@ -54,9 +55,10 @@ def extract_split(
     if not samples:
         raise ReidctlError(f"{ds.root}: the dataset has no images in split '{split}'")
     dev = resolve_device(device)
+    norm = input_norm(model.config, ds.train or samples)
     with progress_bar(f"extract {split}", len(samples)) as advance:
         ext = extract_features(model, samples, batch_size=batch_size, workers=workers, device=dev, amp=amp,
-                               skip_bad_images=skip_bad_images, progress=advance)
+                               skip_bad_images=skip_bad_images, progress=advance, norm=norm)
     return ext, [s for s, k in zip(samples, ext.keep) if k]
 
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from reidctl import dist
 from reidctl.data.base import Sample
 from reidctl.data.images import load_image
+from reidctl.data.stats import IMAGENET, Norm
 from reidctl.data.transforms import ResizedBytes, normalize_batch
 from reidctl.device import resolve_extract_batch, resolve_workers
 from reidctl.precision import DEFAULT_AMP, autocast, memory_format, resolve_amp
@@ -57,16 +58,23 @@ def extract_features(
     amp: str = DEFAULT_AMP,
     skip_bad_images: bool = False,
     progress: Callable[[int], None] | None = None,
+    norm: Norm | None = None,
 ) -> Extracted:
     """Eval-mode features of ``samples``, channels-last, in float32 (``amp``: autocast on CUDA).
 
     Under ``torchrun`` (a process group is up) each rank extracts its contiguous block of
-    ``samples`` and every rank gets the whole result, in the order of ``samples``.
+    ``samples`` and every rank gets the whole result, in the order of ``samples``. ``norm``: the
+    input normalisation (:func:`reidctl.data.stats.input_norm` of the model and the dataset);
+    None: ImageNet's, which only a model with ``input_norm == "imagenet"`` may use.
     """
+    if norm is None:
+        if model.config.input_norm != "imagenet":
+            raise ValueError("a model with --input-norm dataset needs the dataset's norm (reidctl.data.stats.input_norm)")
+        norm = IMAGENET
     if not dist.is_distributed():
         feats, parts, keep, bad, error = _extract_rows(
             model, samples, batch_size=batch_size, workers=workers, device=device, amp=amp,
-            skip_bad_images=skip_bad_images, progress=progress)
+            skip_bad_images=skip_bad_images, progress=progress, norm=norm)
         if error:
             raise DatasetError(error)
         if feats is None:
@@ -76,7 +84,7 @@ def extract_features(
     lo, hi = dist.shard_range(len(samples))
     feats, parts, keep, bad, error = _extract_rows(
         model, samples[lo:hi], batch_size=batch_size, workers=workers, device=device, amp=amp,
-        skip_bad_images=skip_bad_images, progress=progress)
+        skip_bad_images=skip_bad_images, progress=progress, norm=norm)
     # Agree on shapes and errors first, so that no rank waits forever on a rank that failed.
     info = dist.all_gather_object((None if feats is None else feats.shape[1:],
                                    None if parts is None else parts.shape[1:], bad, error))
@@ -108,6 +116,7 @@ def _extract_rows(
     amp: str,
     skip_bad_images: bool,
     progress: Callable[[int], None] | None,
+    norm: Norm = IMAGENET,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, list[str], str]:
     """Features of every row (zeros where skipped), the keep mask, skip messages, and the first
     fatal error message (returned, not raised, so distributed callers can agree on it)."""
@@ -137,7 +146,7 @@ def _extract_rows(
                         return None, None, keep, bad, f"{err} (use --skip-bad-images to skip such files)"
                     keep[i] = False
                     bad.append(err)
-            images = normalize_batch(images, device, layout)
+            images = normalize_batch(images, device, layout, norm.mean, norm.std)
             with autocast(device, dtype):
                 out = model.embed(images)
             g = out["global"].float().cpu().numpy()

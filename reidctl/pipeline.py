@@ -43,13 +43,17 @@ from reidctl.precision import DEFAULT_AMP, precision_name
 from reidctl.refine import default_cluster_params, run_refine
 from reidctl.rundir import Notice, RunDir, StageResult, stage_key, write_json
 from reidctl.stages import Prelude, RunContext
-from reidctl.train.checkpoint import checkpoint_digest
+from reidctl.artifacts import read_ground_truth, read_method_state
+from reidctl.cluster.quality import pair_precision
+from reidctl.train.checkpoint import checkpoint_digest, method_arrays_path
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 
 #: What ``--force-from`` accepts, in run order ("prelude": every stage a method runs before epoch 0).
 STAGES = ("prelude", "extract", "cluster", "refine", "train", "evaluate")
-#: How the loop's evaluation ranks (recorded in the evaluate stage's key).
+#: How the loop's evaluation ranks (recorded in the evaluate stage's key): mAP with the sklearn
+#: AP of the CC family, and ``mAP_trapezoid`` beside it (MAR's convention, ALGORITHMS.md §2.2).
 EVAL_SETTINGS = {"ap": "sklearn", "pairs": "market", "rerank": False}
+ALSO_AP = "trapezoid"
 
 
 @dataclass
@@ -130,6 +134,9 @@ class _Loop:
         routed = self.method_cls.route(cfg.options)
         device = resolve_device(cfg.device)
         self.precision = precision_name(cfg.amp, device)
+        loop_values = {"epochs": cfg.epochs}
+        for name, value in self.method_cls.train_context.items():
+            routed.train.setdefault(name, loop_values[value])
         self.train_overrides = routed.train
         params = self.method_cls.resolve_params(None, routed.train)
         self.train_params = params.to_dict()
@@ -140,6 +147,10 @@ class _Loop:
                                                          **routed.cluster)
             self.method_cls.refine_options(routed.refine)  # another method's options fail before any work
         self.given = routed.given
+        self.start = cfg.model.checkpoint  # the checkpoint epoch 0 starts from (None: a fresh model)
+        for p in self.method_cls.preludes:
+            if p.starts_model and self.start is not None:
+                self.given[p.feeds] = str(self.start)
         self.prelude_options = {p.name: self._prelude_options(p, routed.preludes.get(p.name, {}), routed.train)
                                 for p in self.method_cls.preludes}
         self.model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)
@@ -189,7 +200,7 @@ class _Loop:
         call = StageCall(prelude.name, prelude.name, prelude.output, lambda out: prelude.run(ctx, options, out),
                          options=dataclasses.asdict(options), seed=cfg.seed, group="prelude",
                          reads={**self.images("train"), "model": self.model_key, "precision": self.precision,
-                                "deterministic": cfg.deterministic})
+                                "deterministic": cfg.deterministic, **(prelude.reads(options) if prelude.reads else {})})
         return self.stage(call, prelude.name)
 
     def extract(self, folder: str, split: str, ckpt: StageResult | None, epoch: int | str) -> StageResult:
@@ -216,10 +227,11 @@ class _Loop:
 
         def go(out: Path) -> dict[str, Any]:
             result = evaluate_feature_file(test.path, **EVAL_SETTINGS)
+            result[f"mAP_{ALSO_AP}"] = evaluate_feature_file(test.path, **{**EVAL_SETTINGS, "ap": ALSO_AP})["mAP"]
             write_json(out, result)
             return result
 
-        return self.stage(StageCall("evaluate", folder, "eval.json", go, options=EVAL_SETTINGS,
+        return self.stage(StageCall("evaluate", folder, "eval.json", go, options={**EVAL_SETTINGS, "also": ALSO_AP},
                                     inputs={"test": test}), epoch).summary
 
     def cluster(self, folder: str, feats: StageResult, epoch: int) -> StageResult:
@@ -235,7 +247,7 @@ class _Loop:
         cfg, method = self.cfg, self.method_cls
         loop_values = {"epoch": epoch, "epochs": cfg.epochs}
         options = {**self.refine_given, **{k: loop_values[k] for k in method.refine_context}}
-        fed = {p.feeds: str(preludes[p.name].path) for p in method.preludes}
+        fed = {p.feeds: str(preludes[p.name].path) for p in method.preludes if not p.starts_model}
         resolved = {k: v for k, v in method.refine_options({**options, **fed}).items() if k not in fed}
         seed = cfg.seed + epoch
         call = StageCall("refine", folder, "refined.h5",
@@ -256,13 +268,38 @@ class _Loop:
                                     workers=cfg.workers, device=cfg.device, amp=cfg.amp,
                                     deterministic=cfg.deterministic)
             res = run_train_epoch(req, out)
-            return {k: v for k, v in res.items() if k not in ("params", "out")}
+            summary = {k: v for k, v in res.items() if k not in ("params", "out")}
+            return summary | self.mined_pairs(out, feats)
 
         call = StageCall("train", folder, "model.pt", go, options={"method": cfg.method, "params": self.train_params},
                          seed=cfg.seed, inputs={"checkpoint": ckpt, "labels": ref, "features": feats},
                          reads={**self.images("train"), "model": self.fresh_model(ckpt),
-                                "precision": self.precision, "deterministic": cfg.deterministic})
+                                "precision": self.precision, "deterministic": cfg.deterministic,
+                                **self.method_cls.train_reads(self.train_params)})
         return self.stage(call, epoch)
+
+    def mined_pairs(self, ckpt: Path, feats: StageResult) -> dict[str, Any]:
+        """The precision of the pairs the method claims show one person (its ``pair_arrays``,
+        rows of the features file), against ground truth when the dataset has it: reported only."""
+        names = self.method_cls.pair_arrays
+        if not names or not method_arrays_path(ckpt).is_file():
+            return {}
+        pids = read_ground_truth(feats.path)
+        if pids is None:
+            return {}
+        arrays, _ = read_method_state(method_arrays_path(ckpt))
+        return {f"{name}_quality": pair_precision(arrays[name], pids) for name in names if name in arrays}
+
+    def start_checkpoint(self, preludes: Mapping[str, StageResult]) -> StageResult | None:
+        """What epoch 0 starts from: a prelude's checkpoint (MAR's pretraining, or the user's
+        ``--checkpoint`` in its place), the user's ``--checkpoint``, or None (a fresh model)."""
+        for p in self.method_cls.preludes:
+            if p.starts_model:
+                return preludes[p.name]
+        if self.start is None:
+            return None
+        path = Path(self.start)
+        return StageResult(path.absolute(), checkpoint_digest(path), {"file": str(path)}, cached=True)
 
     # ------------------------------------------------------------------------------------ loop
 
@@ -270,13 +307,13 @@ class _Loop:
         cfg, self.run = self.cfg, run
         evaluating = bool(cfg.eval_every) and bool(self.ds.query and self.ds.gallery)
         preludes = {p.name: self.prelude(p) for p in self.method_cls.preludes}
+        ckpt = self.start_checkpoint(preludes)
         history: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
         if evaluating and cfg.eval_init:
-            init_eval = self.evaluate("epoch_init", None, "init")
+            init_eval = self.evaluate("epoch_init", ckpt, "init")
             history.append({"epoch": "init", "eval": init_eval})
             best = {"epoch": "init", **init_eval}
-        ckpt: StageResult | None = None
         for epoch in range(cfg.epochs):
             folder = f"epoch_{epoch:03d}"
             record: dict[str, Any] = {"epoch": epoch}

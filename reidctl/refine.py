@@ -14,6 +14,7 @@ import numpy as np
 
 from reidctl.artifacts import LABELS, check_output, read_features, read_ground_truth, read_labels, write_labels
 from reidctl.cluster.agglomerative import check_linkage_memory
+from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.report import labels_report
 from reidctl.cluster.stage import ClusterParams, cluster_features
 from reidctl.errors import ReidctlError, naming
@@ -60,7 +61,11 @@ def run_refine(
     check_output(out, schema=LABELS, inputs=(features_path, labels_path, *fed), force=force)
     fe = read_features(features_path)
     inputs = {"features": fe.meta.digest}
-    if labels_path is not None:
+    if not method_cls.clusters:
+        if labels_path is not None or cluster:
+            raise ReidctlError(f"--method {method} does not cluster: --labels and clustering options do not apply")
+        labels, extra, cluster_info = np.full(len(fe), -1, dtype=np.int64), {}, {"labels": "none"}
+    elif labels_path is not None:
         if cluster:
             raise ReidctlError("clustering options apply only without --labels (the labels are already clustered)")
         lab = read_labels(labels_path, expect_paths=fe.paths)
@@ -77,8 +82,11 @@ def run_refine(
     except ReidctlError as exc:
         raise naming(features_path, exc) from None
     new_labels = np.asarray(refined.labels, dtype=np.int32)
+    truth = read_ground_truth(features_path)
     summary: dict[str, Any] = {"method": method, "rows": len(new_labels), **refined.summary,
-                               **labels_report(new_labels, fe.camids, read_ground_truth(features_path))}
+                               **labels_report(new_labels, fe.camids, truth)}
+    if refined.pairs is not None and truth is not None:
+        summary["pair_quality"] = pair_precision(refined.pairs, truth)
     kept = {k: v for k, v in extra.items() if k in ("knn_index", "knn_dist", "jaccard")}
     write_labels(
         out, new_labels, paths=fe.paths, extra={**kept, **refined.extra},

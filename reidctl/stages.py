@@ -38,7 +38,7 @@ class Prelude:
     ``run(context, options, out)`` makes the output and returns a JSON-able summary; ``Options``
     is the dataclass of its options (official defaults, declared with :func:`reidctl.options.option`;
     ``loop`` shows them as ``--<name>-<option>``). The output reaches the method's ``refine`` as
-    its option ``feeds``; a user can hand ``loop`` a ready-made output instead with
+    its option ``feeds`` (or, with ``starts_model``, is the checkpoint epoch 0 starts from); a user can hand ``loop`` a ready-made output instead with
     ``--<feeds> FILE``, which ``read_given(path, train_split)`` checks and returns the digest of.
     ``resolve(given, training)`` builds the options from the given prelude options and the
     given training options (a prelude may follow some of those); the loop keys the stage on the
@@ -53,3 +53,10 @@ class Prelude:
     read_given: Callable[[Path, Dataset], str]
     resolve: Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
     help: str = ""
+    #: The output is a checkpoint that epoch 0 starts from (MAR's source pretraining), instead
+    #: of a file for ``refine``; ``loop --checkpoint FILE`` replaces the stage (``feeds`` is then
+    #: ``"checkpoint"``).
+    starts_model: bool = False
+    #: What the stage reads beyond the target's train images, for its cache key (a source
+    #: dataset's fingerprint), from its resolved options.
+    reads: Callable[[Any], Mapping[str, Any]] | None = None

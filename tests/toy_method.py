@@ -174,7 +174,7 @@ class Toy(Method):
 
     def training_step(self, inputs: Any, forward: Forward, state: ToyState) -> StepResult:
         source, target = inputs
-        out_s, out_t = forward(source.images), forward(target.images)  # per-domain BN statistics
+        out_s, out_t = forward([source.images, target.images])  # per-domain BN statistics, one DDP pass
         l_source = F.cross_entropy(out_s["logits"], source.labels)
         rows = state.rows[target.index].cpu().numpy()
         seen = torch.as_tensor(self.visits[rows] > 0, device=target.images.device)

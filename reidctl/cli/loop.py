@@ -10,8 +10,8 @@ from rich.table import Table
 
 from reidctl.cli import options as o
 from reidctl.cli.method_options import loop_flags, model_flags, runtime_flags
-from reidctl.cli.common import (command, err_console, multi_camera_cell, notice, out_console, print_json, settings,
-                                warn_single_camera)
+from reidctl.cli.common import (command, err_console, given_options, multi_camera_cell, notice, out_console,
+                                print_json, settings, warn_single_camera)
 from reidctl.models.spec import ModelSpec
 from reidctl.methods import get_method
 from reidctl.pipeline import STAGES, LoopConfig, run_loop
@@ -23,6 +23,7 @@ Opt = typer.Option
          run=runtime_flags("extract_batch_size", "workers", "device", "amp", "deterministic", "skip_bad_images", "seed",
                            "json"))
 def loop(
+    ctx: typer.Context,
     data: o.Data,
     run_dir: Annotated[Path, Opt("--run-dir", help="Folder for the run's artifacts (epoch_XXX/), log and summary.")],
     method: Annotated[str, Opt("--method", help="Method (see `reidctl refine --help`).")] = "cc",
@@ -33,12 +34,17 @@ def loop(
     eval_every: Annotated[int, Opt("--eval-every", help="Evaluate every N epochs and at the end (0 = never).")] = 10,
     no_eval_init: Annotated[bool, Opt("--no-eval-init", help="Skip evaluating the initial model.")] = False,
     force_from: Annotated[Optional[str], Opt("--force-from", help="Re-run this stage and later ones: " + ", ".join(STAGES) + ".")] = None,
+    checkpoint: Annotated[Optional[Path], Opt("--checkpoint", help=(
+        "Start epoch 0 from this checkpoint (a `reidctl pretrain` source model, another run's model); "
+        "mar: instead of running its pretrain stage."))] = None,
     run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
 ) -> None:
     """Extract → cluster → refine → train-epoch each epoch; re-running resumes where it stopped."""
+    spec = ModelSpec(**{**model, **get_method(method).model_settings(model, options)}, checkpoint=checkpoint,
+                     seed=run["seed"])
+    spec.check_given(given_options(ctx))
     cfg = LoopConfig(
-        data=data, run_dir=run_dir, method=method, epochs=epochs, dataset=dataset,
-        model=ModelSpec(**{**model, **get_method(method).model_settings(model, options)}, seed=run["seed"]),
+        data=data, run_dir=run_dir, method=method, epochs=epochs, dataset=dataset, model=spec,
         options=options,
         eval_every=eval_every, eval_init=not no_eval_init, force_from=force_from, **settings(run, "json"),
     )

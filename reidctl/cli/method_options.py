@@ -103,7 +103,7 @@ def refine_flags() -> list[Flag]:
     clustering = [m for m in METHODS.values() if m.clusters]
     for m in clustering:
         _collect(table, ClusterParams, m.name, instance=_cluster_defaults(m))
-    for m in clustering:
+    for m in METHODS.values():
         _collect(table, m.RefineOptions, m.name)
     return list(table.values())
 
@@ -133,7 +133,7 @@ def loop_flags() -> list[Flag]:
         _collect(table, m.Params, m.name)
     for m in METHODS.values():
         for p in m.preludes:
-            _collect(table, p.Options, m.name, prefix=p.name)
+            _collect(table, p.Options, m.name, prefix=p.name, loop=True)
     return list(table.values())
 
 
@@ -195,3 +195,21 @@ def with_options(**groups: list[Flag]) -> Callable[[Callable[..., Any]], Callabl
         return wrapper
 
     return decorate
+
+
+def pretrain_flags() -> list[Flag]:
+    """`pretrain`: the source pretraining's options (those that apply to it)."""
+    from reidctl.methods.mar.pretrain import PretrainParams
+
+    table: dict[str, Flag] = {}
+    _collect(table, PretrainParams, "", loop=True)
+    return list(table.values())
+
+
+def mar_model_flags() -> list[Flag]:
+    """The model options with MAR's official values as defaults (what `pretrain` builds)."""
+    from reidctl.methods.mar import MAR
+
+    table: dict[str, Flag] = {}
+    _collect(table, ModelSpec, "", instance={**dataclasses.asdict(ModelSpec()), **MAR.model_defaults})
+    return list(table.values())

@@ -35,6 +35,9 @@ def refine(
     if run["json"]:
         print_json(summary)
         return
+    if not get_method(method).clusters:  # no labels: the method's own report (mar: agreement pairs)
+        _print_pairs(summary)
+        return
     table = Table(title=f"{out} ({method})", title_justify="left")
     for col in ("rows", "clusters", "outliers", "multi-camera"):
         table.add_column(col, justify="right")
@@ -45,3 +48,11 @@ def refine(
         err_console.print(note, highlight=False)
     if "quality" in summary:
         print_quality(summary["quality"])
+
+
+def _print_pairs(summary: dict) -> None:
+    q = summary.get("pair_quality") or {}
+    precision = f", {100 * q['precision']:.1f}% of them one person" if q.get("precision") is not None else ""
+    out_console.print(f"{summary['rows']} images described by {summary['agents']} agents; "
+                      f"{summary['agreement_pairs']} pairs agree above the threshold {summary['threshold']:.4f}"
+                      f"{precision}", highlight=False)

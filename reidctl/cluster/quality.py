@@ -69,3 +69,16 @@ def _scores(labels: np.ndarray, pids: np.ndarray, prefix: str) -> dict[str, floa
         f"{prefix}nmi": float(normalized_mutual_info_score(pids, labels)),
         f"{prefix}ari": float(adjusted_rand_score(pids, labels)),
     }
+
+
+def pair_precision(pairs: np.ndarray, gt_pids: np.ndarray) -> dict[str, float | int]:
+    """Of ``pairs`` (P×2 row indices claimed to show one person, e.g. MAR's mined positive pairs),
+    the fraction whose rows share a known pid; pairs with an unknown pid (−1) are not judged.
+    The official MAR code logs the same number as its mined pairs' true-positive rate."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    gt_pids = np.asarray(gt_pids)
+    a, b = gt_pids[pairs[:, 0]], gt_pids[pairs[:, 1]]
+    known = (a >= 0) & (b >= 0)
+    judged = int(known.sum())
+    right = int(np.sum(a[known] == b[known]))
+    return {"pairs": int(len(pairs)), "judged": judged, "precision": right / judged if judged else None}

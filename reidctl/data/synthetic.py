@@ -68,6 +68,10 @@ SYNTHETIC_PRESETS: dict[str, SyntheticPreset] = {
     "tiny": SyntheticPreset(ids=24, cams=3, test_fraction=1 / 3, images_per_camera=(2, 3)),
     # 150 train + 100 test ids, 4 cameras, ~2,700 images (~10 CPU-seconds): a small benchmark.
     "small": SyntheticPreset(ids=250, cams=4, test_fraction=0.4, images_per_camera=(2, 5)),
+    # Labelled sources for MAR and `reidctl pretrain`: other people (another seed draws them) seen
+    # by another camera set (3 cameras, dealt other looks) than tiny / small.
+    "tiny-source": SyntheticPreset(ids=30, cams=3, seed=7, test_fraction=0.2, images_per_camera=(2, 3)),
+    "source": SyntheticPreset(ids=300, cams=3, seed=7, test_fraction=0.2, images_per_camera=(2, 5)),
 }
 
 

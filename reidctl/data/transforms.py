@@ -37,11 +37,12 @@ class ResizedBytes:
 
 
 def normalize_batch(images: torch.Tensor, device: torch.device,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+                    memory_format: torch.memory_format = torch.contiguous_format,
+                    mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
     """uint8 B×C×H×W → float32 in ``memory_format`` on ``device``: ``(x / 255 − mean) / std``."""
     x = images.to(device, non_blocking=True, memory_format=memory_format).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, -1, 1, 1)
+    mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=device).view(1, -1, 1, 1)
     return x.sub_(mean).div_(std)
 
 
@@ -50,6 +51,7 @@ class TrainTransform:
 
     Resize (bicubic) → horizontal flip (p 0.5) → Pad(10, zeros) → random crop back to H×W →
     ToTensor → Normalize(ImageNet) → :class:`RandomErasing` (p 0.5, in normalised space).
+    MAR's (§6.4) is the same with ``pad=7``, ``erasing=False`` and the dataset's own mean/std.
 
     Why not a plain ``T.Compose``: torchvision's random transforms draw from the global torch RNG.
     Here every call may take its own ``torch.Generator``, so the trainer can give each sampled
@@ -59,13 +61,16 @@ class TrainTransform:
     ``rand < p``; crop offsets: uniform integers over all valid positions).
     """
 
-    def __init__(self, height: int, width: int, pad: int = 10, flip_p: float = 0.5) -> None:
+    def __init__(self, height: int, width: int, pad: int = 10, flip_p: float = 0.5, *,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 erasing: bool = True) -> None:
         self.size = (height, width)
         self.pad = pad
         self.flip_p = flip_p
         self.resize = T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)
-        self.normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        self.erasing = RandomErasing()
+        self.normalize = T.Normalize(mean, std)
+        self.mean = tuple(mean)
+        self.erasing = RandomErasing() if erasing else None
 
     def __call__(self, img, generator: torch.Generator | None = None) -> torch.Tensor:
         img = self.resize(img)
@@ -78,17 +83,19 @@ class TrainTransform:
         left = int(torch.randint(0, pw - w + 1, (), generator=generator))
         img = TF.crop(img, top, left, h, w)
         x = self.normalize(TF.to_tensor(img))
-        return self.erasing(x, generator=generator)
+        return x if self.erasing is None else self.erasing(x, generator=generator)
 
     def __repr__(self) -> str:
         h, w = self.size
+        norm = "ImageNet" if self.mean == IMAGENET_MEAN else f"mean={self.mean}"
         return (f"TrainTransform(resize=({h}, {w}) bicubic, flip={self.flip_p}, pad={self.pad}, crop=({h}, {w}), "
-                f"normalize=ImageNet, {self.erasing!r})")
+                f"normalize={norm}, {self.erasing!r})")
 
 
-def train_transform(height: int, width: int) -> TrainTransform:
+def train_transform(height: int, width: int, mean: tuple[float, ...] = IMAGENET_MEAN,
+                    std: tuple[float, ...] = IMAGENET_STD) -> TrainTransform:
     """Training augmentation of the CC family: flip, pad-10 + crop, random erasing after normalising."""
-    return TrainTransform(height, width)
+    return TrainTransform(height, width, mean=mean, std=std)
 
 
 class RandomErasing:

@@ -9,6 +9,7 @@ from reidctl.errors import ReidctlError
 from reidctl.methods.base import Batch, EpochData, Method, Refined, TrainParams
 from reidctl.methods.cc import CCParams, ClusterContrast
 from reidctl.methods.icrefine import Icrefine, IcrefineParams
+from reidctl.methods.mar import MAR, MARParams
 from reidctl.methods.ncplr import NCPLR, NCPLRParams
 from reidctl.methods.pplr import PPLR, PPLRParams
 
@@ -17,6 +18,7 @@ METHODS: dict[str, type[Method]] = {
     "pplr": PPLR,
     "icrefine": Icrefine,
     "ncplr": NCPLR,
+    "mar": MAR,
 }
 
 
@@ -28,5 +30,5 @@ def get_method(name: str) -> type[Method]:
         raise ReidctlError(f"unknown --method '{name}' (choose one of {', '.join(METHODS)})") from None
 
 
-__all__ = ["METHODS", "Batch", "CCParams", "ClusterContrast", "EpochData", "Icrefine", "IcrefineParams", "Method",
+__all__ = ["METHODS", "Batch", "CCParams", "ClusterContrast", "EpochData", "Icrefine", "IcrefineParams", "MAR", "MARParams", "Method",
            "NCPLR", "NCPLRParams", "PPLR", "PPLRParams", "Refined", "TrainParams", "get_method"]

@@ -42,6 +42,9 @@ class Refined:
     summary: dict[str, Any] = field(default_factory=dict)  # numbers for the stage's report
     options: dict[str, Any] = field(default_factory=dict)  # the resolved refinement options
     attrs: dict[str, Any] = field(default_factory=dict)  # extra root attributes of labels.h5
+    #: Row pairs the method claims show one person (MAR's agreement pairs): reported against
+    #: ground truth by ``run_refine`` when it is known, never stored as labels.
+    pairs: np.ndarray | None = None
 
 
 @dataclass
@@ -61,7 +64,8 @@ class Routed:
 
 
 #: The model settings a method may set its own default for (CC's values).
-_MODEL_BASE: dict[str, Any] = {"pooling": "gem", "parts": 0, "height": 256, "width": 128}
+_MODEL_BASE: dict[str, Any] = {"pooling": "gem", "parts": 0, "height": 256, "width": 128, "last_stride": 1,
+                               "neck": "bn", "last_relu": True, "input_norm": "imagenet"}
 
 
 class Method(TrainingMethod):
@@ -80,6 +84,12 @@ class Method(TrainingMethod):
     #: used for a fresh model when the user leaves them unset (PPLR: 3 average-pooled stripes
     #: at 384×128).
     model_defaults: ClassVar[dict[str, Any]] = {}
+    #: Training options that ``loop`` sets from its own values unless given (MAR's schedule
+    #: follows the run's length: ``{"schedule_epochs": "epochs"}``); part of the train key.
+    train_context: ClassVar[dict[str, str]] = {}
+    #: Names of persistent arrays (``persistent_arrays``) holding pairs of train rows the method
+    #: claims show one person; ``loop`` reports their precision when ground truth is known.
+    pair_arrays: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def official_model(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,6 +111,12 @@ class Method(TrainingMethod):
         (:meth:`official_model` of the flat ``options``), else CC's."""
         base = {**_MODEL_BASE, **cls.official_model(options or {})}
         return {k: base[k] if model.get(k) is None else model[k] for k in _MODEL_BASE}
+
+    @classmethod
+    def train_reads(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """What training reads beyond the target's train images, for the train stage's cache key
+        (MAR: the fingerprint of its labelled source). Default: nothing."""
+        return {}
 
     @classmethod
     def resolve_clustering(cls, params: Any, n_samples: int) -> Any:
@@ -165,16 +181,17 @@ class Method(TrainingMethod):
         stages: dict[str, tuple[str, str]] = {}
         if cls.clusters:
             stages.update({n: ("cluster", n) for n, _, _ in option_fields(ClusterParams)})
+        if cls.clusters or not loop:  # a method that does not cluster has no refine stage in `loop`
             fed = {p.feeds: p.name for p in cls.preludes}
             for n, _, info in option_fields(cls.RefineOptions):
                 if loop and n in fed:
                     stages[n] = ("given", fed[n])
                 elif info.loop or not loop:
                     stages[n] = ("refine", n)
-        stages.update({n: ("train", n) for n, _, _ in option_fields(cls.Params)})
-        if loop:
+        if loop:  # `refine` takes no training options (a name both have, as MAR's --scale, is refine's there)
+            stages.update({n: ("train", n) for n, _, _ in option_fields(cls.Params)})
             for p in cls.preludes:
-                stages.update({f"{p.name}_{n}": (p.name, n) for n, _, _ in option_fields(p.Options)})
+                stages.update({f"{p.name}_{n}": (p.name, n) for n, _, info in option_fields(p.Options) if info.loop})
         return stages
 
 

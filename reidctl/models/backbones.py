@@ -13,7 +13,8 @@ import torchvision
 
 from reidctl.errors import ReidctlError
 
-BackboneBuilder = Callable[[bool], tuple[nn.Module, int]]
+#: ``(last_stride_one, last_relu) → (trunk, out_channels)``.
+BackboneBuilder = Callable[[bool, bool], tuple[nn.Module, int]]
 BACKBONES: dict[str, BackboneBuilder] = {}
 
 #: torchvision weight enums used by ``--pretrained imagenet``; ResNet uses the V1 weights
@@ -46,8 +47,31 @@ class ResNetTrunk(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def _resnet(fn: Callable[..., torchvision.models.ResNet], last_stride_one: bool) -> tuple[nn.Module, int]:
+class _NoFinalReLU:
+    """A ResNet block whose output skips the final ReLU (MAR's ``is_last=True``, ALGORITHMS.md
+    §6.2), so the pooled feature may have negative entries. Used as a mixin on the block's own
+    class, so the block keeps its parameters and their names (weights load unchanged)."""
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        if hasattr(self, "conv3"):  # bottleneck
+            out = self.relu(self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+        else:
+            out = self.bn2(self.conv2(out))
+        return out + identity
+
+
+def _drop_final_relu(block: nn.Module) -> None:
+    block.__class__ = type(f"{type(block).__name__}NoFinalReLU", (_NoFinalReLU, type(block)), {})
+
+
+def _resnet(fn: Callable[..., torchvision.models.ResNet], last_stride_one: bool, last_relu: bool = True
+            ) -> tuple[nn.Module, int]:
     net = fn(weights=None)
+    if not last_relu:
+        _drop_final_relu(net.layer4[-1])
     if last_stride_one:
         block = net.layer4[0]
         # Bottleneck blocks stride in conv2, basic blocks in conv1 (ALGORITHMS.md §3.2).
@@ -58,13 +82,13 @@ def _resnet(fn: Callable[..., torchvision.models.ResNet], last_stride_one: bool)
 
 
 @register("resnet50")
-def resnet50(last_stride_one: bool) -> tuple[nn.Module, int]:
-    return _resnet(torchvision.models.resnet50, last_stride_one)
+def resnet50(last_stride_one: bool, last_relu: bool = True) -> tuple[nn.Module, int]:
+    return _resnet(torchvision.models.resnet50, last_stride_one, last_relu)
 
 
 @register("resnet18")
-def resnet18(last_stride_one: bool) -> tuple[nn.Module, int]:
-    return _resnet(torchvision.models.resnet18, last_stride_one)
+def resnet18(last_stride_one: bool, last_relu: bool = True) -> tuple[nn.Module, int]:
+    return _resnet(torchvision.models.resnet18, last_stride_one, last_relu)
 
 
 class MobileNetTrunk(nn.Module):
@@ -79,7 +103,8 @@ class MobileNetTrunk(nn.Module):
 
 
 @register("mobilenet_v2")
-def mobilenet_v2(last_stride_one: bool) -> tuple[nn.Module, int]:
+def mobilenet_v2(last_stride_one: bool, last_relu: bool = True) -> tuple[nn.Module, int]:
+    """``last_relu`` is a ResNet option (MAR's); MobileNetV2 keeps its final ReLU6 either way."""
     net = torchvision.models.mobilenet_v2(weights=None)
     if last_stride_one:
         # features[14] opens the 160-channel stage with the last stride-2 depthwise conv; at
@@ -90,7 +115,7 @@ def mobilenet_v2(last_stride_one: bool) -> tuple[nn.Module, int]:
     return MobileNetTrunk(net.features), net.last_channel
 
 
-def build_backbone(arch: str, last_stride_one: bool = True) -> tuple[nn.Module, int]:
+def build_backbone(arch: str, last_stride_one: bool = True, last_relu: bool = True) -> tuple[nn.Module, int]:
     if arch not in BACKBONES:
         raise ReidctlError(f"unknown architecture '{arch}' (choose one of {', '.join(BACKBONES)})")
-    return BACKBONES[arch](last_stride_one)
+    return BACKBONES[arch](last_stride_one, last_relu)

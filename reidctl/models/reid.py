@@ -21,6 +21,12 @@ from reidctl.models.backbones import BACKBONES, build_backbone
 
 POOLINGS = ("avg", "gem")
 PART_SPLITS = ("disjoint", "adaptive")
+#: ``bn``: a BatchNorm neck (bias frozen at 0) after pooling, as the CC family builds it;
+#: ``none``: the pooled feature itself, as MAR's ResNet (ALGORITHMS.md §6.2).
+NECKS = ("bn", "none")
+#: How images are normalised before the model: ImageNet's mean/std, or the per-channel mean/std
+#: of the dataset the images come from (its train split; MAR's ``use_source_stat=False``).
+INPUT_NORMS = ("imagenet", "dataset")
 
 
 def stripe_bounds(height: int, bins: int, split: str = "disjoint") -> list[tuple[int, int]]:
@@ -45,6 +51,9 @@ class ModelConfig:
     height: int = 256
     width: int = 128
     part_split: str = "disjoint"
+    neck: str = "bn"
+    last_relu: bool = True  # ResNet: the ReLU after the last block (MAR drops it)
+    input_norm: str = "imagenet"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
@@ -65,6 +74,10 @@ class ModelConfig:
             raise ReidctlError("--last-stride must be 1 or 2")
         if self.part_split not in PART_SPLITS:
             raise ReidctlError(f"unknown --part-split '{self.part_split}' (choose disjoint or adaptive)")
+        if self.neck not in NECKS:
+            raise ReidctlError(f"unknown --neck '{self.neck}' (choose bn or none)")
+        if self.input_norm not in INPUT_NORMS:
+            raise ReidctlError(f"unknown --input-norm '{self.input_norm}' (choose imagenet or dataset)")
         if self.height < 32 or self.width < 16:
             raise ReidctlError(f"input size {self.height}×{self.width} is too small (at least 32×16)")
 
@@ -115,8 +128,11 @@ def _stripe_pooling(config: ModelConfig) -> nn.Module:
     return StripeAvgPooling(config.parts)
 
 
-def _neck(channels: int) -> nn.BatchNorm1d:
-    """BatchNorm neck with the bias frozen at 0, as every official code builds it."""
+def _neck(channels: int, kind: str = "bn") -> nn.Module:
+    """BatchNorm neck with the bias frozen at 0, as every official code of the CC family builds
+    it; or none (MAR's model feeds the pooled feature to its agents directly)."""
+    if kind == "none":
+        return nn.Identity()
     bn = nn.BatchNorm1d(channels)
     nn.init.constant_(bn.weight, 1.0)
     nn.init.constant_(bn.bias, 0.0)
@@ -125,7 +141,7 @@ def _neck(channels: int) -> nn.BatchNorm1d:
 
 
 class ReidModel(nn.Module):
-    """Returns BN-neck features: ``{"global": N×C, "parts": N×P×C}`` (unnormalised).
+    """Returns neck features: ``{"global": N×C, "parts": N×P×C}`` (unnormalised).
 
     Use :meth:`embed` for the L2-normalised eval features that every stage stores.
     """
@@ -133,12 +149,12 @@ class ReidModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone, self.channels = build_backbone(config.arch, config.last_stride == 1)
+        self.backbone, self.channels = build_backbone(config.arch, config.last_stride == 1, config.last_relu)
         self.pool = GeneralizedMeanPooling() if config.pooling == "gem" else nn.AdaptiveAvgPool2d(1)
-        self.neck = _neck(self.channels)
+        self.neck = _neck(self.channels, config.neck)
         if config.parts:
             self.part_pool = _stripe_pooling(config)
-            self.part_necks = nn.ModuleList(_neck(self.channels) for _ in range(config.parts))
+            self.part_necks = nn.ModuleList(_neck(self.channels, config.neck) for _ in range(config.parts))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.backbone(x)

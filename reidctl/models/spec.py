@@ -23,7 +23,8 @@ from reidctl.train.checkpoint import (
 )
 
 #: The fields of a ModelSpec that fix the model's structure (a checkpoint records them).
-STRUCTURE = ("arch", "pooling", "last_stride", "parts", "part_split", "height", "width")
+STRUCTURE = ("arch", "pooling", "last_stride", "parts", "part_split", "height", "width", "neck", "last_relu",
+             "input_norm")
 
 
 @dataclass
@@ -40,6 +41,13 @@ class ModelSpec:
         "(AdaptiveAvgPool2d's bins, which overlap when P does not divide H)."))
     height: int = field(default=256, metadata=option("Input height in pixels (128 suits CPU work)."))
     width: int = field(default=128, metadata=option("Input width in pixels (64 suits CPU work)."))
+    neck: str = field(default="bn", metadata=option(
+        "After pooling: bn (a BatchNorm neck, the CC family) or none (the pooled feature, MAR)."))
+    last_relu: bool = field(default=True, metadata=option(
+        "ResNet: keep the ReLU after the last block (MAR drops it: --no-last-relu).", flag="--last-relu"))
+    input_norm: str = field(default="imagenet", metadata=option(
+        "Image normalisation: imagenet mean/std, or dataset (the per-channel mean/std of the train split of "
+        "the dataset the images come from, as MAR)."))
     weights: Path | None = field(default=None, metadata=option(
         "Backbone weights file: a torchvision state dict or its 'features' part."))
     pretrained: str = field(default="none", metadata=option(
@@ -71,7 +79,7 @@ class ModelSpec:
             return model, {"model": model.config.to_dict(), "init": f"checkpoint:{Path(self.checkpoint).name}",
                            "epoch": epoch}
         config = ModelConfig(self.arch, self.pooling, self.parts, self.last_stride, self.height, self.width,
-                             self.part_split)
+                             self.part_split, self.neck, self.last_relu, self.input_norm)
         torch.manual_seed(self.seed)  # random initialisation is part of the experiment
         model = build_model(config, pretrained=self.pretrained, weights=self.weights)
         return model, {"model": config.to_dict(), "init": init_description(self.pretrained, self.weights)}

@@ -48,6 +48,7 @@ from torch.optim.lr_scheduler import LRScheduler, StepLR
 
 from reidctl.data.base import Sample
 from reidctl.data.samplers import ANCHORS
+from reidctl.data.stats import IMAGENET, Norm
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ReidModel
 from reidctl.options import option, resolve, resolve_names
@@ -145,6 +146,10 @@ class StreamContext:
     batch_size: int  # the global batch (params.batch_size)
     per_rank: int  # this rank's part of it
     length: int  # steps this epoch (``epoch_length(data)``)
+    norm: Norm = IMAGENET  # the input normalisation of ``samples`` (reidctl.data.stats.input_norm)
+    #: The model's normalisation for images of another dataset, given that dataset's train split
+    #: (a labelled source: ImageNet's, or the source's own statistics with --input-norm dataset).
+    norm_of: Callable[[Sequence[Sample]], Norm] = lambda train: IMAGENET
 
 
 class StepResult(NamedTuple):
@@ -157,7 +162,9 @@ class StepResult(NamedTuple):
 
 
 #: The trainer's forward: the (possibly DDP-wrapped) model + heads under the session's autocast.
-Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+#: Given a list of batches (one per domain) it returns a list of outputs, each batch normalised
+#: by its own BatchNorm statistics, in one forward pass (DDP allows one per backward).
+Forward = Callable[[Any], Any]
 
 
 def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
@@ -192,6 +199,9 @@ class TrainingMethod:
     #: When the trainer steps the scheduler: once after the epoch's last iteration (``"epoch"``,
     #: the CC family's StepLR) or after every optimiser step (``"iteration"``).
     scheduler_interval: ClassVar[str] = "epoch"
+    #: Methods whose checkpoints' heads this method continues (MAR: the agents of ``pretrain``);
+    #: a checkpoint of any other method gives only its model weights.
+    heads_from: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: TrainParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -265,7 +275,7 @@ class TrainingMethod:
     def training_step(self, inputs: Any, forward: Forward, state: Any) -> StepResult:
         """One step's forward pass(es) and loss; ``inputs`` is an item of ``train_stream`` and
         ``forward`` the trainer's net (model + heads, under autocast and DDP as configured): call
-        it once per domain to get per-domain BatchNorm statistics.
+        it once, with a list of per-domain batches, to get per-domain BatchNorm statistics.
         Default: ``outputs = forward(inputs.images)``, then ``loss(inputs, outputs, state)``."""
         outputs = forward(inputs.images)
         loss, logs = self.loss(inputs, outputs, state)

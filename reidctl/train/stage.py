@@ -19,6 +19,7 @@ from reidctl import dist
 from reidctl.artifacts import METHOD_STATE, check_output, check_rows, read_features, read_labels
 from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
+from reidctl.data.stats import input_norm
 from reidctl.device import resolve_device
 from reidctl.errors import ArtifactError, ReidctlError
 from reidctl.extraction import check_loader_options
@@ -171,6 +172,7 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
         epoch = session.epoch + 1 if req.epoch is None else req.epoch
         if epoch < 0:
             raise ReidctlError("--epoch must not be negative")
+        norm = input_norm(session.model.config, ds.train)
         if feats is not None:
             check_features(feats.path, feats.meta.params.get("model"), feats.feats.shape[1], feats.parts,
                            session.model)
@@ -178,7 +180,7 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
         else:
             with progress_bar("extract train", len(train), enabled=None if dist.is_main() else False) as adv:
                 ext = extract_features(session.model, train, batch_size=req.extract_batch_size,
-                                       workers=req.workers, device=device, amp=req.amp, progress=adv)
+                                       workers=req.workers, device=device, amp=req.amp, progress=adv, norm=norm)
             features, parts, feats_digest = ext.feats, ext.parts, "extracted"
         if session.method.uses_parts and parts is None:
             source = req.features if req.features is not None else req.checkpoint or "the fresh model"
@@ -189,7 +191,7 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
         steps = session.method.epoch_length(dataclasses.replace(data, epoch=epoch, device=device))
         with progress_bar(f"train epoch {epoch}", steps, enabled=None if dist.is_main() else False) as advance:
             stats = train_epoch(session, samples, data, epoch=epoch, workers=req.workers,
-                                deterministic=req.deterministic, progress=advance)
+                                deterministic=req.deterministic, progress=advance, norm=norm)
         if dist.is_main():
             check_state_output(session, req, out)
             session.save(out, provenance={

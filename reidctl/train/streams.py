@@ -146,8 +146,9 @@ def identity_stream(ctx: StreamContext, num_instances: int, anchor: str = "first
     sampler = IdentityBatchSampler(data.labels, data.camids, batch_size=ctx.batch_size,
                                    num_instances=num_instances, rng=ctx.generator, rank=ctx.rank,
                                    world_size=ctx.world, anchor=anchor)
-    return device_batches(image_loader(ctx, ctx.samples, sampler, seed), data.labels, data.camids, ctx.device,
-                          ctx.length)
+    transform = train_transform(ctx.height, ctx.width, ctx.norm.mean, ctx.norm.std)
+    return device_batches(image_loader(ctx, ctx.samples, sampler, seed, transform), data.labels, data.camids,
+                          ctx.device, ctx.length)
 
 
 def zip_streams(*streams: Iterator[Any]) -> Iterator[tuple[Any, ...]]:

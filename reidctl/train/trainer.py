@@ -33,6 +33,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from reidctl import dist
 from reidctl.data.base import Sample
 from reidctl.data.samplers import SEED_BOUND
+from reidctl.data.stats import IMAGENET, Norm, input_norm
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.device import resolve_workers
@@ -51,7 +52,15 @@ class _Net(nn.Module):
         self.model = model
         self.heads = heads
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> Any:
+        """One batch → its outputs; a list of batches (one per domain) → a list of outputs, each
+        batch through the model on its own (its own BatchNorm statistics; the running statistics
+        are those the last batch leaves), all in one call so that DDP sees one forward pass."""
+        if isinstance(x, (list, tuple)):
+            return [self._one(b) for b in x]
+        return self._one(x)
+
+    def _one(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.model(x)
         if self.heads is not None:
             out = {**out, **self.heads(out)}
@@ -141,21 +150,24 @@ def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, over
     Method options not in ``overrides`` keep the checkpoint's values when it was trained with the
     same method, else the method's defaults. The training generator, optimiser, scaler, method
     state (and persistent arrays, from their file beside ``source``) and global RNG states are
-    restored; a checkpoint without training state (plain model weights) starts a fresh
-    optimiser and a generator seeded with ``seed``.
+    restored. A checkpoint of another method (a source pretraining, a cc run that starts a pplr
+    one) or without training state (plain model weights) gives only its weights, and its heads
+    when the method takes them (``method_cls.heads_from``): the session starts at epoch 0 with a
+    fresh optimiser and a generator seeded with ``seed``.
     """
     model = ReidModel(ModelConfig.from_dict(payload["model_config"]))
     same = payload.get("method") == method_cls.name
     params = method_cls.resolve_params(payload.get("method_params") if same else None, overrides)
     method = method_cls(params)
-    rng = payload.get("rng") or {}
+    rng = (payload.get("rng") or {}) if same else {}
     generator = restore_rng(rng) if rng else None
-    last = payload.get("epoch")
-    session = TrainSession(model, method, device=device, amp=amp, seed=int(payload.get("seed", seed)),
+    last = payload.get("epoch") if same else None
+    session = TrainSession(model, method, device=device, amp=amp, seed=int(payload.get("seed", seed)) if same else seed,
                            generator=generator, epoch=-1 if last is None else int(last),
-                           steps=int(payload.get("steps") or 0))
-    load_training_state(payload, model=session.model, heads=session.heads, source=source,
-                        optimizer=session.optimizer if same else None, scaler=session.scaler)
+                           steps=int(payload.get("steps") or 0) if same else 0)
+    takes_heads = same or payload.get("method") in method_cls.heads_from
+    load_training_state(payload, model=session.model, heads=session.heads if takes_heads else None, source=source,
+                        optimizer=session.optimizer if same else None, scaler=session.scaler if same else None)
     if same and payload.get("method_state"):
         method.load_state_dict(payload["method_state"])
     if same and payload.get("method_arrays"):
@@ -264,18 +276,21 @@ def train_epoch(
     workers: int | None = None,
     deterministic: bool = False,
     progress: Callable[[int], None] | None = None,
+    norm: Norm | None = None,
 ) -> EpochStats:
     """Train ``session`` for one epoch (``method.epoch_length(data)`` steps) on the clustered ``samples``.
 
     ``samples[i]`` is the image of ``data.labels[i]`` (outliers already left out). Under DDP
-    (a process group is up) every rank calls this with the same arguments.
+    (a process group is up) every rank calls this with the same arguments. ``norm``: the input
+    normalisation of the samples' dataset (:func:`reidctl.data.stats.input_norm`); None: ImageNet's,
+    for a model with ``input_norm == "imagenet"`` only.
     """
     p, method = session.params, session.method
     epoch = session.epoch + 1 if epoch is None else epoch
     if len(samples) != len(data.labels):
         raise ValueError("samples and data.labels must line up")
     chunks = _check_batch(p.batch_size, p.bn_chunks, dist.world_size())
-    ctx = _stream_context(session, samples, data, epoch, workers)
+    ctx = _stream_context(session, samples, data, epoch, workers, norm)
     stream = method.train_stream(ctx)
 
     set_bn_chunks(session.model, chunks)
@@ -308,7 +323,7 @@ def train_epoch(
 
 
 def _stream_context(session: TrainSession, samples: Sequence[Sample], data: EpochData, epoch: int,
-                    workers: int | None) -> StreamContext:
+                    workers: int | None, norm: Norm | None = None) -> StreamContext:
     """The epoch's :class:`StreamContext`. Draws the epoch's ``data.seed`` from the session's
     generator, before the stream's own draws (the order every checkpoint so far was made with)."""
     p, method, device = session.params, session.method, session.device
@@ -317,9 +332,14 @@ def _stream_context(session: TrainSession, samples: Sequence[Sample], data: Epoc
     if length < 1:
         raise ReidctlError(f"--method {method.name} gives an epoch of {length} steps; it needs at least 1")
     world, cfg = dist.world_size(), session.model.config
+    if norm is None:
+        if cfg.input_norm != "imagenet":
+            raise ValueError("a model with --input-norm dataset needs the dataset's norm (reidctl.data.stats.input_norm)")
+        norm = IMAGENET
     return StreamContext(samples=samples, data=data, generator=session.generator, device=device, rank=dist.rank(),
                          world=world, workers=resolve_workers(workers, device), height=cfg.height, width=cfg.width,
-                         batch_size=p.batch_size, per_rank=p.batch_size // world, length=length)
+                         batch_size=p.batch_size, per_rank=p.batch_size // world, length=length, norm=norm,
+                         norm_of=lambda train: input_norm(cfg, train))
 
 
 def _run_steps(session: TrainSession, stream: Iterable[Any], length: int, forward: Forward, state: Any,
@@ -385,7 +405,7 @@ def _forward(session: TrainSession, net: nn.Module) -> Forward:
     """``net`` under the session's autocast: the ``forward`` a method's ``training_step`` calls."""
     device, dtype = session.device, session.amp_dtype
 
-    def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(images: torch.Tensor | Sequence[torch.Tensor]) -> Any:
         with autocast(device, dtype):
             return net(images)
 

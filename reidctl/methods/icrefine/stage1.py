@@ -33,6 +33,7 @@ from reidctl.errors import ReidctlError
 from reidctl.extraction import check_loader_options
 from reidctl.models.spec import ModelSpec
 from reidctl.features import extract_features
+from reidctl.data.stats import Norm, input_norm
 from reidctl.methods.cc import CCParams, ClusterContrast
 from reidctl.methods.icrefine.intra import (
     DEFAULT_CLUSTERS, CameraReport, camera_k1, camera_rows, cluster_camera, clusters_for, parse_clusters, silhouette,
@@ -144,7 +145,8 @@ def run_intra_camera(req: IntraCameraRequest, out: str | Path) -> dict[str, Any]
             rep.clusters = plans[cam]
             if camera_k1(len(rows), p.k1) < p.k1:
                 rep.k1 = camera_k1(len(rows), p.k1)
-            best = _train_camera(req, copy.deepcopy(model0), [train[i] for i in rows], camids[rows], rep, device)
+            best = _train_camera(req, copy.deepcopy(model0), [train[i] for i in rows], camids[rows], rep, device,
+                                 input_norm(model0.config, train))
             labels[rows] = best + offset
             offset += rep.clusters
         main = dist.is_main()
@@ -171,7 +173,7 @@ def run_intra_camera(req: IntraCameraRequest, out: str | Path) -> dict[str, Any]
 
 
 def _train_camera(req: IntraCameraRequest, model: Any, samples: list, camids: np.ndarray, rep: CameraReport,
-                  device: Any) -> np.ndarray:
+                  device: Any, norm: Norm) -> np.ndarray:
     """One camera: cluster, score, train, epoch after epoch; returns the best epoch's labels."""
     p = req.params
     session = TrainSession(model, ClusterContrast(p.train_params()), device=device, amp=req.amp, seed=req.seed,
@@ -181,7 +183,7 @@ def _train_camera(req: IntraCameraRequest, model: Any, samples: list, camids: np
     for epoch in range(p.epochs):
         with progress_bar(f"camera {rep.camera}: extract", len(samples), enabled=bar) as advance:
             ext = extract_features(session.model, samples, batch_size=req.extract_batch_size, workers=req.workers,
-                                   device=device, amp=req.amp, progress=advance)
+                                   device=device, amp=req.amp, progress=advance, norm=norm)
         labels, jaccard = cluster_camera(ext.feats, rep.clusters, k1=p.k1, k2=p.k2, device=str(device))
         score = silhouette(jaccard, labels)
         rep.history.append(score)
@@ -198,7 +200,7 @@ def _train_camera(req: IntraCameraRequest, model: Any, samples: list, camids: np
         data = prepare_epoch(labels, camids, ext.feats)
         with progress_bar(f"camera {rep.camera}: epoch {epoch}", p.iters, enabled=bar) as advance:
             train_epoch(session, samples, data, epoch=epoch, workers=req.workers, deterministic=req.deterministic,
-                        progress=advance)
+                        progress=advance, norm=norm)
         rep.trained_epochs += 1
     assert best_labels is not None
     return best_labels

@@ -1,0 +1,47 @@
+"""`reidctl pretrain`: supervised training on a labelled source dataset (MAR's agents)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from reidctl.cli import options as o
+from reidctl.cli.common import command, out_console, print_json, settings
+from reidctl.cli.method_options import mar_model_flags, pretrain_flags, runtime_flags
+from reidctl.methods.mar import MAR, PretrainRequest, run_pretrain
+from reidctl.methods.mar.pretrain import PretrainParams
+from reidctl.options import resolve
+
+
+@command("pretrain", options=pretrain_flags(), model=mar_model_flags(),
+         run=runtime_flags("workers", "device", "amp", "deterministic", "seed", "force", "json"))
+def pretrain(
+    data: o.Data,
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.pt): the model and its agents.")],
+    splits: Annotated[str, typer.Option(
+        "--splits", help="train, or train,test to learn every identity of the dataset (as MAR uses all of MSMT17).")
+    ] = "train",
+    dataset: o.DatasetName = None,
+    options: dict = None,  # PretrainParams (reidctl.cli.method_options)
+    model: dict = None,  # ModelSpec options, MAR's model by default
+    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+) -> None:
+    """Train a fresh model with a normalised softmax over a labelled dataset's identities; its
+    classifier rows are MAR's agents, and the checkpoint starts any method (`loop --checkpoint`)."""
+    params = resolve(PretrainParams, options, what="`reidctl pretrain`")
+    req = PretrainRequest(**{**model, **MAR.model_settings(model)}, data=data, dataset=dataset, splits=splits,
+                          params=params, **settings(run, "json"))
+    result = run_pretrain(req, out)
+    if run["json"]:
+        print_json(result)
+        return
+    table = Table(title=f"{out}: {result['identities']} identities, {result['images']} images ({result['splits']})",
+                  title_justify="left")
+    for col in ("epoch", "loss", "train accuracy", "lr"):
+        table.add_column(col, justify="right")
+    for h in result["history"]:
+        table.add_row(str(h["epoch"]), f"{h['loss']:.3f}", f"{100 * h['accuracy']:.1f}", f"{h['lr']:.2g}")
+    out_console.print(table)

@@ -1,0 +1,98 @@
+"""Per-channel image statistics: the normalisation a model with ``--input-norm dataset`` uses.
+
+MAR normalises each dataset's images with that dataset's own mean and standard deviation
+(``use_source_stat=False`` in its ``main.py``, ALGORITHMS.md §6.4) instead of ImageNet's. The
+statistics of a train split are computed once, over its images resized to the model's input
+size, and cached on disk (``$REIDCTL_CACHE/stats/``) under the split's fingerprint, so every
+later extraction and training epoch reads them back for the cost of one ``stat`` per image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from reidctl.data.base import Sample
+from reidctl.data.fingerprint import split_fingerprint
+from reidctl.data.synthetic import cache_dir
+from reidctl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from reidctl.errors import DatasetError
+
+STATS_VERSION = 1
+
+
+class Norm(NamedTuple):
+    """Per-channel mean and standard deviation of pixel values in [0, 1] (RGB)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+IMAGENET = Norm(IMAGENET_MEAN, IMAGENET_STD)
+_MEMO: dict[str, Norm] = {}
+
+
+def channel_stats(samples: Sequence[Sample], height: int, width: int, workers: int = 0) -> Norm:
+    """Mean and (population) standard deviation of every pixel of ``samples`` resized to
+    ``height``×``width`` (bicubic, as extraction resizes), per channel, in float64."""
+    from reidctl.features import ImageRows  # features imports the transforms this module uses
+
+    if not samples:
+        raise DatasetError("no images to compute the per-channel statistics of (--input-norm dataset)")
+    loader = DataLoader(ImageRows(samples, height, width), batch_size=64, num_workers=workers, shuffle=False)
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    for images, _, errors in loader:
+        bad = next((e for e in errors if e), "")
+        if bad:
+            raise DatasetError(bad)
+        x = images.to(torch.float64).div_(255)
+        total += x.sum(dim=(0, 2, 3)).numpy()
+        squares += x.pow(2).sum(dim=(0, 2, 3)).numpy()
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return Norm(tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+def dataset_norm(train: Sequence[Sample], height: int, width: int, workers: int = 0) -> Norm:
+    """:func:`channel_stats` of a train split, cached on disk by the split's fingerprint."""
+    key = f"{split_fingerprint(train)}-{height}x{width}-v{STATS_VERSION}"
+    if key in _MEMO:
+        return _MEMO[key]
+    path = cache_dir() / "stats" / f"{key}.json"
+    try:
+        stored = json.loads(path.read_text())
+        norm = Norm(tuple(stored["mean"]), tuple(stored["std"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        norm = channel_stats(train, height, width, workers)
+        _store(path, norm)
+    _MEMO[key] = norm
+    return norm
+
+
+def _store(path: Path, norm: Norm) -> None:
+    """Write the cache file atomically; a cache that cannot be written is only a lost speed-up."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps({"mean": norm.mean, "std": norm.std}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def input_norm(config, train: Sequence[Sample], workers: int = 0) -> Norm:
+    """The normalisation of a model's input for images of a dataset whose train split is
+    ``train``: ImageNet's, or that split's own statistics (``config.input_norm == "dataset"``)."""
+    if config.input_norm == "imagenet":
+        return IMAGENET
+    return dataset_norm(train, config.height, config.width, workers)

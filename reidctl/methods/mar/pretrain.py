@@ -1,0 +1,221 @@
+"""Supervised source pretraining: a model and its agents learnt on a labelled dataset.
+
+MAR starts from a model trained with a softmax over the source identities (the authors ship an
+MSMT17 one, ``pretrained_MSMT17.pth``; ALGORITHMS.md §6.2), whose classifier rows become the
+agents. Here that training is a normalised softmax, ``CE(scale · cos(z, a_k), label)``, the very
+loss MAR keeps optimising on the source (L_AL), so the agents MAR starts from are the ones that
+loss shapes. The optimiser and schedule are MAR's (SGD, no decay on BatchNorm, MultiStep at
+5/8 and 7/8 stepped at the start of each epoch); the lr is higher, as for any training from
+ImageNet weights. The official pretraining command is not published: these defaults are ours.
+
+``reidctl pretrain`` runs it alone; ``loop --method mar`` without ``--checkpoint`` runs it once
+as its ``pretrain`` prelude. Its checkpoint starts any method (``loop --checkpoint source.pt``):
+the domain-adaptive setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from reidctl import dist
+from reidctl.artifacts import check_output
+from reidctl.data.stats import input_norm
+from reidctl.device import resolve_device
+from reidctl.errors import ReidctlError
+from reidctl.methods.mar.agents import AgentClassifier
+from reidctl.methods.mar.losses import agent_learning_loss, normalized_agents
+from reidctl.methods.mar.source import SOURCE_SPLITS, SourceData, load_source, mar_transform
+from reidctl.models.reid import ReidModel
+from reidctl.models.spec import ModelSpec
+from reidctl.options import option, resolve
+from reidctl.precision import DEFAULT_AMP
+from reidctl.progress import progress_bar
+from reidctl.stages import Prelude, RunContext
+from reidctl.train.checkpoint import CHECKPOINT_SCHEMA, checkpoint_digest, load_checkpoint
+from reidctl.train.contract import Batch, EpochData, StreamContext, TrainingMethod, TrainParams
+from reidctl.train.optim import multistep_at_epoch_start, official_milestones, sgd_no_bn_decay
+from reidctl.train.streams import labelled_stream
+from reidctl.train.trainer import TrainSession, prepare_determinism, train_epoch
+
+
+@dataclass
+class PretrainParams(TrainParams):
+    """Our defaults for supervised source pretraining (no official command exists)."""
+
+    epochs: int = field(default=20, metadata=option("Pretraining epochs (passes over the source)."))
+    batch_size: int = field(default=64, metadata=option("Source images per step."))
+    # shuffled batches, one pass per epoch, a MultiStep schedule: these shared options do not apply
+    iters: int = field(default=200, metadata=option("unused", loop=False))
+    num_instances: int = field(default=1, metadata=option("unused", loop=False))
+    step_size: int = field(default=20, metadata=option("unused", loop=False))
+    sampler_anchor: str = field(default="first", metadata=option("unused", loop=False))
+    lr: float = field(default=0.01, metadata=option("SGD learning rate."))
+    weight_decay: float = field(default=5e-4, metadata=option("Weight decay (none on BatchNorm parameters)."))
+    momentum: float = field(default=0.9, metadata=option("SGD momentum."))
+    gamma: float = field(default=0.1, metadata=option("MultiStep lr factor (at 5/8 and 7/8 of the run)."))
+    scale: float = field(default=30.0, metadata=option("Normalised softmax scale (MAR's scala_ce)."))
+    bn_chunks: int = field(default=1, metadata=option("BatchNorm statistics per chunk of the batch (1 = plain)."))
+
+    def check(self) -> None:
+        super().check()
+        if self.epochs < 1:
+            raise ReidctlError("--epochs must be at least 1")
+        if self.momentum < 0 or self.scale <= 0:
+            raise ReidctlError("--momentum must not be negative and --scale must be positive")
+
+
+class SourcePretraining(TrainingMethod):
+    """Normalised softmax over the source identities (not a registered unsupervised method:
+    it trains on ground-truth labels of a *labelled* dataset)."""
+
+    name = "pretrain"
+    Params = PretrainParams
+    params: PretrainParams
+    clusters = False
+
+    def __init__(self, params: PretrainParams | None = None, source: SourceData | None = None) -> None:
+        super().__init__(params)
+        self.source = source
+
+    def build_heads(self, model: ReidModel) -> AgentClassifier:
+        if self.source is None:
+            raise ReidctlError("source pretraining needs its labelled source dataset")
+        return AgentClassifier(model.channels, torch.as_tensor(self.source.pids))
+
+    def configure_optimizer(self, model: nn.Module, heads: nn.Module | None) -> torch.optim.Optimizer:
+        p = self.params
+        return sgd_no_bn_decay((model, heads), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> LRScheduler:
+        p = self.params
+        return multistep_at_epoch_start(optimizer, epoch, official_milestones(p.epochs), p.gamma)
+
+    def epoch_length(self, data: EpochData) -> int:
+        return len(data.labels) // self.params.batch_size
+
+    def train_stream(self, ctx: StreamContext) -> Iterable[Batch]:
+        return labelled_stream(ctx, ctx.samples, ctx.data.labels, batch_size=ctx.batch_size,
+                               transform=mar_transform(ctx.height, ctx.width, ctx.norm))
+
+    def make_state(self, data: EpochData, heads: nn.Module | None) -> None:
+        return None
+
+    def loss(self, batch: Batch, outputs: dict[str, torch.Tensor], state: None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        z = torch.nn.functional.normalize(outputs["global"].float(), dim=1)
+        loss = agent_learning_loss(z, outputs["agents"], batch.labels, self.params.scale)
+        nearest = (z.detach() @ normalized_agents(outputs["agents"].detach()).t()).argmax(1)
+        return loss, {"ce": loss.detach(), "accuracy": (nearest == batch.labels).float().mean()}
+
+
+@dataclass
+class PretrainRequest(ModelSpec):
+    """``reidctl pretrain``: a labelled dataset and the fresh model to train on it."""
+
+    data: str = ""
+    dataset: str | None = None
+    splits: str = "train"
+    params: PretrainParams = field(default_factory=PretrainParams)
+    workers: int | None = None
+    device: str = "auto"
+    amp: str = DEFAULT_AMP
+    deterministic: bool = False
+    force: bool = False
+
+
+def run_pretrain(req: PretrainRequest, out: str | Path) -> dict[str, Any]:
+    """Train ``req.params.epochs`` epochs on the source's identities; write the checkpoint ``out``
+    (model + agents, method ``pretrain``) and return a summary."""
+    p = req.params
+    p.check()
+    check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.checkpoint, req.weights), force=req.force)
+    source = load_source(req.data, req.dataset, req.splits)
+    if len(source.samples) < p.batch_size:
+        raise ReidctlError(f"{source.root}: {len(source.samples)} labelled images cannot fill a batch of "
+                           f"{p.batch_size}; lower --batch-size")
+    if req.deterministic:
+        prepare_determinism()
+    model, provenance = req.build()
+    n = len(source.samples)
+    data = EpochData(labels=source.labels, camids=np.array([s.camid for s in source.samples], np.int64),
+                     features=np.zeros((n, 0), np.float32), parts=None, rows=np.arange(n, dtype=np.int64),
+                     num_clusters=source.identities)
+    start = time.perf_counter()
+    with dist.distributed(resolve_device(req.device)) as device:
+        session = TrainSession(model, SourcePretraining(p, source), device=device, amp=req.amp, seed=req.seed)
+        norm = input_norm(model.config, source.train or source.samples)
+        history = []
+        for epoch in range(p.epochs):
+            steps = session.method.epoch_length(data)
+            with progress_bar(f"pretrain epoch {epoch}", steps, enabled=None if dist.is_main() else False) as adv:
+                stats = train_epoch(session, source.samples, data, epoch=epoch, workers=req.workers,
+                                    deterministic=req.deterministic, progress=adv, norm=norm)
+            history.append({"epoch": epoch, "loss": stats.loss, **stats.logs, "lr": stats.lr})
+        if dist.is_main():
+            session.save(out, provenance={**provenance, "data": str(req.data), "splits": req.splits,
+                                          "source_images": n, "source_identities": source.identities})
+        dist.barrier()
+    return {"out": str(out), "images": n, "identities": source.identities, "splits": req.splits,
+            "epochs": p.epochs, "seconds": round(time.perf_counter() - start, 1), "history": history,
+            "params": p.to_dict(), "norm": {"mean": norm.mean, "std": norm.std}}
+
+
+# --------------------------------------------------------------------------------------------
+# as MAR's prelude in `loop`
+
+
+@dataclass
+class PretrainOptions(PretrainParams):
+    """The ``pretrain`` prelude's options (``loop --pretrain-epochs`` ...); the source comes from
+    MAR's ``--aux-data``/``--aux-dataset``/``--aux-splits`` (fields without flags here)."""
+
+    data: str = ""
+    dataset: str | None = None
+    splits: str = "train"
+
+
+def _resolve(given: Mapping[str, Any], train: Mapping[str, Any]) -> PretrainOptions:
+    options = resolve(PretrainOptions, given, what="the pretrain stage")
+    options.data = str(train.get("aux_data") or "")
+    options.dataset = train.get("aux_dataset")
+    options.splits = str(train.get("aux_splits") or "train")
+    if options.splits not in SOURCE_SPLITS:
+        raise ReidctlError(f"--aux-splits {options.splits}: choose train or train,test")
+    return options
+
+
+def _run(ctx: RunContext, options: PretrainOptions, out: Path) -> dict[str, Any]:
+    params = PretrainParams(**{f.name: getattr(options, f.name) for f in dataclasses.fields(PretrainParams)})
+    req = PretrainRequest(**dataclasses.asdict(ctx.model), data=options.data, dataset=options.dataset,
+                          splits=options.splits, params=params, workers=ctx.workers, device=ctx.device, amp=ctx.amp,
+                          deterministic=ctx.deterministic)
+    summary = run_pretrain(req, out)
+    return {k: summary[k] for k in ("images", "identities", "splits", "epochs", "seconds")} | {
+        "final": summary["history"][-1]}
+
+
+def _read_given(path: Path, ds: Any) -> str:
+    """A user's ``--checkpoint``: any reidctl checkpoint (its digest)."""
+    load_checkpoint(path, mmap=True)
+    return checkpoint_digest(path)
+
+
+def _reads(options: PretrainOptions) -> dict[str, Any]:
+    """What the stage reads beyond the target: the source images (their fingerprint)."""
+    return {"source": load_source(options.data, options.dataset, options.splits).fingerprint()}
+
+
+PRETRAIN = Prelude(
+    name="pretrain", output="source.pt", Options=PretrainOptions, run=_run, feeds="checkpoint",
+    read_given=_read_given, resolve=_resolve, starts_model=True, reads=_reads,
+    help="supervised pretraining on --aux-data, whose checkpoint starts epoch 0",
+)

@@ -1,0 +1,65 @@
+"""The labelled auxiliary (source) dataset of MAR and of source pretraining.
+
+Its identities are the agents: row k of the agent classifier belongs to the k-th smallest pid of
+the chosen splits, so a pretraining and a MAR run that read the same dataset and splits agree on
+which row is whose; the checkpoint stores the pids, and a mismatch is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from reidctl.data.base import Sample
+from reidctl.data.datasets import load_dataset
+from reidctl.data.fingerprint import split_fingerprint
+from reidctl.data.stats import Norm
+from reidctl.data.transforms import TrainTransform
+from reidctl.errors import ReidctlError
+
+#: ``--aux-splits`` values: the train split, or every identity (MAR uses all 4,101 of MSMT17).
+SOURCE_SPLITS = ("train", "train,test")
+
+
+@dataclass
+class SourceData:
+    """Labelled source images: ``labels[i]`` (0..K-1) is the agent row of ``samples[i]``."""
+
+    samples: list[Sample]
+    labels: np.ndarray  # int64
+    pids: np.ndarray  # K int64: the pid of each agent row
+    root: str
+    train: list[Sample]  # the source's train split (its normalisation statistics)
+
+    @property
+    def identities(self) -> int:
+        return len(self.pids)
+
+    def fingerprint(self) -> str:
+        return split_fingerprint(self.samples)
+
+
+def load_source(data: str, dataset: str | None = None, splits: str = "train") -> SourceData:
+    """The labelled images of ``splits`` of ``data``. Junk (pid −1) and, in the query and
+    gallery, Market-style distractors (pid 0) have no identity and are left out."""
+    if not data:
+        raise ReidctlError("--aux-data is required: a labelled source dataset whose identities become the agents")
+    if splits not in SOURCE_SPLITS:
+        raise ReidctlError(f"--aux-splits {splits}: choose train or train,test")
+    ds = load_dataset(data, dataset)
+    samples = [s for s in ds.train if s.pid >= 0]
+    if splits == "train,test":
+        samples += [s for s in ds.samples("test") if s.pid > 0]
+    if not samples:
+        raise ReidctlError(f"{ds.root}: no labelled images in its {splits} split(s) to learn source identities from")
+    pids, labels = np.unique([s.pid for s in samples], return_inverse=True)
+    if len(pids) < 2:
+        raise ReidctlError(f"{ds.root}: a labelled source needs at least 2 identities (it has {len(pids)})")
+    return SourceData(samples, labels.astype(np.int64), pids.astype(np.int64), str(ds.root), list(ds.train))
+
+
+def mar_transform(height: int, width: int, norm: Norm) -> TrainTransform:
+    """MAR's training augmentation (§6.4): flip, resize, pad 7 + random crop, the dataset's own
+    normalisation, no random erasing."""
+    return TrainTransform(height, width, pad=7, mean=norm.mean, std=norm.std, erasing=False)
