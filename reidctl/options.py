@@ -30,6 +30,7 @@ class OptionInfo:
     aliases: tuple[str, ...] = ()  # other accepted spellings (--global-clustering for --algo)
     loop: bool = True  # False: `loop` supplies the value itself (the epoch, a prelude's output)
     off: str | None = None  # a boolean's "off" spelling (default: --no-<name>)
+    unused: bool = False  # an inherited option this class does not use: no flag, refused when given
 
 
 def option(help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), loop: bool = True,
@@ -39,6 +40,13 @@ def option(help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (),
     ``off``: the spelling that sets a boolean to False, when ``--no-<name>`` reads badly
     (``--global-local/--global-only``)."""
     return {KEY: OptionInfo(help, flag, aliases, loop, off)}
+
+
+def unused() -> dict[str, OptionInfo]:
+    """Metadata for an inherited field that a subclass does not use (MAR has no ``iters``: its
+    epoch is one pass over the source): it is no option of the subclass, so giving it is an
+    error instead of a silent no-op."""
+    return {KEY: OptionInfo("Not used by this method.", loop=False, unused=True)}
 
 
 def flag_of(name: str) -> str:
@@ -56,7 +64,8 @@ def option_info(cls: type, name: str) -> OptionInfo | None:
 
 
 def option_fields(cls: type) -> list[tuple[str, type, OptionInfo]]:
-    """``(name, value type, info)`` of every option field of dataclass ``cls``, in declaration order.
+    """``(name, value type, info)`` of every option field of dataclass ``cls``, in declaration order
+    (fields marked :func:`unused` left out).
 
     The value type is the annotation without ``Optional`` (``int | None`` → ``int``).
     """
@@ -64,7 +73,7 @@ def option_fields(cls: type) -> list[tuple[str, type, OptionInfo]]:
     out = []
     for f in dataclasses.fields(cls):
         info = option_info(cls, f.name)
-        if info is not None:
+        if info is not None and not info.unused:
             out.append((f.name, _plain_type(hints[f.name]), info))
     return out
 

@@ -89,7 +89,8 @@ def test_official_model_and_clustering_follow_global_local():
     assert NCPLR.official_clustering({"global_local": True})["branches"] == "global=0.6,part0=0.2,part1=0.2"
     assert mixture(0.25) == "global=0.5,part0=0.25,part1=0.25"
     assert NCPLR.model_settings({"height": 128}, {"global_local": True}) == {
-        "pooling": "gem", "parts": 2, "height": 128, "width": 128}
+        "pooling": "gem", "parts": 2, "height": 128, "width": 128, "last_stride": 1, "neck": "bn", "last_relu": True,
+        "input_norm": "imagenet"}
     p = NCPLRParams()
     assert (p.batch_size, p.num_instances, p.iters, p.sampler_anchor, p.alpha, p.cmalpha, p.lambda2, p.temp_kl,
             p.neighbor_temp, p.momentum, p.temperature) == (256, 16, 200, "last", 0.1, 0.3, 0.2, 5.0, 1.0, 0.1, 0.05)

@@ -13,14 +13,16 @@ from reidctl.cli.method_options import (Flag, default_text, loop_flags, model_fl
 from reidctl.cli.options import Runtime
 from reidctl.cluster.stage import ClusterParams
 from reidctl.errors import ReidctlError
-from reidctl.methods import METHODS
+from reidctl.methods import METHODS, MARParams
 from reidctl.methods.icrefine.prelude import INTRA_CAMERA
 from reidctl.models.spec import ModelSpec
 from reidctl.options import option, option_fields, resolve
 from tests.clitools import run_error
 
 #: Fields that are set by a command itself, not options of their own.
-NOT_OPTIONS = {ClusterParams: {"device"}, ModelSpec: {"checkpoint", "seed"}}
+NOT_OPTIONS = {ClusterParams: {"device"}, ModelSpec: {"checkpoint", "seed"},
+               # inherited, marked unused: MAR's epoch is one pass over its source, shuffled
+               MARParams: {"iters", "num_instances", "step_size", "sampler_anchor"}}
 
 
 def _declared(cls) -> set[str]:
@@ -54,7 +56,7 @@ def test_one_declaration_serves_every_command():
     assert {"epoch", "epochs", "intra", "k", "decay"} <= {f.key for f in refine_flags()}
     assert {f.key for f in model_flags(by_method=True)} == {f.key for f in model_flags()}
     pooling = {f.key: f for f in model_flags(by_method=True)}["pooling"]
-    assert pooling.help().endswith("(cc gem, pplr avg, icrefine gem, ncplr gem)")
+    assert pooling.help().endswith("(cc gem, pplr avg, icrefine gem, ncplr gem, mar avg)")
 
 
 def test_booleans_are_switch_pairs_and_aliases_are_kept():

@@ -67,27 +67,47 @@ def _print_epoch(rec: dict[str, Any]) -> None:
         msg += (f"{ref['clusters']} clusters ({multi_camera_cell(ref)} multi-camera), "
                 f"{ref['outliers']} outliers{', F ' + _pct(q.get('f_score')) if q else ''}, ")
     msg += f"loss {rec['train']['loss']:.3f}"
+    mined = _mined(rec)
+    if mined:
+        msg += f", {mined['pairs']} mined positive pairs ({_pct(mined['precision'])}% one person)"
     if "eval" in rec:
-        msg += f", mAP {_pct(rec['eval']['mAP'])}, R1 {_pct(rec['eval']['rank1'])}"
+        msg += (f", mAP {_pct(rec['eval']['mAP'])} (trapezoid {_pct(rec['eval'].get('mAP_trapezoid'))}), "
+                f"R1 {_pct(rec['eval']['rank1'])}")
     err_console.print(msg, highlight=False)
     if ref is not None:
         warn_single_camera(ref)
 
 
+def _mined(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The quality of the pairs a method mined this epoch (MAR), when ground truth scored them."""
+    mined = rec.get("train", {}).get("mined_pairs_quality")
+    return mined if mined and mined.get("precision") is not None else None
+
+
 def summary_table(result: dict[str, Any]) -> Table:
+    """Per epoch: the labels (clustering methods) or the mined pairs (MAR), the loss, and mAP
+    with both AP conventions (sklearn, the CC family's; trapezoid, MAR's) and the ranks."""
+    clusters = any("refine" in rec for rec in result["epochs"])
+    label_cols = ("clusters", "multi-cam", "outliers", "pairwise F", "NMI") if clusters else ("mined pairs",
+                                                                                            "pair precision")
     table = Table(title=f"{result['run_dir']} ({result['method']})", title_justify="left")
-    for col in ("epoch", "clusters", "multi-cam", "outliers", "pairwise F", "NMI", "loss", "mAP", "R1", "R5", "R10"):
+    for col in ("epoch", *label_cols, "loss", "mAP", "mAP trapz", "R1", "R5", "R10"):
         table.add_column(col, justify="right")
     for rec in result["epochs"]:
         ref, ev = rec.get("refine", {}), rec.get("eval", {})
-        q = ref.get("quality", {})
-        table.add_row(str(rec["epoch"]), str(ref.get("clusters", "—")), multi_camera_cell(ref),
-                      str(ref.get("outliers", "—")), _pct(q.get("f_score")), _pct(q.get("nmi")),
-                      f"{rec['train']['loss']:.3f}" if "train" in rec else "—",
-                      _pct(ev.get("mAP")), _pct(ev.get("rank1")), _pct(ev.get("rank5")), _pct(ev.get("rank10")))
+        if clusters:
+            q = ref.get("quality", {})
+            cells = (str(ref.get("clusters", "—")), multi_camera_cell(ref), str(ref.get("outliers", "—")),
+                     _pct(q.get("f_score")), _pct(q.get("nmi")))
+        else:
+            mined = _mined(rec)
+            cells = (str(mined["pairs"]) if mined else "—", _pct(mined["precision"]) if mined else "—")
+        table.add_row(str(rec["epoch"]), *cells, f"{rec['train']['loss']:.3f}" if "train" in rec else "—",
+                      _pct(ev.get("mAP")), _pct(ev.get("mAP_trapezoid")), _pct(ev.get("rank1")), _pct(ev.get("rank5")),
+                      _pct(ev.get("rank10")))
     for label in ("best", "last"):
         ev = result.get(label)
         if ev:
-            table.add_row(f"[bold]{label}[/] ({ev['epoch']})", "", "", "", "", "", "", _pct(ev["mAP"]),
-                          _pct(ev["rank1"]), _pct(ev["rank5"]), _pct(ev["rank10"]))
+            table.add_row(f"[bold]{label}[/] ({ev['epoch']})", *[""] * (len(label_cols) + 1), _pct(ev["mAP"]),
+                          _pct(ev.get("mAP_trapezoid")), _pct(ev["rank1"]), _pct(ev["rank5"]), _pct(ev["rank10"]))
     return table

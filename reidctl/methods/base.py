@@ -196,7 +196,8 @@ class Method(TrainingMethod):
 
 
 def _field_names(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+    """The option names of an options dataclass (inherited fields it marks unused left out)."""
+    return {name for name, _, _ in option_fields(cls)}
 
 
 def _owners(keys: list[str], options_of: Callable[[type[Method]], Iterable[str]]) -> str:

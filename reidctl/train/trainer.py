@@ -150,8 +150,8 @@ def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, over
     Method options not in ``overrides`` keep the checkpoint's values when it was trained with the
     same method, else the method's defaults. The training generator, optimiser, scaler, method
     state (and persistent arrays, from their file beside ``source``) and global RNG states are
-    restored. A checkpoint of another method (a source pretraining, a cc run that starts a pplr
-    one) or without training state (plain model weights) gives only its weights, and its heads
+    restored. A checkpoint of another method (a source pretraining, another
+    method's run) or without training state (plain model weights) gives only its weights, and its heads
     when the method takes them (``method_cls.heads_from``): the session starts at epoch 0 with a
     fresh optimiser and a generator seeded with ``seed``.
     """

@@ -33,7 +33,7 @@ from reidctl.methods.mar.agents import AgentClassifier
 from reidctl.methods.mar.pretrain import PRETRAIN
 from reidctl.methods.mar.refine import MARRefineOptions, refine_mar
 from reidctl.methods.mar.source import SOURCE_SPLITS, SourceData, load_source, mar_transform
-from reidctl.options import option, resolve
+from reidctl.options import option, resolve, unused
 from reidctl.train.contract import Forward, StepResult, StreamContext
 from reidctl.train.optim import multistep_at_epoch_start, official_milestones, sgd_no_bn_decay
 from reidctl.train.streams import labelled_stream, zip_streams
@@ -48,10 +48,10 @@ class MARParams(TrainParams):
     lr: float = field(default=2e-4, metadata=option("Learning rate."))
     weight_decay: float = field(default=2.5e-2, metadata=option("Weight decay (MAR: none on BatchNorm parameters)."))
     # one pass over the source per epoch, shuffled batches, a MultiStep schedule: unused here
-    iters: int = field(default=200, metadata=option("unused", loop=False))
-    num_instances: int = field(default=1, metadata=option("unused", loop=False))
-    step_size: int = field(default=20, metadata=option("unused", loop=False))
-    sampler_anchor: str = field(default="first", metadata=option("unused", loop=False))
+    iters: int = field(default=200, metadata=unused())
+    num_instances: int = field(default=1, metadata=unused())
+    step_size: int = field(default=20, metadata=unused())
+    sampler_anchor: str = field(default="first", metadata=unused())
     momentum: float = field(default=0.9, metadata=option("SGD momentum."))
     gamma: float = field(default=0.1, metadata=option("MultiStep lr factor (at 5/8 and 7/8 of the run)."))
     schedule_epochs: int = field(default=20, metadata=option(

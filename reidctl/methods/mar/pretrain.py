@@ -36,7 +36,7 @@ from reidctl.methods.mar.losses import agent_learning_loss, normalized_agents
 from reidctl.methods.mar.source import SOURCE_SPLITS, SourceData, load_source, mar_transform
 from reidctl.models.reid import ReidModel
 from reidctl.models.spec import ModelSpec
-from reidctl.options import option, resolve
+from reidctl.options import option, resolve, unused
 from reidctl.precision import DEFAULT_AMP
 from reidctl.progress import progress_bar
 from reidctl.stages import Prelude, RunContext
@@ -54,10 +54,10 @@ class PretrainParams(TrainParams):
     epochs: int = field(default=20, metadata=option("Pretraining epochs (passes over the source)."))
     batch_size: int = field(default=64, metadata=option("Source images per step."))
     # shuffled batches, one pass per epoch, a MultiStep schedule: these shared options do not apply
-    iters: int = field(default=200, metadata=option("unused", loop=False))
-    num_instances: int = field(default=1, metadata=option("unused", loop=False))
-    step_size: int = field(default=20, metadata=option("unused", loop=False))
-    sampler_anchor: str = field(default="first", metadata=option("unused", loop=False))
+    iters: int = field(default=200, metadata=unused())
+    num_instances: int = field(default=1, metadata=unused())
+    step_size: int = field(default=20, metadata=unused())
+    sampler_anchor: str = field(default="first", metadata=unused())
     lr: float = field(default=0.01, metadata=option("SGD learning rate."))
     weight_decay: float = field(default=5e-4, metadata=option("Weight decay (none on BatchNorm parameters)."))
     momentum: float = field(default=0.9, metadata=option("SGD momentum."))
