@@ -24,18 +24,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim.lr_scheduler import LRScheduler
 
 from reidctl.errors import ReidctlError
 from reidctl.methods.base import EpochData, Method, Refined, TrainParams
 from reidctl.methods.mar import losses as L
 from reidctl.methods.mar.agents import AgentClassifier
-from reidctl.methods.mar.pretrain import PRETRAIN
+from reidctl.methods.mar.pretrain import PRETRAIN, AgentTraining
 from reidctl.methods.mar.refine import MARRefineOptions, refine_mar
 from reidctl.methods.mar.source import SOURCE_SPLITS, SourceData, load_source, mar_transform
 from reidctl.options import option, resolve, unused
 from reidctl.train.contract import Forward, StepResult, StreamContext
-from reidctl.train.optim import multistep_at_epoch_start, official_milestones, sgd_no_bn_decay
 from reidctl.train.streams import labelled_stream, zip_streams
 
 
@@ -104,7 +102,7 @@ class MARState:
     positives: list[torch.Tensor] = field(default_factory=list)  # mined positive pairs, target rows
 
 
-class MAR(Method):
+class MAR(AgentTraining, Method):
     """``mar``: soft multilabel learning against the agents of a labelled source."""
 
     name = "mar"
@@ -156,18 +154,10 @@ class MAR(Method):
             self._source = load_source(p.aux_data, p.aux_dataset, p.aux_splits)
         return self._source
 
-    # ---- optimisation
+    # ---- optimisation: the agents, SGD and the schedule (AgentTraining)
 
-    def build_heads(self, model: nn.Module) -> AgentClassifier:
-        return AgentClassifier(model.channels, torch.as_tensor(self.source.pids))
-
-    def configure_optimizer(self, model: nn.Module, heads: nn.Module | None) -> torch.optim.Optimizer:
-        p = self.params
-        return sgd_no_bn_decay((model, heads), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-
-    def configure_scheduler(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> LRScheduler:
-        p = self.params
-        return multistep_at_epoch_start(optimizer, epoch, official_milestones(p.schedule_epochs), p.gamma)
+    def schedule_length(self) -> int:
+        return self.params.schedule_epochs
 
     # ---- the epoch: one pass over the source, the target restarting when exhausted
 

@@ -73,7 +73,32 @@ class PretrainParams(TrainParams):
             raise ReidctlError("--momentum must not be negative and --scale must be positive")
 
 
-class SourcePretraining(TrainingMethod):
+class AgentTraining:
+    """What source pretraining and MAR share (a mixin before ``TrainingMethod``): the agents as
+    trainer heads over the source's identities, and MAR's SGD and MultiStep schedule laid out
+    over ``schedule_length()`` epochs."""
+
+    params: Any
+    source: SourceData | None
+
+    def schedule_length(self) -> int:
+        raise NotImplementedError
+
+    def build_heads(self, model: ReidModel) -> AgentClassifier:
+        if self.source is None:
+            raise ReidctlError("training the agents needs their labelled source dataset")
+        return AgentClassifier(model.channels, torch.as_tensor(self.source.pids))
+
+    def configure_optimizer(self, model: nn.Module, heads: nn.Module | None) -> torch.optim.Optimizer:
+        p = self.params
+        return sgd_no_bn_decay((model, heads), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> LRScheduler:
+        return multistep_at_epoch_start(optimizer, epoch, official_milestones(self.schedule_length()),
+                                        self.params.gamma)
+
+
+class SourcePretraining(AgentTraining, TrainingMethod):
     """Normalised softmax over the source identities (not a registered unsupervised method:
     it trains on ground-truth labels of a *labelled* dataset)."""
 
@@ -86,18 +111,8 @@ class SourcePretraining(TrainingMethod):
         super().__init__(params)
         self.source = source
 
-    def build_heads(self, model: ReidModel) -> AgentClassifier:
-        if self.source is None:
-            raise ReidctlError("source pretraining needs its labelled source dataset")
-        return AgentClassifier(model.channels, torch.as_tensor(self.source.pids))
-
-    def configure_optimizer(self, model: nn.Module, heads: nn.Module | None) -> torch.optim.Optimizer:
-        p = self.params
-        return sgd_no_bn_decay((model, heads), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-
-    def configure_scheduler(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> LRScheduler:
-        p = self.params
-        return multistep_at_epoch_start(optimizer, epoch, official_milestones(p.epochs), p.gamma)
+    def schedule_length(self) -> int:
+        return self.params.epochs
 
     def epoch_length(self, data: EpochData) -> int:
         return len(data.labels) // self.params.batch_size
