@@ -33,7 +33,7 @@ Conventions (all shared by every ``ap=`` choice):
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -82,9 +82,10 @@ _NON_FINITE = "the distance matrix contains NaN or infinite values (are the feat
 class _Accumulator:
     """Running sums over query blocks, so the full Q×G matrix never has to exist at once."""
 
-    def __init__(self, max_rank: int) -> None:
+    def __init__(self, max_rank: int, also: Sequence[str] = ()) -> None:
         self.max_rank = max_rank
         self.ap_sum = 0.0
+        self.also = {kind: 0.0 for kind in also}  # AP sums of other conventions, for mAP_<kind>
         self.inp_sum = 0.0
         self.cmc_counts = np.zeros(max_rank, dtype=np.int64)
         self.num_valid = 0
@@ -93,12 +94,14 @@ class _Accumulator:
         n = self.num_valid
         if n == 0:
             nan = float("nan")
-            return {"mAP": nan, "cmc": np.full(self.max_rank, nan), "mINP": nan, "num_valid_queries": 0}
+            return {"mAP": nan, "cmc": np.full(self.max_rank, nan), "mINP": nan, "num_valid_queries": 0,
+                    **{f"mAP_{kind}": nan for kind in self.also}}
         return {
             "mAP": self.ap_sum / n,
             "cmc": np.cumsum(self.cmc_counts) / n,
             "mINP": self.inp_sum / n,
             "num_valid_queries": int(n),
+            **{f"mAP_{kind}": total / n for kind, total in self.also.items()},
         }
 
 
@@ -231,6 +234,23 @@ def _evaluate_block(
     first = s_sorted[starts[:-1]]
     last = s_sorted[starts[1:] - 1]
 
+    for kind in (ap, *acc.also):
+        ap_rows = _ap_rows(kind, rows, d, starts, n_le, j, s_sorted, r_sorted, n_pos)
+        if kind == ap:
+            acc.ap_sum += float(ap_rows.sum())
+        else:
+            acc.also[kind] += float(ap_rows.sum())
+    acc.inp_sum += float((n_pos / (last + 1)).sum())
+    hit = first < acc.max_rank
+    acc.cmc_counts += np.bincount(first[hit], minlength=acc.max_rank)[: acc.max_rank]
+    acc.num_valid += num_rows
+
+
+def _ap_rows(ap: str, rows: np.ndarray, d: np.ndarray, starts: np.ndarray, n_le: np.ndarray, j: np.ndarray,
+             s_sorted: np.ndarray, r_sorted: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
+    """Each query row's AP under convention ``ap`` (:data:`AP_KINDS`), from its correct matches'
+    distances ``d`` and ranks (see :func:`_evaluate_block`)."""
+    num_rows = len(n_pos)
     if ap == "sklearn":
         # Precision at a match = TP(<= d_p) / N(<= d_p): ties grouped like scikit-learn's
         # thresholds. TP(<= d_p) = position of the end of p's tie group among the row's matches.
@@ -254,12 +274,7 @@ def _evaluate_block(
                 prev = np.where(s_sorted > 0, j / np.maximum(s_sorted, 1), 1.0)
             terms = (prev + prec) / 2.0
         ap_rows = np.bincount(r_sorted, weights=terms, minlength=num_rows) / n_pos
-
-    acc.ap_sum += float(ap_rows.sum())
-    acc.inp_sum += float((n_pos / (last + 1)).sum())
-    hit = first < acc.max_rank
-    acc.cmc_counts += np.bincount(first[hit], minlength=acc.max_rank)[: acc.max_rank]
-    acc.num_valid += num_rows
+    return ap_rows
 
 
 def evaluate_ranking(
@@ -271,6 +286,7 @@ def evaluate_ranking(
     ap: str = "sklearn",
     max_rank: int = 50,
     pairs: str = "market",
+    also: Sequence[str] = (),
 ) -> dict[str, Any]:
     """mAP, CMC and mINP of a query×gallery distance matrix (smaller = more similar).
 
@@ -278,8 +294,11 @@ def evaluate_ranking(
     min(max_rank, G)), "mINP": float, "num_valid_queries": int}``; metrics are NaN when no query
     has a valid correct match. ``ap`` is one of :data:`AP_KINDS`, ``pairs`` one of
     :data:`PAIRS` (see the module docstring). Rows are processed in blocks, so a memory-mapped
-    ``distmat`` is never loaded whole.
+    ``distmat`` is never loaded whole. ``also``: further AP conventions, computed in the same
+    pass and returned as ``mAP_<kind>``.
     """
+    for kind in also:
+        _check_choice("ap", kind, AP_KINDS)
     _check_choice("ap", ap, AP_KINDS)
     _check_choice("pairs", pairs, PAIRS)
     if max_rank < 1:
@@ -295,7 +314,7 @@ def evaluate_ranking(
     g_camids = _labels(g_camids, num_g, "g_camids")
     _check_cameras(pairs, q_camids, g_camids)
 
-    acc = _Accumulator(min(max_rank, num_g) if num_g else max_rank)
+    acc = _Accumulator(min(max_rank, num_g) if num_g else max_rank, also)
     step = max(1, _BLOCK_ELEMS // max(num_g, 1))
     for s in range(0, num_q, step):
         block = np.asarray(distmat[s : s + step])
@@ -584,6 +603,7 @@ def evaluate_features(
     k2: int = 6,
     lambda_value: float = 0.3,
     rerank_max_bytes: int = DEFAULT_RERANK_MAX_BYTES,
+    also: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Evaluate query/gallery features with squared Euclidean distance, as the CC family.
 
@@ -594,6 +614,8 @@ def evaluate_features(
     (``rerank_max_bytes``). Returns what :func:`evaluate_ranking` returns.
     """
     _check_choice("ap", ap, AP_KINDS)
+    for kind in also:
+        _check_choice("ap", kind, AP_KINDS)
     _check_choice("pairs", pairs, PAIRS)
     if max_rank < 1:
         raise ValueError("max_rank must be >= 1")
@@ -619,10 +641,10 @@ def evaluate_features(
         dist = _rerank_core(full, num_q, k1, k2, lambda_value)
         del full
         return evaluate_ranking(
-            dist, q_pids, g_pids, q_camids, g_camids, ap=ap, max_rank=max_rank, pairs=pairs
+            dist, q_pids, g_pids, q_camids, g_camids, ap=ap, max_rank=max_rank, pairs=pairs, also=also
         )
 
-    acc = _Accumulator(min(max_rank, num_g) if num_g else max_rank)
+    acc = _Accumulator(min(max_rank, num_g) if num_g else max_rank, also)
     step = max(1, _BLOCK_ELEMS // max(num_g, 1))
     for s, block in _distance_blocks(qf, gf, chunk, device):
         for t in range(0, block.shape[0], step):

@@ -26,10 +26,12 @@ def _check(ap: str, pairs: str) -> None:
 
 
 def summarise(result: dict[str, Any], n_query: int, n_gallery: int, **settings: Any) -> dict[str, Any]:
-    """Flatten evaluate_features' result into the record the CLI and the loop log print."""
+    """Flatten evaluate_features' result into the record the CLI and the loop log print: ``mAP``
+    with the chosen AP convention and ``mAP_<other>`` with the other one (sklearn, trapezoid)."""
     cmc = np.asarray(result["cmc"])
     rank = {f"rank{k}": float(cmc[k - 1]) if len(cmc) >= k else float("nan") for k in (1, 5, 10)}
-    return {"mAP": float(result["mAP"]), **rank, "mINP": float(result["mINP"]),
+    also = {k: float(v) for k, v in result.items() if k.startswith("mAP_")}
+    return {"mAP": float(result["mAP"]), **also, **rank, "mINP": float(result["mINP"]),
             "queries": n_query, "valid_queries": int(result.get("num_valid_queries", n_query)),
             "gallery": n_gallery, **settings}
 
@@ -51,8 +53,9 @@ def evaluate_arrays(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, spl
                "same-camera matches" if pairs != "same-camera" and len(cams) <= 1
                else "no query identity has a gallery image it may be matched with")
         raise ReidctlError(f"{source}: none of its {len(q)} queries can be evaluated with --pairs {pairs}: {why}")
+    other = next(k for k in AP_CHOICES if k != ap)  # reported beside it, from the same ranking
     result = evaluate_features(feats[q], feats[g], pids[q], pids[g], camids[q], camids[g],
-                               ap=ap, rerank=rerank, pairs=pairs)
+                               ap=ap, rerank=rerank, pairs=pairs, also=(other,))
     return summarise(result, len(q), len(g), ap=ap, rerank=rerank, pairs=pairs)
 
 

@@ -461,3 +461,18 @@ def test_rerank_memory_limit():
         re_ranking(q_g, q_q, g_g, max_bytes=1000)
     # MSMT17 (11,659 × 82,161) is far over the default 8 GB
     assert E.rerank_memory_bytes(11_659, 82_161) > E.DEFAULT_RERANK_MAX_BYTES
+
+
+def test_the_other_ap_convention_comes_from_the_same_ranking():
+    rng = np.random.default_rng(4)
+    dist = rng.random((7, 12)).round(1)  # rounded: ties, which the conventions treat differently
+    q_pids, g_pids = rng.integers(0, 3, 7), rng.integers(0, 3, 12)
+    q_cams, g_cams = rng.integers(0, 2, 7), rng.integers(0, 2, 12)
+    both = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, ap="sklearn", also=("trapezoid", "matlab"))
+    for kind in ("trapezoid", "matlab"):
+        alone = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, ap=kind)
+        assert both[f"mAP_{kind}"] == pytest.approx(alone["mAP"])
+    assert both["mAP"] == pytest.approx(evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams)["mAP"])
+    assert both["mAP_trapezoid"] != pytest.approx(both["mAP"])
+    with pytest.raises(ValueError, match="ap='bogus' is not one of"):
+        evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, also=("bogus",))
