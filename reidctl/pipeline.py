@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
-from reidctl.artifacts import file_digest, read_meta
+from reidctl.artifacts import file_digest, read_ground_truth, read_meta, read_method_state
+from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.stage import run_cluster
 from reidctl.data.base import Dataset
 from reidctl.data.datasets import load_dataset
@@ -43,8 +44,6 @@ from reidctl.precision import DEFAULT_AMP, precision_name
 from reidctl.refine import default_cluster_params, run_refine
 from reidctl.rundir import Notice, RunDir, StageResult, stage_key, write_json
 from reidctl.stages import Prelude, RunContext
-from reidctl.artifacts import read_ground_truth, read_method_state
-from reidctl.cluster.quality import pair_precision
 from reidctl.train.checkpoint import checkpoint_digest, method_arrays_path
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 

@@ -50,8 +50,9 @@ def train_epoch(
     if run["json"]:
         print_json(result)
     else:
+        clusters = f" in {result['clusters']} clusters" if get_method(method).clusters else ""
         err_console.print(
             f"epoch {result['epoch']}: loss {result['loss']:.4f}, {result['iterations']} iterations on "
-            f"{result['images']} images in {result['clusters']} clusters, {result['seconds']:.1f} s → {out}",
+            f"{result['images']} images{clusters}, {result['seconds']:.1f} s → {out}",
             highlight=False,
         )
