@@ -42,9 +42,9 @@ T_THROUGHPUT_AMP=55
 T_METHODS=10            # listing the registry (not a check; counted against the deadline)
 
 # The tiny loop settings of tests/pins.py (which tests/test_pins.py runs on the CPU).
-LOOP_COMMON=(--data synthetic:tiny --arch resnet18 --height 64 --width 32 --k1 6 --k2 2 --min-samples 3
-             --iters 2 --batch-size 8 --num-instances 4 --bn-chunks 2 --epochs 2 --eval-every 1 --workers 2
-             --json)
+LOOP_COMMON=(--data synthetic:tiny --arch resnet18 --height 64 --width 32 --bn-chunks 2 --epochs 2 --eval-every 1
+             --workers 2 --json)
+LOOP_CLUSTERING=(--k1 6 --k2 2 --min-samples 3 --iters 2 --batch-size 8 --num-instances 4)
 # pytest -k expression: the tests that need (or behave differently with) CUDA. Tests that need a
 # GPU are skipped with "needs a CUDA device" / "needs faiss-gpu and a GPU" (tests/test_search.py);
 # test_user_errors_exit_2_without_traceback asks for cuda:7, a missing device on a 1-GPU machine.
@@ -151,8 +151,13 @@ loop_where() {  # loop_where RUN_DIR: the last record of its log.jsonl, as a DET
 check_loop() {  # check_loop METHOD
     local method=$1 extra=()
     case $method in
-        cc | pplr) extra=(--eps 0.5) ;;
-        icrefine) extra=(--n-clusters 12 --intra-epochs 2 --intra-iters 2 --intra-clusters images/3) ;;
+        cc | pplr) extra=("${LOOP_CLUSTERING[@]}" --eps 0.5) ;;
+        icrefine) extra=("${LOOP_CLUSTERING[@]}" --n-clusters 12 --intra-epochs 2 --intra-iters 2
+                         --intra-clusters images/3) ;;
+        # no clustering: a labelled source, its pretraining prelude, small two-domain steps
+        mar) extra=(--aux-data synthetic:tiny-source --pretrain-epochs 1 --pretrain-batch-size 8 --batch-size 16
+                    --mining-ratio 0.2) ;;
+        *) extra=("${LOOP_CLUSTERING[@]}") ;;
     esac
     local run=$WORK/loop_$method out=$LOG_DIR/loop_$method.json
     # killed by the timeout: say where the loop was
