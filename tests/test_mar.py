@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,3 +298,18 @@ def test_refine_mar_writes_multilabels_and_the_agreement_pairs(data, source_ckpt
     got = lab.extra["agreement_pairs"].tocoo()
     assert set(zip(got.row.tolist(), got.col.tolist())) == expected
     run_error("refine", "--method", "mar", feats, "--out", tmp_path / "y.h5", match="--agents CHECKPOINT is required")
+
+
+def test_the_pair_quality_example_ranks_pairs_both_ways(data, source_ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    _, target = data
+    feats = tmp_path / "train.h5"
+    run_ok("extract", "--data", target, "--checkpoint", source_ckpt, "--out", feats, "--device", "cpu")
+    script = Path(__file__).resolve().parents[1] / "examples" / "mar_pair_quality.py"
+    out = subprocess.run([sys.executable, script, feats, source_ckpt, "0.1"], capture_output=True, text=True,
+                         check=True).stdout
+    n_pairs = int(30 * 29 / 2 * 0.1)
+    assert f"top 10.000% = {n_pairs} pairs" in out
+    assert out.count(f"{n_pairs} pairs, precision") == 2
