@@ -270,6 +270,21 @@ def test_mar_user_errors(data, source_ckpt, tmp_path):
     run_error(*base, "--aux-data", other, "--checkpoint", source_ckpt, *MAR_ARGS, match="another source")
     run_error("pretrain", "--data", target, "--out", tmp_path / "x.pt", "--splits", "all", *RUN,
               match="choose train or train,test")
+    cc_ckpt = tmp_path / "cc.pt"
+    run_ok("train-epoch", "--data", target, "--checkpoint", source_ckpt, "--method", "cc", "--out", cc_ckpt,
+           "--labels", _labels_of(target, tmp_path), "--iters", "1", "--batch-size", "8", "--num-instances", "4",
+           "--bn-chunks", "2", *RUN)
+    run_error(*base, "--aux-data", source, "--checkpoint", cc_ckpt, *MAR_ARGS, match="has no agents")
+
+
+def _labels_of(root, tmp_path):
+    """A labels file of the target's train split: its identities (a stand-in for clustering)."""
+    from reidctl.artifacts import write_labels
+
+    train = load_dataset(root).train
+    path = tmp_path / "labels.h5"
+    write_labels(path, np.array([s.pid for s in train], dtype=np.int32), paths=[s.relpath for s in train])
+    return path
 
 
 def test_refine_mar_writes_multilabels_and_the_agreement_pairs(data, source_ckpt, tmp_path):

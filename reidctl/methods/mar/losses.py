@@ -294,7 +294,8 @@ class MinedPairs:
     negative: Tensor
 
 
-def mine_pairs(z: Tensor, ml_rows: Tensor, threshold: float, ratio: float) -> MinedPairs:
+def mine_pairs(z: Tensor, ml_rows: Tensor, threshold: float, ratio: float,
+               agreements: Tensor | None = None) -> MinedPairs:
     """Take the ``mining_count(n, ratio)`` closest pairs by Euclidean distance of the detached
     features; those with ``agreement(ml_i, ml_j) > threshold`` are positives, the rest negatives.
 
@@ -302,7 +303,8 @@ def mine_pairs(z: Tensor, ml_rows: Tensor, threshold: float, ratio: float) -> Mi
     are float64 as in the official scipy code; ties in distance are broken by pair order
     (stable sort; numpy's default argsort there is not stable). Does not touch the threshold:
     update it afterwards, as the official code does. 0 mined pairs (tiny batch) gives two empty
-    sets, as officially.
+    sets, as officially. ``agreements``: ``pair_agreements(ml_rows)`` when the caller has them
+    already (it needs them for the threshold update too).
     """
     n = z.shape[0]
     k = mining_count(n, ratio)
@@ -311,7 +313,7 @@ def mine_pairs(z: Tensor, ml_rows: Tensor, threshold: float, ratio: float) -> Mi
         return MinedPairs(empty, empty.clone())
     with torch.no_grad():
         dist = torch.pdist(z.detach().double())
-        agree = pair_agreements(ml_rows).to(dist.device)
+        agree = (pair_agreements(ml_rows) if agreements is None else agreements).to(dist.device)
         order = torch.argsort(dist, stable=True)[:k]
         ii, jj = torch.triu_indices(n, n, 1, device=dist.device)
         pairs = torch.stack([ii[order], jj[order]], 1).to(z.device)

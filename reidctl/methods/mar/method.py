@@ -238,15 +238,18 @@ class MAR(AgentTraining, Method):
         pairs are split by the current threshold, which then moves towards the batch's quantile."""
         p = self.params
         rows = L.update_memory(self.memory, self.visited, index, ml, p.memory_momentum)
-        pairs = L.mine_pairs(zt, rows, self.threshold, p.mining_ratio)
-        if len(rows) > 1:
-            t_batch = L.top_agreement(L.pair_agreements(rows), p.mining_ratio)
+        agreements = L.pair_agreements(rows)
+        pairs = L.mine_pairs(zt, rows, self.threshold, p.mining_ratio, agreements)
+        if len(agreements):
+            t_batch = L.top_agreement(agreements, p.mining_ratio)
             self.threshold = L.update_threshold(self.threshold, t_batch, p.threshold_momentum)
         state.positives.append(index[pairs.positive].detach())
         return L.mdl_loss(zt, pairs), {"positives": float(len(pairs.positive)), "negatives": float(len(pairs.negative)),
                                        "threshold": float(self.threshold)}
 
     def epoch_summary(self, state: MARState) -> dict[str, Any]:
+        """The epoch's end: its mined positive pairs become part of the state saved beside the
+        checkpoint (the loop scores them against ground truth)."""
         if state.positives:
             self.mined = torch.cat(state.positives).cpu().numpy().astype(np.int64)
         else:

@@ -219,8 +219,12 @@ def _run(ctx: RunContext, options: PretrainOptions, out: Path) -> dict[str, Any]
 
 
 def _read_given(path: Path, ds: Any) -> str:
-    """A user's ``--checkpoint``: any reidctl checkpoint (its digest)."""
-    load_checkpoint(path, mmap=True)
+    """A user's ``--checkpoint`` in place of the stage: a checkpoint with agents (of ``pretrain``
+    or of a MAR run); its digest."""
+    payload = load_checkpoint(path, mmap=True)
+    if payload.get("method") not in ("pretrain", "mar"):
+        raise ReidctlError(f"{path}: a checkpoint of --method {payload.get('method')} has no agents; MAR starts from "
+                           "one of `reidctl pretrain` (or leave out --checkpoint to pretrain first)")
     return checkpoint_digest(path)
 
 
