@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from reidctl import dist
 from reidctl.data.base import Sample
 from reidctl.data.images import load_image
-from reidctl.data.stats import IMAGENET, Norm
+from reidctl.data.stats import IMAGENET, Norm, given_norm
 from reidctl.data.transforms import ResizedBytes, normalize_batch
 from reidctl.device import resolve_extract_batch, resolve_workers
 from reidctl.precision import DEFAULT_AMP, autocast, memory_format, resolve_amp
@@ -67,10 +67,7 @@ def extract_features(
     input normalisation (:func:`reidctl.data.stats.input_norm` of the model and the dataset);
     None: ImageNet's, which only a model with ``input_norm == "imagenet"`` may use.
     """
-    if norm is None:
-        if model.config.input_norm != "imagenet":
-            raise ValueError("a model with --input-norm dataset needs the dataset's norm (reidctl.data.stats.input_norm)")
-        norm = IMAGENET
+    norm = given_norm(model.config, norm)
     if not dist.is_distributed():
         feats, parts, keep, bad, error = _extract_rows(
             model, samples, batch_size=batch_size, workers=workers, device=device, amp=amp,

@@ -13,7 +13,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from reidctl.data.fingerprint import split_fingerprint
 from reidctl.data.synthetic import cache_dir
 from reidctl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from reidctl.errors import DatasetError
+
+if TYPE_CHECKING:
+    from reidctl.models.reid import ModelConfig
 
 STATS_VERSION = 1
 
@@ -90,9 +93,19 @@ def _store(path: Path, norm: Norm) -> None:
         pass
 
 
-def input_norm(config, train: Sequence[Sample], workers: int = 0) -> Norm:
+def input_norm(config: ModelConfig, train: Sequence[Sample], workers: int = 0) -> Norm:
     """The normalisation of a model's input for images of a dataset whose train split is
     ``train``: ImageNet's, or that split's own statistics (``config.input_norm == "dataset"``)."""
     if config.input_norm == "imagenet":
         return IMAGENET
     return dataset_norm(train, config.height, config.width, workers)
+
+
+def given_norm(config: ModelConfig, norm: Norm | None) -> Norm:
+    """``norm``, or ImageNet's when none was given, which only a model normalising with ImageNet's
+    statistics may rely on (a ``dataset`` model needs its dataset's, from :func:`input_norm`)."""
+    if norm is not None:
+        return norm
+    if config.input_norm != "imagenet":
+        raise ValueError("a model with --input-norm dataset needs the dataset's norm (reidctl.data.stats.input_norm)")
+    return IMAGENET

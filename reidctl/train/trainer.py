@@ -33,7 +33,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from reidctl import dist
 from reidctl.data.base import Sample
 from reidctl.data.samplers import SEED_BOUND
-from reidctl.data.stats import IMAGENET, Norm, input_norm
+from reidctl.data.stats import Norm, given_norm, input_norm
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.device import resolve_workers
@@ -150,10 +150,10 @@ def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, over
     Method options not in ``overrides`` keep the checkpoint's values when it was trained with the
     same method, else the method's defaults. The training generator, optimiser, scaler, method
     state (and persistent arrays, from their file beside ``source``) and global RNG states are
-    restored. A checkpoint of another method (a source pretraining, another
-    method's run) or without training state (plain model weights) gives only its weights, and its heads
-    when the method takes them (``method_cls.heads_from``): the session starts at epoch 0 with a
-    fresh optimiser and a generator seeded with ``seed``.
+    restored. A checkpoint of another method (a source pretraining, another method's run) or
+    without training state (plain model weights) gives only its weights, and its heads when the
+    method takes them (``method_cls.heads_from``): the session starts at epoch 0 with a fresh
+    optimiser and a generator seeded with ``seed``.
     """
     model = ReidModel(ModelConfig.from_dict(payload["model_config"]))
     same = payload.get("method") == method_cls.name
@@ -332,10 +332,7 @@ def _stream_context(session: TrainSession, samples: Sequence[Sample], data: Epoc
     if length < 1:
         raise ReidctlError(f"--method {method.name} gives an epoch of {length} steps; it needs at least 1")
     world, cfg = dist.world_size(), session.model.config
-    if norm is None:
-        if cfg.input_norm != "imagenet":
-            raise ValueError("a model with --input-norm dataset needs the dataset's norm (reidctl.data.stats.input_norm)")
-        norm = IMAGENET
+    norm = given_norm(cfg, norm)
     return StreamContext(samples=samples, data=data, generator=session.generator, device=device, rank=dist.rank(),
                          world=world, workers=resolve_workers(workers, device), height=cfg.height, width=cfg.width,
                          batch_size=p.batch_size, per_rank=p.batch_size // world, length=length, norm=norm,
