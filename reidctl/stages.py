@@ -38,8 +38,9 @@ class Prelude:
     ``run(context, options, out)`` makes the output and returns a JSON-able summary; ``Options``
     is the dataclass of its options (official defaults, declared with :func:`reidctl.options.option`;
     ``loop`` shows them as ``--<name>-<option>``). The output reaches the method's ``refine`` as
-    its option ``feeds`` (or, with ``starts_model``, is the checkpoint epoch 0 starts from); a user can hand ``loop`` a ready-made output instead with
-    ``--<feeds> FILE``, which ``read_given(path, train_split)`` checks and returns the digest of.
+    its option ``feeds`` (or, with ``starts_model``, is the checkpoint epoch 0 starts from); a
+    user can hand ``loop`` a ready-made output instead with ``--<feeds> FILE``, which
+    ``read_given(path, train_split)`` checks and returns the digest of.
     ``resolve(given, training)`` builds the options from the given prelude options and the
     given training options (a prelude may follow some of those); the loop keys the stage on the
     resolved options, the seed, the train images, the model and the precision.
