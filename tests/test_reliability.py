@@ -242,9 +242,12 @@ def _interrupted_run(cmd, run_dir, sig, env):
         if log.exists() and any(json.loads(x).get("stage") == "train" for x in log.read_text().splitlines()):
             break
         time.sleep(0.05)
-    # a second loop on the same folder, in this process (no start-up delay): refused
+    # frozen while a second loop on the same folder, in this process, is refused: the run cannot
+    # finish meanwhile, however slow the machine
+    proc.send_signal(signal.SIGSTOP)
     run_error(*cmd[3:], "--run-dir", run_dir, match=f"is in use by another reidctl process .pid {proc.pid}")
     proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)  # a stopped process handles SIGINT once it runs again
     _, stderr = proc.communicate(timeout=60)
     assert not (run_dir / "summary.json").exists(), "the run finished before it could be stopped"
     return proc.returncode, stderr
