@@ -234,8 +234,10 @@ LOOP_CLI = [*CLI_ARGS, "--epochs", "2", "--json"]
 def _interrupted_run(cmd, run_dir, sig, env):
     """Start ``cmd`` on ``run_dir``; once epoch 0 has trained, try a second loop on the same folder
     (refused: locked), then send ``sig``. Returns the process's exit code and stderr."""
+    # SIGINT as a terminal delivers it: a suite started in the background (`cmd &`) passes on an
+    # ignored SIGINT, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([*cmd, "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     log = run_dir / "log.jsonl"
     while time.time() < deadline and proc.poll() is None:
