@@ -251,3 +251,29 @@ def read_method_arrays(record: Mapping[str, str], source: str | Path) -> dict[st
         raise ArtifactError(f"{path}: holds other method state (digest {digest}) than {source} was saved with "
                             f"(digest {record['digest']}); it was changed or replaced after the checkpoint was written")
     return arrays
+
+
+def describe_checkpoint(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint holds, for ``reidctl inspect``: the model, the method and its resolved
+    options, where training stands, the per-epoch history and the heads (tensors are
+    memory-mapped, not read)."""
+    payload = load_checkpoint(path, mmap=True)
+    model = payload.get("model") or {}
+    heads = payload.get("heads") or {}
+    return {
+        "path": str(path),
+        "schema": payload.get("schema"),
+        "schema_version": payload.get("schema_version"),
+        "reidctl_version": payload.get("reidctl_version"),
+        "digest": payload.get("digest"),
+        "model_config": payload.get("model_config"),
+        "parameters": int(sum(t.numel() for t in model.values() if t.is_floating_point())),
+        "method": payload.get("method"),
+        "epoch": payload.get("epoch"),
+        "steps": payload.get("steps"),
+        "method_params": payload.get("method_params"),
+        "heads": {k: list(v.shape) for k, v in heads.items()},
+        "method_arrays": payload.get("method_arrays"),
+        "history": payload.get("history") or [],
+        "provenance": payload.get("provenance"),
+    }

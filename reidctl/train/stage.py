@@ -196,6 +196,7 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
             check_state_output(session, req, out)
             session.save(out, provenance={
                 **provenance, "data": str(req.data), "dataset": ds.name, "labels": str(req.labels),
+                "norm": {"mean": list(norm.mean), "std": list(norm.std)},  # the deployed model's preprocessing
                 "inputs": {"labels": rows.digest, "features": feats_digest},
             })
         dist.barrier()

@@ -177,7 +177,8 @@ def run_pretrain(req: PretrainRequest, out: str | Path) -> dict[str, Any]:
             history.append({"epoch": epoch, "loss": stats.loss, **stats.logs, "lr": stats.lr})
         if dist.is_main():
             session.save(out, provenance={**provenance, "data": str(req.data), "splits": req.splits,
-                                          "source_images": n, "source_identities": source.identities})
+                                          "source_images": n, "source_identities": source.identities,
+                                          "norm": {"mean": list(norm.mean), "std": list(norm.std)}})
         dist.barrier()
     return {"out": str(out), "images": n, "identities": source.identities, "splits": req.splits,
             "epochs": p.epochs, "seconds": round(time.perf_counter() - start, 1), "history": history,
