@@ -4,6 +4,7 @@ and `reidctl inspect model.pt` (part of issue 16)."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -64,7 +65,8 @@ def test_torchscript_export_matches_and_records_its_preprocessing(trained, tmp_p
     assert side["format"] == "torchscript" and side["preprocessing"]["mean"] == list(IMAGENET_MEAN)
     module = reidctl.load_model(ckpt)
     x = _preprocessed(data, module)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch ≥ 2.9 marks the jit API deprecated
         exported = torch.jit.load(str(out))(x)
         assert torch.allclose(exported, module(x), atol=1e-5)
     run_error("export", ckpt, "--out", out, match="exists; pass --force")
