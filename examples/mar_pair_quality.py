@@ -23,7 +23,7 @@ pids = read_ground_truth(feats_path)
 cams = fe.camids
 z = F.normalize(torch.as_tensor(fe.feats), dim=1)
 agents = read_agents(ckpt)
-ml = L.soft_multilabels(z, agents)
+ml = L.multilabels_of(fe.feats, agents)
 n = len(z)
 k = int(n * (n - 1) // 2 * ratio)
 

@@ -615,6 +615,15 @@ def read_method_state(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], s
     return arrays, content_digest(METHOD_STATE, arrays, meta.params)
 
 
+def read_state_arrays(path: str | os.PathLike, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Only the named arrays of a method state that has them, unverified (for reports: the pairs
+    MAR mined, without reading and hashing its hundreds of MB of memory)."""
+    path = Path(path)
+    with reading(path) as f:
+        _meta(f, path, METHOD_STATE)
+        return {name: _read_value(f[name]) for name in names if name in f}
+
+
 # --------------------------------------------------------------------------------------------
 # inspection
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
-from reidctl.artifacts import file_digest, read_ground_truth, read_meta, read_method_state
+from reidctl.artifacts import file_digest, read_ground_truth, read_meta, read_state_arrays
 from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.stage import run_cluster
 from reidctl.data.base import Dataset
@@ -140,6 +140,7 @@ class _Loop:
         self.train_overrides = routed.train
         params = self.method_cls.resolve_params(None, routed.train)
         self.train_params = params.to_dict()
+        self.train_reads = self.method_cls.train_reads(self.train_params)  # once: a source's fingerprint
         self._check_parts(self.method_cls(params))
         self.refine_given = routed.refine
         if self.method_cls.clusters:
@@ -274,7 +275,7 @@ class _Loop:
                          seed=cfg.seed, inputs={"checkpoint": ckpt, "labels": ref, "features": feats},
                          reads={**self.images("train"), "model": self.fresh_model(ckpt),
                                 "precision": self.precision, "deterministic": cfg.deterministic,
-                                **self.method_cls.train_reads(self.train_params)})
+                                **self.train_reads})
         return self.stage(call, epoch)
 
     def mined_pairs(self, ckpt: Path, feats: StageResult) -> dict[str, Any]:
@@ -286,8 +287,8 @@ class _Loop:
         pids = read_ground_truth(feats.path)
         if pids is None:
             return {}
-        arrays, _ = read_method_state(method_arrays_path(ckpt))
-        return {f"{name}_quality": pair_precision(arrays[name], pids) for name in names if name in arrays}
+        arrays = read_state_arrays(method_arrays_path(ckpt), names)
+        return {f"{name}_quality": pair_precision(pairs, pids) for name, pairs in arrays.items()}
 
     def start_checkpoint(self, preludes: Mapping[str, StageResult]) -> StageResult | None:
         """What epoch 0 starts from: a prelude's checkpoint (MAR's pretraining, or the user's

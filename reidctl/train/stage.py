@@ -136,10 +136,10 @@ def _epoch_rows(req: TrainEpochRequest, split: Sequence[Sample], label_arrays: S
                      labels.extra, labels.meta.digest)
 
 
-def check_state_output(session: TrainSession, req: TrainEpochRequest, out: str | Path) -> None:
-    """Refuse to write the method's persistent arrays over a file that is not a method state
+def check_state_output(arrays: Mapping[str, Any], req: TrainEpochRequest, out: str | Path) -> None:
+    """Refuse to write the method's persistent ``arrays`` over a file that is not a method state
     (unless ``--force``), or over the state of the checkpoint this epoch continues."""
-    if not session.method.persistent_arrays():
+    if not arrays:
         return
     inputs = (req.labels, req.features, req.checkpoint,
               None if req.checkpoint is None else method_arrays_path(req.checkpoint))
@@ -193,8 +193,9 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
             stats = train_epoch(session, samples, data, epoch=epoch, workers=req.workers,
                                 deterministic=req.deterministic, progress=advance, norm=norm)
         if dist.is_main():
-            check_state_output(session, req, out)
-            session.save(out, provenance={
+            arrays = session.method.persistent_arrays()  # once: a MAR memory is hundreds of MB
+            check_state_output(arrays, req, out)
+            session.save(out, arrays=arrays, provenance={
                 **provenance, "data": str(req.data), "dataset": ds.name, "labels": str(req.labels),
                 "norm": {"mean": list(norm.mean), "std": list(norm.std)},  # the deployed model's preprocessing
                 "inputs": {"labels": rows.digest, "features": feats_digest},

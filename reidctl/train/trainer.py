@@ -123,13 +123,14 @@ class TrainSession:
             "history": list(self.history),
         }
 
-    def save(self, path: str | Path, **extra: Any) -> None:
+    def save(self, path: str | Path, arrays: Mapping[str, np.ndarray] | None = None, **extra: Any) -> None:
         """Write a checkpoint atomically (call on rank 0 only under DDP).
 
-        The method's persistent arrays, when it has any, go to a file of their own beside it
-        (written first, so a checkpoint never names a file that is not there); the checkpoint
-        records that file's name and digest as ``method_arrays``."""
-        arrays = self.method.persistent_arrays()
+        The method's persistent arrays (``arrays`` when the caller already has them), when it has
+        any, go to a file of their own beside it (written first, so a checkpoint never names a
+        file that is not there); the checkpoint records that file's name and digest as
+        ``method_arrays``."""
+        arrays = self.method.persistent_arrays() if arrays is None else arrays
         if arrays:
             extra["method_arrays"] = write_method_arrays(path, arrays, method=self.method.name, epoch=self.epoch)
         save_checkpoint(path, self.model, **self.state_dict(), **extra)

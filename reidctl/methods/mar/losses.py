@@ -19,6 +19,7 @@ Features ``z`` are expected to be L2-normalised rows already.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,13 @@ def soft_multilabels(z: Tensor, agents: Tensor, scale: float = 30.0) -> Tensor:
     ``[−scale, scale]``, so ``log`` of the result cannot underflow in float32.
     """
     return torch.softmax(scale * (_wide(z) @ _wide(agents.detach()).t()), dim=1)
+
+
+def multilabels_of(features: Any, agents: Tensor, scale: float = 30.0, block: int = 4096) -> Tensor:
+    """Soft multilabels of a whole set of stored features (N×D, e.g. a features file's rows),
+    L2-normalised first and computed ``block`` rows at a time (no N×K logits in float64)."""
+    z = F.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
+    return torch.cat([soft_multilabels(z[i:i + block], agents, scale) for i in range(0, len(z), block)])
 
 
 # --------------------------------------------------------------------------------------------

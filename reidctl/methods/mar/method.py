@@ -196,9 +196,7 @@ class MAR(AgentTraining, Method):
         """Centres and threshold from the soft multilabels of every target image (§6.3), an
         empty memory (rows are written on their first visit)."""
         agents = L.normalized_agents(heads.weight.detach().float().cpu())
-        z = F.normalize(torch.as_tensor(data.features, dtype=torch.float32), dim=1)
-        ml = torch.cat([L.soft_multilabels(z[i:i + 4096], agents, self.params.scale)
-                        for i in range(0, len(z), 4096)])
+        ml = L.multilabels_of(data.features, agents, self.params.scale)
         camids = torch.as_tensor(data.camids)
         try:
             self.mu_bar, self.sigma_bar = L.initial_centres(torch.log(ml), camids)

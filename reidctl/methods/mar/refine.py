@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from reidctl.errors import ArtifactError, ReidctlError
 from reidctl.methods.base import Refined
@@ -63,11 +62,11 @@ def refine_mar(features: Any, options: MARRefineOptions) -> Refined:
     if options.top < 1 or options.scale <= 0 or not 0 < options.mining_ratio < 1:
         raise ReidctlError("--top must be at least 1, --scale positive and --mining-ratio in (0, 1)")
     agents = read_agents(options.agents)
-    z = F.normalize(torch.as_tensor(features.feats, dtype=torch.float32), dim=1)
-    if z.shape[1] != agents.shape[1]:
-        raise ReidctlError(f"{options.agents}: its agents are {agents.shape[1]}-d but the features are {z.shape[1]}-d "
+    dim = features.feats.shape[1]
+    if dim != agents.shape[1]:
+        raise ReidctlError(f"{options.agents}: its agents are {agents.shape[1]}-d but the features are {dim}-d "
                            "(extract them with the same model)")
-    ml = torch.cat([L.soft_multilabels(z[i:i + 4096], agents, options.scale) for i in range(0, len(z), 4096)])
+    ml = L.multilabels_of(features.feats, agents, options.scale)
     top = min(options.top, ml.shape[1])
     values, index = torch.topk(ml, top, dim=1)
     n = len(ml)
