@@ -82,8 +82,10 @@ _NON_FINITE = "the distance matrix contains NaN or infinite values (are the feat
 class _Accumulator:
     """Running sums over query blocks, so the full Q×G matrix never has to exist at once."""
 
-    def __init__(self, max_rank: int, also: Sequence[str] = ()) -> None:
+    def __init__(self, max_rank: int, also: Sequence[str] = (), num_queries: int | None = None) -> None:
         self.max_rank = max_rank
+        # Each query's AP (NaN: skipped, no valid correct match), kept when num_queries is given.
+        self.per_query = None if num_queries is None else np.full(num_queries, np.nan)
         self.ap_sum = 0.0
         self.also = {kind: 0.0 for kind in also}  # AP sums of other conventions, for mAP_<kind>
         self.inp_sum = 0.0
@@ -92,11 +94,13 @@ class _Accumulator:
 
     def result(self) -> dict[str, Any]:
         n = self.num_valid
+        extra = {} if self.per_query is None else {"ap_per_query": self.per_query}
         if n == 0:
             nan = float("nan")
             return {"mAP": nan, "cmc": np.full(self.max_rank, nan), "mINP": nan, "num_valid_queries": 0,
-                    **{f"mAP_{kind}": nan for kind in self.also}}
+                    **{f"mAP_{kind}": nan for kind in self.also}, **extra}
         return {
+            **extra,
             "mAP": self.ap_sum / n,
             "cmc": np.cumsum(self.cmc_counts) / n,
             "mINP": self.inp_sum / n,
@@ -128,10 +132,11 @@ def _check_cameras(pairs: str, q_camids: np.ndarray, g_camids: np.ndarray) -> No
         )
 
 
-def _masks(
+def protocol_masks(
     q_pids: np.ndarray, q_cams: np.ndarray, g_pids: np.ndarray, g_cams: np.ndarray, pairs: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(valid, match) for a query block: which gallery items count, and which are correct."""
+    """(valid, match) for a query block: which gallery items count under ``pairs`` (the others
+    are ignored, neither hits nor misses), and which are correct."""
     same_cam = q_cams[:, None] == g_cams[None, :]
     same_pid = (q_pids[:, None] == g_pids[None, :]) & (q_pids >= 0)[:, None]
     if pairs == "market":
@@ -145,7 +150,7 @@ def _masks(
 
 def count_valid_queries(q_pids, q_camids, g_pids, g_camids, pairs: str = "market") -> int:
     """How many queries have at least one correct match under ``pairs`` (the rule of
-    :func:`_masks`), from identities and cameras alone: no distances, O(Q + G). A split with
+    :func:`protocol_masks`), from identities and cameras alone: no distances, O(Q + G). A split with
     none (one camera under the Market protocol) cannot be evaluated."""
     from collections import Counter  # noqa: PLC0415
 
@@ -177,8 +182,9 @@ def _evaluate_block(
     pairs: str,
     ap: str,
     acc: _Accumulator,
+    first_row: int = 0,
 ) -> None:
-    """Add one block of query rows to ``acc``.
+    """Add one block of query rows (rows ``first_row``... of the whole query set) to ``acc``.
 
     No Q×G argsort: for every correct match p of a query, everything follows from two counts over
     the valid gallery items, ``n_lt`` (distance < d_p) and ``n_le`` (distance <= d_p), read off a
@@ -187,11 +193,12 @@ def _evaluate_block(
     """
     if not np.all(np.isfinite(dist)):
         raise ReidctlError(_NON_FINITE)
-    valid, match = _masks(q_pids, q_cams, g_pids, g_cams, pairs)
+    valid, match = protocol_masks(q_pids, q_cams, g_pids, g_cams, pairs)
     n_pos = match.sum(axis=1)
     keep = n_pos > 0
     if not keep.any():
         return
+    kept_rows = first_row + np.flatnonzero(keep)
     if not keep.all():
         dist, valid, match, n_pos = dist[keep], valid[keep], match[keep], n_pos[keep]
     num_rows, num_g = dist.shape
@@ -238,6 +245,8 @@ def _evaluate_block(
         ap_rows = _ap_rows(kind, rows, d, starts, n_le, j, s_sorted, r_sorted, n_pos)
         if kind == ap:
             acc.ap_sum += float(ap_rows.sum())
+            if acc.per_query is not None:
+                acc.per_query[kept_rows] = ap_rows
         else:
             acc.also[kind] += float(ap_rows.sum())
     acc.inp_sum += float((n_pos / (last + 1)).sum())
@@ -287,6 +296,7 @@ def evaluate_ranking(
     max_rank: int = 50,
     pairs: str = "market",
     also: Sequence[str] = (),
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """mAP, CMC and mINP of a query×gallery distance matrix (smaller = more similar).
 
@@ -295,7 +305,8 @@ def evaluate_ranking(
     has a valid correct match. ``ap`` is one of :data:`AP_KINDS`, ``pairs`` one of
     :data:`PAIRS` (see the module docstring). Rows are processed in blocks, so a memory-mapped
     ``distmat`` is never loaded whole. ``also``: further AP conventions, computed in the same
-    pass and returned as ``mAP_<kind>``.
+    pass and returned as ``mAP_<kind>``. ``per_query``: also return ``ap_per_query``, each
+    query's AP (NaN for a skipped query).
     """
     for kind in also:
         _check_choice("ap", kind, AP_KINDS)
@@ -314,12 +325,12 @@ def evaluate_ranking(
     g_camids = _labels(g_camids, num_g, "g_camids")
     _check_cameras(pairs, q_camids, g_camids)
 
-    acc = _Accumulator(min(max_rank, num_g) if num_g else max_rank, also)
+    acc = _Accumulator(min(max_rank, num_g) if num_g else max_rank, also, num_q if per_query else None)
     step = max(1, _BLOCK_ELEMS // max(num_g, 1))
     for s in range(0, num_q, step):
         block = np.asarray(distmat[s : s + step])
         rows = slice(s, s + step)
-        _evaluate_block(block, q_pids[rows], q_camids[rows], g_pids, g_camids, pairs, ap, acc)
+        _evaluate_block(block, q_pids[rows], q_camids[rows], g_pids, g_camids, pairs, ap, acc, s)
     return acc.result()
 
 
@@ -604,6 +615,7 @@ def evaluate_features(
     lambda_value: float = 0.3,
     rerank_max_bytes: int = DEFAULT_RERANK_MAX_BYTES,
     also: Sequence[str] = (),
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """Evaluate query/gallery features with squared Euclidean distance, as the CC family.
 
@@ -641,15 +653,16 @@ def evaluate_features(
         dist = _rerank_core(full, num_q, k1, k2, lambda_value)
         del full
         return evaluate_ranking(
-            dist, q_pids, g_pids, q_camids, g_camids, ap=ap, max_rank=max_rank, pairs=pairs, also=also
+            dist, q_pids, g_pids, q_camids, g_camids, ap=ap, max_rank=max_rank, pairs=pairs, also=also,
+            per_query=per_query,
         )
 
-    acc = _Accumulator(min(max_rank, num_g) if num_g else max_rank, also)
+    acc = _Accumulator(min(max_rank, num_g) if num_g else max_rank, also, num_q if per_query else None)
     step = max(1, _BLOCK_ELEMS // max(num_g, 1))
     for s, block in _distance_blocks(qf, gf, chunk, device):
         for t in range(0, block.shape[0], step):
             a, b = s + t, s + min(t + step, block.shape[0])
             _evaluate_block(
-                block[t : t + step], q_pids[a:b], q_camids[a:b], g_pids, g_camids, pairs, ap, acc
+                block[t : t + step], q_pids[a:b], q_camids[a:b], g_pids, g_camids, pairs, ap, acc, a
             )
     return acc.result()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from reidctl.artifacts import read_features, read_ground_truth
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
-from reidctl.evaluation import count_valid_queries, evaluate_features
+from reidctl.evaluation import count_valid_queries, evaluate_features, protocol_masks
 from reidctl.extraction import extract_split
 from reidctl.models.spec import ModelSpec
+from reidctl.rank_stage import sheet_rows, source_files
+from reidctl.ranking import RankSide, rank_gallery
+from reidctl.sheet import draw_sheet
 
 AP_CHOICES = ("sklearn", "trapezoid")
 PAIRS_CHOICES = ("market", "cross-camera", "same-camera")
@@ -36,9 +41,20 @@ def summarise(result: dict[str, Any], n_query: int, n_gallery: int, **settings: 
             "gallery": n_gallery, **settings}
 
 
+@dataclass
+class WorstSheet:
+    """``evaluate --sheet``: draw the ``queries`` queries with the lowest AP, ``top_k`` matches each."""
+
+    out: Path
+    queries: int = 10
+    top_k: int = 10
+
+
 def evaluate_arrays(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, split: list[str], *,
-                    ap: str = "sklearn", rerank: bool = False, pairs: str = "market", source: str = "") -> dict[str, Any]:
-    """Evaluate the query rows against the gallery rows of one feature matrix."""
+                    ap: str = "sklearn", rerank: bool = False, pairs: str = "market", source: str = "",
+                    files: list[Path] | None = None, sheet: WorstSheet | None = None) -> dict[str, Any]:
+    """Evaluate the query rows against the gallery rows of one feature matrix; with ``sheet``,
+    also draw the worst queries' rankings from the image ``files`` of the rows."""
     _check(ap, pairs)
     split_arr = np.asarray(split)
     q, g = np.flatnonzero(split_arr == "query"), np.flatnonzero(split_arr == "gallery")
@@ -55,21 +71,52 @@ def evaluate_arrays(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, spl
         raise ReidctlError(f"{source}: none of its {len(q)} queries can be evaluated with --pairs {pairs}: {why}")
     other = next(k for k in AP_CHOICES if k != ap)  # reported beside it, from the same ranking
     result = evaluate_features(feats[q], feats[g], pids[q], pids[g], camids[q], camids[g],
-                               ap=ap, rerank=rerank, pairs=pairs, also=(other,))
-    return summarise(result, len(q), len(g), ap=ap, rerank=rerank, pairs=pairs)
+                               ap=ap, rerank=rerank, pairs=pairs, also=(other,), per_query=sheet is not None)
+    summary = summarise(result, len(q), len(g), ap=ap, rerank=rerank, pairs=pairs)
+    if sheet is not None:
+        sides = [RankSide(feats[r], [f"row {i}" for i in r], None if files is None else [files[i] for i in r],
+                          camids[r], pids[r], source) for r in (q, g)]
+        summary["sheet"] = draw_worst(*sides, result["ap_per_query"], sheet, pairs=pairs, rerank=rerank)
+    return summary
+
+
+def draw_worst(query: RankSide, gallery: RankSide, ap_per_query: np.ndarray, sheet: WorstSheet, *,
+               pairs: str = "market", rerank: bool = False) -> dict[str, Any]:
+    """Draw the queries with the lowest AP (ties by query order) and their top matches, ranked
+    as the protocol ranks them (``pairs``: the gallery items it ignores are left out)."""
+    if sheet.queries < 1 or sheet.top_k < 1:
+        raise ReidctlError("--queries and --top-k must be at least 1")
+    scored = np.flatnonzero(~np.isnan(ap_per_query))
+    worst = scored[np.argsort(ap_per_query[scored], kind="stable")[: sheet.queries]]
+
+    def ignored(s: int, e: int) -> torch.Tensor:
+        rows = worst[s:e] if not rerank else np.arange(s, e)
+        valid, _ = protocol_masks(query.pids[rows], query.camids[rows], gallery.pids, gallery.camids, pairs)
+        return torch.from_numpy(~valid)
+
+    if rerank:  # re-ranked distances depend on every query: rank them all, draw the worst
+        ranking = rank_gallery(query, gallery, sheet.top_k, rerank=True, same_image=True, exclude=ignored)
+        chosen = worst
+    else:
+        ranking = rank_gallery(query.subset(worst), gallery, sheet.top_k, same_image=True, exclude=ignored)
+        chosen = np.arange(len(worst))
+    captions = [f"AP {100 * ap_per_query[i]:.1f}%" for i in worst]
+    size = draw_sheet(sheet_rows(ranking, chosen, captions), sheet.out)
+    return {"out": str(sheet.out), "queries": [int(i) for i in worst],
+            "ap": [float(ap_per_query[i]) for i in worst], "size": list(size)}
 
 
 def evaluate_feature_file(path: str | Path, *, ap: str = "sklearn", rerank: bool = False,
-                          pairs: str = "market") -> dict[str, Any]:
+                          pairs: str = "market", sheet: WorstSheet | None = None) -> dict[str, Any]:
     feats = read_features(path)
     pids = read_ground_truth(path)
     return evaluate_arrays(feats.feats, pids, feats.camids, feats.split, ap=ap, rerank=rerank, pairs=pairs,
-                           source=str(path))
+                           source=str(path), files=source_files(feats), sheet=sheet)
 
 
 def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap: str = "sklearn",
                    rerank: bool = False, pairs: str = "market", batch_size: int | None = None, workers: int | None = None,
-                   device: str = "auto", random_init: bool = False) -> dict[str, Any]:
+                   device: str = "auto", random_init: bool = False, sheet: WorstSheet | None = None) -> dict[str, Any]:
     """Extract query + gallery in memory with the model of ``spec`` and evaluate.
 
     A model without a checkpoint, weights file or pretrained weights is a random network: that
@@ -89,4 +136,4 @@ def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap
     pids = np.array([s.pid for s in rows])
     camids = np.array([s.camid for s in rows])
     return evaluate_arrays(ext.feats, pids, camids, ds.split_of("test"), ap=ap, rerank=rerank, pairs=pairs,
-                           source=str(data))
+                           source=str(data), files=[s.path for s in rows], sheet=sheet)

@@ -96,35 +96,100 @@ def knn(
 def _knn_torch(
     x: torch.Tensor, k: int, dev: torch.device, block_size: int | None, progress: Progress | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    n = x.shape[0]
+    return _search_torch(x, x, k, dev, block_size, progress)
+
+
+#: ``exclude(start, end)``: for query rows start..end-1, a bool (rows × G) tensor of the gallery
+#: items that must not be returned for each row (None: none excluded in this block).
+Exclude = Callable[[int, int], "torch.Tensor | None"]
+
+
+def search(
+    query: np.ndarray | torch.Tensor,
+    gallery: np.ndarray | torch.Tensor,
+    k: int,
+    *,
+    device: str = "auto",
+    block_size: int | None = None,
+    progress: Progress | None = None,
+    exclude: Exclude | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` gallery items of every query row: the blocked search of :func:`knn`, with a
+    query set that differs from the searched one (ranking a gallery).
+
+    Returns ``(dist, idx)``, Q×k float32 / int64, squared L2 distances of unit vectors in
+    ascending order with ties by ascending gallery index. ``exclude`` removes gallery items per
+    query (another camera only, the query's own image ...); where fewer than ``k`` items remain,
+    the row ends with distance ``inf`` and index ``-1``. ``k`` may exceed the gallery size (the
+    surplus is padded the same way).
+    """
+    q, x = torch.as_tensor(query), torch.as_tensor(gallery)
+    check_normalised(q)
+    check_normalised(x)
+    if k < 1:
+        raise ReidctlError(f"k must be at least 1, got {k}")
+    if q.ndim == 2 and x.ndim == 2 and q.shape[1] != x.shape[1] and len(q) and len(x):
+        raise ReidctlError(f"query features have {q.shape[1]} dimensions but the gallery's have {x.shape[1]}")
+    n_q, n_g = q.shape[0], x.shape[0]
+    kk = min(k, n_g)
+    dist = np.full((n_q, k), np.inf, np.float32)
+    idx = np.full((n_q, k), -1, np.int64)
+    if n_q and kk:
+        d, i = _search_torch(q, x, kk, resolve_device(device), block_size, progress, exclude)
+        dist[:, :kk], idx[:, :kk] = d, i
+    return dist, idx
+
+
+def _search_torch(
+    q: torch.Tensor, x: torch.Tensor, k: int, dev: torch.device, block_size: int | None,
+    progress: Progress | None, exclude: Exclude | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row of ``q`` among the rows of ``x`` (``q is x`` for a self-search), by
+    blocks of query rows; excluded items come out as distance inf and index -1."""
+    n_q, n = q.shape[0], x.shape[0]
+    same = q is x
     x = x.to(dev, torch.float32).contiguous()
+    q = x if same else q.to(dev, torch.float32).contiguous()
     xt = x.T
     budget = _BLOCK_ELEMENTS.get(dev.type, _BLOCK_ELEMENTS["cpu"])
     b = block_size or int(np.clip(budget // max(n, 1), _MIN_BLOCK_ROWS, 16384))
-    b = max(1, min(b, n))
-    dist = np.empty((n, k), np.float32)
-    idx = np.empty((n, k), np.int64)
+    b = max(1, min(b, n_q))
+    dist = np.empty((n_q, k), np.float32)
+    idx = np.empty((n_q, k), np.int64)
     buf = torch.empty((b, n), dtype=torch.float32, device=dev)  # reused: no page faults per block
-    for s in range(0, n, b):
-        e = min(n, s + b)
+    for s in range(0, n_q, b):
+        e = min(n_q, s + b)
         sim = buf[: e - s]
-        torch.mm(x[s:e], xt, out=sim)
-        kk = min(k + 1, n)  # one extra column shows whether the k-th value is tied
-        top, arg = torch.topk(sim, kk, dim=1, largest=True, sorted=True)
-        if kk > k:
-            for r in (top[:, k] == top[:, k - 1]).nonzero().flatten().tolist():
-                row = sim[r]  # tie at the boundary: take the smallest indices among equals
-                keep = (row >= top[r, k - 1]).nonzero().flatten()  # ascending index
-                order = torch.sort(row[keep], descending=True, stable=True).indices[:k]
-                arg[r, :k] = keep[order]
-                top[r, :k] = row[arg[r, :k]]
-            top, arg = top[:, :k], arg[:, :k]
+        torch.mm(q[s:e], xt, out=sim)
+        banned = exclude(s, e) if exclude else None
+        if banned is not None:
+            sim.masked_fill_(banned.to(dev), -torch.inf)
+        top, arg = _block_topk(sim, k)
         d = (2 - 2 * top).clamp_(min=0)
+        gone = torch.isinf(top)  # excluded items: never a result
+        d[gone], arg[gone] = torch.inf, -1
         dist[s:e] = d.cpu().numpy()
         idx[s:e] = arg.cpu().numpy()
         if progress:
-            progress(e, n)
+            progress(e, n_q)
     return _tie_order(dist, idx)
+
+
+def _block_topk(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest ``k`` similarities of each row, ties at the k-th place resolved to the smallest
+    indices (so results do not depend on the device or the block size)."""
+    n = sim.shape[1]
+    kk = min(k + 1, n)  # one extra column shows whether the k-th value is tied
+    top, arg = torch.topk(sim, kk, dim=1, largest=True, sorted=True)
+    if kk > k:
+        for r in (top[:, k] == top[:, k - 1]).nonzero().flatten().tolist():
+            row = sim[r]  # tie at the boundary: take the smallest indices among equals
+            keep = (row >= top[r, k - 1]).nonzero().flatten()  # ascending index
+            order = torch.sort(row[keep], descending=True, stable=True).indices[:k]
+            arg[r, :k] = keep[order]
+            top[r, :k] = row[arg[r, :k]]
+        top, arg = top[:, :k], arg[:, :k]
+    return top, arg
 
 
 def _tie_order(dist: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -261,7 +261,7 @@ def test_missing_empty_and_non_csv(tmp_path):
 
 def test_names_and_extensions():
     assert DATASET_NAMES == ("market1501", "dukemtmc", "msmt17", "cuhk03", "cuhk03-labeled",
-                             "cuhk03-detected", "folder", "manifest", "synthetic")
+                             "cuhk03-detected", "folder", "manifest", "images", "synthetic")
     assert IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".bmp"}
 
 

@@ -99,7 +99,7 @@ def test_a_dataset_normalised_model_exports_its_training_statistics(trained, tmp
 def test_bad_checkpoint_files_are_one_error_line(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    run_error("export", junk, "--out", tmp_path / "x.ts", match="not a readable checkpoint")
+    run_error("export", junk, "--out", tmp_path / "x.ts", match="not a checkpoint \\(not a file written by torch.save")
     run_error("export", tmp_path / "missing.pt", "--out", tmp_path / "x.ts", match="no such checkpoint")
     run_error("export", junk, "--out", tmp_path / "x.ts", "--format", "tflite", match="choose torchscript or onnx")
 

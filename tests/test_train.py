@@ -459,7 +459,7 @@ def _wrong_first_weight(payload):
 
 BAD_CHECKPOINTS = [
     ("missing", r"missing\.pt: no such checkpoint$"),
-    ("text", r"bad\.pt: not a readable checkpoint \("),
+    ("text", r"bad\.pt: not a checkpoint \(not a file written by torch\.save"),
     ("plain_dict", r"bad\.pt: not a reidctl checkpoint \(for plain weights use --weights\)$"),
     ("state_dict", r"bad\.pt: not a reidctl checkpoint \(for plain weights use --weights\)$"),
     ("version", r"bad\.pt: checkpoint version 99 is not supported \(this reidctl reads version 1\)$"),

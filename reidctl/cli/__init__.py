@@ -4,7 +4,7 @@ from reidctl.cli.common import app
 
 # Importing a command module registers its command on `app`.
 from reidctl.cli import (  # noqa: F401,E402,I001  (pipeline order = help order)
-    synth, extract, cluster, intra_camera, pretrain, refine, train_epoch, loop, evaluate, export, inspect_cmd,
+    synth, extract, cluster, intra_camera, pretrain, refine, train_epoch, loop, evaluate, rank, export, inspect_cmd,
 )
 
 

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from reidctl.cli import options as o
 from reidctl.cli.method_options import model_flags, runtime_flags
-from reidctl.cli.common import command, flags, given_options, out_console, print_json
+from reidctl.cli.common import command, err_console, flags, given_options, out_console, print_json
 from reidctl.errors import ReidctlError
-from reidctl.evaluation_stage import evaluate_feature_file, evaluate_model
+from reidctl.evaluation_stage import WorstSheet, evaluate_feature_file, evaluate_model
 from reidctl.models.spec import ModelSpec
 
 
@@ -31,6 +31,10 @@ def evaluate(
     ap: Annotated[str, typer.Option("--ap", help="sklearn (non-interpolated, CC family) or trapezoid (MAR, Market MATLAB).")] = "sklearn",
     rerank: Annotated[bool, typer.Option("--rerank", help="k-reciprocal re-ranking (k1 20, k2 6, λ 0.3).")] = False,
     pairs: Annotated[str, typer.Option("--pairs", help="market (protocol), cross-camera or same-camera gallery only.")] = "market",
+    sheet: Annotated[Optional[Path], typer.Option(
+        "--sheet", help="Draw a PNG of the queries with the lowest AP and their top matches (green right, red wrong).")] = None,
+    queries: Annotated[int, typer.Option("--queries", help="Rows (worst queries) on the --sheet.")] = 10,
+    top_k: Annotated[int, typer.Option("--top-k", help="Matches per row on the --sheet.")] = 10,
     model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
     run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
     random_init: Annotated[bool, typer.Option(
@@ -39,6 +43,9 @@ def evaluate(
 ) -> None:
     """Evaluate a features file, or a model (--checkpoint, --weights or --pretrained) on --data."""
     given = given_options(ctx)
+    if sheet is None and given & {"queries", "top_k"}:
+        raise ReidctlError(f"{flags(ctx, given & {'queries', 'top_k'})}: these shape the --sheet; give --sheet FILE.png too")
+    worst = None if sheet is None else WorstSheet(sheet, queries, top_k)
     if features is not None and data is not None:
         raise ReidctlError("give either a features file or --data (with a model), not both")
     if features is not None:
@@ -46,13 +53,13 @@ def evaluate(
         if unused:
             raise ReidctlError(f"{flags(ctx, unused)}: these choose the model that `evaluate --data` extracts "
                                f"features with; {features} is evaluated as it is (drop them)")
-        result = evaluate_feature_file(features, ap=ap, rerank=rerank, pairs=pairs)
+        result = evaluate_feature_file(features, ap=ap, rerank=rerank, pairs=pairs, sheet=worst)
         source = str(features)
     elif data is not None:
         spec = ModelSpec(checkpoint=checkpoint, **model, seed=run["seed"])
         spec.check_given(given)
         result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs, batch_size=run["batch_size"],
-                                workers=run["workers"], device=run["device"], random_init=random_init)
+                                workers=run["workers"], device=run["device"], random_init=random_init, sheet=worst)
         source = f"{checkpoint or 'model'} on {data}"
     else:
         raise ReidctlError("nothing to evaluate: give a features file, or --data with --checkpoint/--weights")
@@ -66,3 +73,6 @@ def evaluate(
         table.add_column(col, justify="right")
     table.add_row(*(f"{100 * result[k]:.2f}" for k in ("mAP", f"mAP_{other}", "rank1", "rank5", "rank10", "mINP")))
     out_console.print(table)
+    if "sheet" in result:
+        err_console.print(f"wrote the {len(result['sheet']['queries'])} worst queries to {result['sheet']['out']}",
+                          highlight=False)

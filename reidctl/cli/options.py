@@ -14,7 +14,7 @@ Data = Annotated[str, typer.Option("--data", help="Dataset folder, CSV manifest,
 DatasetName = Annotated[
     Optional[str],
     typer.Option("--dataset", help="Force a layout instead of detecting it (market1501, dukemtmc, msmt17, cuhk03, "
-                 "cuhk03-labeled, cuhk03-detected, folder, manifest)."),
+                 "cuhk03-labeled, cuhk03-detected, folder, manifest, images)."),
 ]
 Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", help="A reidctl checkpoint (.pt) to take the model from.")]
 

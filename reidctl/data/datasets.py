@@ -30,6 +30,7 @@ DATASET_NAMES: tuple[str, ...] = (
     "cuhk03-detected",
     "folder",
     "manifest",
+    "images",
     "synthetic",
 )
 
@@ -57,6 +58,7 @@ _EXPECTED = {
     "cuhk03": f"CUHK03-NP layout (expected labeled/ and/or detected/, each with {_MARKET_EXPECTED})",
     "folder": f"Market-1501-style folder (expected at least one of {_MARKET_EXPECTED})",
     "manifest": "manifest (expected a .csv file with header path,pid,camid[,split])",
+    "images": "folder of images (expected .jpg/.jpeg/.png/.bmp files in it or its sub-folders), or one image file",
 }
 _EXPECTED["cuhk03-labeled"] = _EXPECTED["cuhk03-detected"] = _EXPECTED["cuhk03"]
 
@@ -96,6 +98,8 @@ def load_dataset(data: str | os.PathLike, dataset: str | None = None) -> Dataset
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
     path = path.resolve()
+    if dataset == "images" or (dataset is None and path.is_file() and is_image_name(path.name)):
+        return read_images(path)
     if path.is_file():
         if dataset not in (None, "manifest"):
             raise DatasetError(f"{path}: is a file, not a folder in the {_EXPECTED[dataset]}")
@@ -103,6 +107,8 @@ def load_dataset(data: str | os.PathLike, dataset: str | None = None) -> Dataset
     if dataset == "manifest":
         raise DatasetError(f"{path}: is a folder, not a {_EXPECTED['manifest']}")
     layout = dataset or detect_layout(path)
+    if layout == "images":
+        return read_images(path)
     if layout == "msmt17":
         return _read_msmt(path)
     if layout.startswith("cuhk03"):
@@ -135,11 +141,20 @@ def detect_layout(root: Path) -> str:
     if len(inner) > 1:
         names = ", ".join(sorted(c.name + "/" for c in inner))
         raise DatasetError(f"{root}: holds several datasets ({names}); point --data at one of them")
+    if _holds_images(root):
+        return "images"
     raise DatasetError(
         f"{root}: no known dataset layout (expected a Market-1501-style folder with "
         f"{_MARKET_EXPECTED}; an MSMT17 folder with train/, test/ and list_*.txt; a CUHK03-NP "
-        "folder with labeled/ or detected/; or a .csv manifest with columns path,pid,camid)"
+        "folder with labeled/ or detected/; a .csv manifest with columns path,pid,camid; or image files "
+        "directly in the folder)"
     )
+
+
+def _holds_images(path: Path) -> bool:
+    """True when image files lie directly in ``path`` (a plain folder of crops)."""
+    with os.scandir(path) as it:
+        return any(e.is_file() and is_image_name(e.name) for e in it)
 
 
 # ------------------------------------------------------------------------------ layout detection
@@ -322,6 +337,58 @@ def _read_msmt(root: Path) -> Dataset:
                     raise DatasetError(f"{list_path}:{lineno}: image {path} does not exist")
                 splits[split].append(Sample(rel, path, pid, cam))  # camera stays 1-based
     return Dataset(name="msmt17", root=root, layout="msmt17", **splits)
+
+
+#: A folder name that says which camera its images come from: cam3, c3, camera_3, CAM-03.
+_CAMERA_FOLDER = re.compile(r"^(?:c|cam|camera)[_-]?(\d+)$", re.IGNORECASE)
+#: A crop named by the Market convention from its first character: 0002_c1s1_000451_03.jpg.
+_LABELLED_CROP = _NameRule(re.compile(r"^(-?\d+)_c(\d+)"), "0002_c1s1_000451_03.jpg")
+
+
+def read_images(path: Path) -> Dataset:
+    """Every image under folder ``path`` (recursively, hidden entries skipped), or the one image
+    file ``path``, as the train split (the split reidctl treats as unlabelled footage).
+
+    Identities are unknown (-1) unless a basename starts with the Market pattern
+    ``<pid>_c<cam>`` (then pid and 0-based camera are read as the Market-style layouts read
+    them); otherwise the camera is the number of the nearest enclosing folder named like
+    ``cam3``, ``c3`` or ``camera_3`` (footage sorted into one folder per camera), else unknown.
+    """
+    if path.is_file():
+        if not is_image_name(path.name):
+            raise DatasetError(f"{path}: not an image file (.jpg/.jpeg/.png/.bmp)")
+        root, files = path.parent, [path.name]
+    elif path.is_dir():
+        root, files = path, sorted(_image_files(path))
+    else:
+        raise DatasetError(f"{path}: no such file or folder")
+    if not files:
+        raise DatasetError(f"{path}: no images (.jpg/.jpeg/.png/.bmp) in this folder or its sub-folders")
+    samples = [_image_sample(root, rel) for rel in files]
+    return Dataset(name=path.stem if path.is_file() else path.name, root=root, layout="images", train=samples)
+
+
+def _image_files(root: Path) -> list[str]:
+    """Relative '/'-separated paths of the image files under ``root``."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(folder).relative_to(root).as_posix()
+        found += [n if rel == "." else f"{rel}/{n}" for n in names if not n.startswith(".") and is_image_name(n)]
+    return found
+
+
+def _image_sample(root: Path, relpath: str) -> Sample:
+    parts = relpath.split("/")
+    pid, cam = _parse_market_name(parts[-1], _LABELLED_CROP)
+    if pid is None or cam is None:
+        pid, cam = -1, None
+    else:
+        cam -= 1  # 0-based, as the Market-style layouts number them
+    if cam is None:
+        cams = [m.group(1) for d in reversed(parts[:-1]) if (m := _CAMERA_FOLDER.match(d))]
+        cam = int(cams[0]) if cams else -1
+    return Sample(relpath, root / relpath, pid, cam)
 
 
 def _read_manifest(csv_path: Path) -> Dataset:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -106,6 +107,9 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such checkpoint")
+    if not zipfile.is_zipfile(path):  # every torch.save file since torch 1.6 is a zip archive
+        raise ArtifactError(f"{path}: not a checkpoint (not a file written by torch.save; a reidctl checkpoint "
+                            "is the model.pt of a run's epoch folder)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:

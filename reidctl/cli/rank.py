@@ -1,0 +1,64 @@
+"""`reidctl rank`: the top-k gallery matches of each query, as CSV or JSON, and a picture sheet."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from reidctl.cli import options as o
+from reidctl.cli.common import command, err_console, flags, given_options, print_json
+from reidctl.cli.method_options import model_flags, runtime_flags
+from reidctl.rank_stage import RankRequest, ranking_output, run_rank
+
+
+#: Options that only matter when a side is images that `rank` extracts itself.
+EXTRACTION_OPTIONS = {flag.key for flag in model_flags()} | {"checkpoint", "batch_size", "workers"}
+
+
+@command("rank", run=runtime_flags("batch_size", "workers", "device", "json"), model=model_flags())
+def rank(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="Query: a features file, or images (a folder, a CSV manifest, an "
+                                         "image file) to extract with the model.")],
+    gallery: Annotated[str, typer.Argument(help="Gallery: a features file, or images to extract with the model.")],
+    checkpoint: o.Checkpoint = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Matches per query.")] = 10,
+    rerank: Annotated[bool, typer.Option("--rerank", help="k-reciprocal re-ranking (k1 20, k2 6, λ 0.3); needs "
+                                         "dense (Q+G)² memory.")] = False,
+    cross_camera_only: Annotated[bool, typer.Option(
+        "--cross-camera-only", help="Only gallery images from other cameras than the query's.")] = False,
+    same_image: Annotated[bool, typer.Option(
+        "--same-image", help="Keep a query's own image file among its matches (dropped by default).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the CSV here instead of printing it.")] = None,
+    sheet: Annotated[Optional[Path], typer.Option(
+        "--sheet", help="Draw a PNG: one row per query, its matches with distances; green/red borders when "
+        "identities are known.")] = None,
+    queries: Annotated[int, typer.Option("--queries", help="Rows (queries) on the --sheet, from the first.")] = 20,
+    model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
+    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+) -> None:
+    """Rank GALLERY for every QUERY image: the --top-k nearest, with distances (no identities needed).
+
+    Prints CSV (query, query_camid, query_pid, rank, gallery, gallery_camid, gallery_pid, distance,
+    match) unless --out or --json is given; unknown cells are empty.
+    """
+    req = RankRequest(query=query, gallery=gallery, checkpoint=checkpoint, top_k=top_k, rerank=rerank,
+                      cross_camera_only=cross_camera_only, same_image=same_image, out=out, sheet=sheet,
+                      queries=queries, batch_size=run["batch_size"], workers=run["workers"], device=run["device"],
+                      extraction_flags=flags(ctx, given_options(ctx) & EXTRACTION_OPTIONS), **model)
+    req.check_given(given_options(ctx))
+    ranking, summary = run_rank(req)
+    if run["json"]:
+        from reidctl.ranking import as_json
+
+        print_json({**as_json(ranking), **{k: summary[k] for k in ("out", "sheet") if k in summary}})
+    elif out is None:
+        sys.stdout.write(ranking_output(ranking, as_json=False))
+    if not run["json"]:
+        wrote = [f"{summary[k]}" for k in ("out", "sheet") if k in summary]
+        err_console.print(f"ranked {summary['gallery']} gallery images for {summary['queries']} "
+                          f"quer{'y' if summary['queries'] == 1 else 'ies'}"
+                          + (f"; wrote {', '.join(wrote)}" if wrote else ""), highlight=False)

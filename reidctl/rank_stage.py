@@ -1,0 +1,229 @@
+"""`reidctl rank`: turn QUERY and GALLERY (features files or images) into a ranking and its outputs.
+
+A side is a features file, used as it is, or images (a folder, a manifest, one image file or a
+dataset) that the request's model extracts on the fly. A source that holds both query and
+gallery rows (a test-split features file, a Market-style dataset) gives its query rows to QUERY
+and its gallery rows to GALLERY; any other source gives all its rows. Features from two
+different models are refused: their distances would mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reidctl.artifacts import FEATURES, Features, existing_schema, read_features, read_ground_truth
+from reidctl.data.base import Dataset, Sample
+from reidctl.data.datasets import load_dataset
+from reidctl.data.stats import Norm, input_norm
+from reidctl.errors import ReidctlError
+from reidctl.models.spec import ModelSpec
+from reidctl.ranking import Ranking, RankSide, csv_text, json_text, rank_gallery, write_text
+from reidctl.sheet import SheetRow, draw_sheet
+
+ROLES = ("query", "gallery")
+
+
+@dataclass
+class RankRequest(ModelSpec):
+    query: str = ""
+    gallery: str = ""
+    top_k: int = 10
+    rerank: bool = False
+    cross_camera_only: bool = False
+    same_image: bool = False  # keep a query's own image file among its matches
+    out: Path | None = None  # CSV file; None: the caller prints the CSV
+    sheet: Path | None = None
+    queries: int = 20  # rows of the sheet
+    batch_size: int | None = None
+    workers: int | None = None
+    device: str = "auto"
+    extraction_flags: str = ""  # the extraction options the user gave ("--arch, --workers"), for errors
+
+    def has_model(self) -> bool:
+        """A model to extract images with was chosen (a random network is never used here)."""
+        return self.checkpoint is not None or self.weights is not None or self.pretrained != "none"
+
+
+@dataclass
+class _Images:
+    """An images side before extraction."""
+
+    samples: list[Sample]
+    dataset: Dataset
+    source: str
+
+
+def run_rank(req: RankRequest) -> tuple[Ranking, dict[str, Any]]:
+    """Rank ``req.gallery`` for every row of ``req.query``; write ``req.out`` (CSV) and
+    ``req.sheet`` (PNG) when given. Returns the ranking and a summary of what was done."""
+    if req.queries < 1:
+        raise ReidctlError(f"--queries must be at least 1 (got {req.queries})")
+    raw = {role: _open_side(getattr(req, role), role) for role in ROLES}
+    images = [role for role in ROLES if isinstance(raw[role], _Images)]
+    if images and not req.has_model():
+        raise ReidctlError(f"{getattr(req, images[0])} holds images: give the model that extracts their features "
+                           "(--checkpoint, --weights or --pretrained imagenet), or give a features file")
+    if not images and (req.has_model() or req.extraction_flags):
+        given = req.extraction_flags or "the model options"
+        raise ReidctlError(f"{given}: these choose how images are extracted, but both sides are features files, "
+                           "which are ranked as they are (drop them)")
+    sides, identities = _materialise(raw, req)
+    if len({json.dumps(i, sort_keys=True) for i in identities.values()}) > 1:
+        q, g = identities["query"], identities["gallery"]
+        raise ReidctlError(f"{req.query} and {req.gallery} come from different models ({_describe(q)} vs "
+                           f"{_describe(g)}); extract both with the same model")
+    ranking = rank_gallery(sides["query"], sides["gallery"], req.top_k, rerank=req.rerank,
+                           cross_camera_only=req.cross_camera_only, same_image=req.same_image, device=req.device)
+    summary = {"queries": len(ranking.query), "gallery": len(ranking.gallery), "top_k": req.top_k,
+               "rerank": req.rerank, "cross_camera_only": req.cross_camera_only}
+    if req.out is not None:
+        write_text(csv_text(ranking), req.out)
+        summary["out"] = str(req.out)
+    if req.sheet is not None:
+        rows = sheet_rows(ranking, np.arange(min(req.queries, len(ranking.query))))
+        summary["sheet"], summary["sheet_size"] = str(req.sheet), draw_sheet(rows, req.sheet)
+    return ranking, summary
+
+
+def ranking_output(ranking: Ranking, as_json: bool) -> str:
+    return json_text(ranking) if as_json else csv_text(ranking)
+
+
+# ------------------------------------------------------------------------------------- sides
+
+
+def _open_side(arg: str, role: str) -> Features | _Images:
+    path = Path(arg).expanduser()
+    if path.is_file() and existing_schema(path) == FEATURES:
+        return read_features(path)
+    if path.suffix.lower() in (".h5", ".hdf5") and path.is_file():
+        raise ReidctlError(f"{arg}: not a reidctl features file (schema {existing_schema(path) or 'none'})")
+    ds = load_dataset(arg)
+    samples = ds.samples(role) if ds.query and ds.gallery else ds.samples("all")
+    return _Images(samples, ds, arg)
+
+
+def _rows_for(feats: Features, role: str) -> np.ndarray | None:
+    """The rows of ``role`` when the file holds query and gallery rows; None: all (no copy)."""
+    has_both = len(feats.rows("query")) and len(feats.rows("gallery"))
+    return feats.rows(role) if has_both else None
+
+
+def _materialise(raw: dict[str, Features | _Images], req: RankRequest) -> tuple[dict[str, RankSide], dict[str, dict]]:
+    sides: dict[str, RankSide] = {}
+    identities: dict[str, dict] = {}
+    model = provenance = None
+    for role in ROLES:
+        item = raw[role]
+        if isinstance(item, Features):
+            rows = _rows_for(item, role)
+            side = features_side(item)
+            sides[role] = side if rows is None else side.subset(rows)
+            identities[role] = _file_identity(item)
+            continue
+        if model is None:
+            model, provenance = req.build()
+        norm = _norm_for(model, raw, role)
+        sides[role] = _extract_side(model, item, norm, req)
+        identities[role] = _run_identity(req, provenance)
+    return sides, identities
+
+
+def features_side(feats: Features) -> RankSide:
+    """A features file as a ranking side: image paths under its recorded dataset root."""
+    pids = read_ground_truth(feats.path)
+    files = source_files(feats)
+    names = [str(f) for f in files] if files is not None else list(feats.paths)
+    return RankSide(feats.feats, names, files, feats.camids, pids, str(feats.path))
+
+
+def source_files(feats: Features) -> list[Path] | None:
+    """The image file of each row of a features file, from the dataset root it records."""
+    sources = feats.meta.attrs.get("sources")
+    if isinstance(sources, str):
+        try:
+            sources = json.loads(sources)
+        except ValueError:
+            sources = None
+    root = (sources or {}).get("dataset_root") if isinstance(sources, dict) else None
+    return None if not root else [Path(root) / p for p in feats.paths]
+
+
+def _extract_side(model: Any, side: _Images, norm: Norm, req: RankRequest) -> RankSide:
+    from reidctl.device import resolve_device
+    from reidctl.extraction import check_loader_options
+    from reidctl.features import extract_features
+    from reidctl.progress import progress_bar
+
+    check_loader_options(req.batch_size, req.workers)
+    with progress_bar(f"extract {side.source}", len(side.samples)) as advance:
+        ext = extract_features(model, side.samples, batch_size=req.batch_size, workers=req.workers,
+                               device=resolve_device(req.device), progress=advance, norm=norm)
+    pids = np.array([s.pid for s in side.samples], dtype=np.int64)
+    return RankSide(ext.feats, [str(s.path) for s in side.samples], [s.path for s in side.samples],
+                    np.array([s.camid for s in side.samples], dtype=np.int64),
+                    None if np.all(pids < 0) else pids, side.source)
+
+
+def _norm_for(model: Any, raw: dict[str, Features | _Images], role: str) -> Norm:
+    """The input normalisation of an images side. A model normalising with its dataset's
+    statistics gets the gallery's (the footage), as ``extract`` would compute them for it."""
+    gallery = raw["gallery"]
+    if model.config.input_norm != "imagenet" and isinstance(gallery, Features):
+        sources = gallery.meta.attrs.get("sources")
+        sources = json.loads(sources) if isinstance(sources, str) else sources or {}
+        try:
+            ds = load_dataset(sources["data"])
+        except (KeyError, ReidctlError):
+            raise ReidctlError(f"{gallery.path}: the model normalises with its footage's statistics, and the "
+                               "images this gallery was extracted from cannot be found; give the gallery as "
+                               "images instead") from None
+        return input_norm(model.config, ds.train or ds.samples("all"))
+    side = gallery if isinstance(gallery, _Images) else raw[role]
+    return input_norm(model.config, side.dataset.train or side.samples)
+
+
+def _file_identity(feats: Features) -> dict:
+    digest = feats.meta.inputs.get("checkpoint")
+    if digest:
+        return {"checkpoint": digest}
+    return {"model": feats.meta.params.get("model"), "init": feats.meta.params.get("init")}
+
+
+def _run_identity(req: RankRequest, provenance: dict[str, Any]) -> dict:
+    if req.checkpoint is not None:
+        from reidctl.train.checkpoint import checkpoint_digest
+
+        return {"checkpoint": checkpoint_digest(req.checkpoint)}
+    return {"model": provenance.get("model"), "init": provenance.get("init")}
+
+
+def _describe(identity: dict) -> str:
+    if "checkpoint" in identity:
+        return f"checkpoint {identity['checkpoint'][:12]}"
+    return f"{(identity.get('model') or {}).get('arch', '?')} from {identity.get('init') or '?'}"
+
+
+# ------------------------------------------------------------------------------------- sheets
+
+
+def sheet_rows(ranking: Ranking, queries: np.ndarray, captions: list[str] | None = None) -> list[SheetRow]:
+    """Sheet rows for the given query rows: the query, then its matches with their distances."""
+    q, g = ranking.query, ranking.gallery
+    for side in (q, g):
+        if side.files is None:
+            raise ReidctlError(f"--sheet needs the images of {side.source}, and it does not record where they are "
+                               "(re-extract it with this version of reidctl)")
+    match = ranking.matches()
+    rows = []
+    for n, qi in enumerate(queries):
+        items = [(g.files[gi], f"{ranking.dist[qi, j]:.3f}", None if match[qi, j] < 0 else bool(match[qi, j]))
+                 for j, gi in enumerate(ranking.idx[qi]) if gi >= 0]
+        caption = captions[n] if captions else "query"
+        rows.append(SheetRow(q.files[qi], caption, items))
+    return rows
