@@ -42,8 +42,8 @@ def rank(
 ) -> None:
     """Rank GALLERY for every QUERY image: the --top-k nearest, with distances (no identities needed).
 
-    Prints CSV (query, query_camid, query_pid, rank, gallery, gallery_camid, gallery_pid, distance,
-    match) unless --out or --json is given; unknown cells are empty.
+    Prints CSV (query, query_camid, query_pid, rank, gallery, gallery_camid, gallery_pid, distance, match)
+    unless --out or --json is given; unknown cells are empty.
     """
     req = RankRequest(query=query, gallery=gallery, checkpoint=checkpoint, top_k=top_k, rerank=rerank,
                       cross_camera_only=cross_camera_only, same_image=same_image, out=out, sheet=sheet,
