@@ -142,6 +142,15 @@ def all_reduce_mean(value: float) -> float:
     return float(t.item()) / world_size()
 
 
+def all_reduce_mean_tensor(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise mean of a tensor over ranks (``values`` itself without a process group)."""
+    if not is_distributed():
+        return values
+    t = values.detach().to(_comm_device(values), copy=True)
+    dist.all_reduce(t)
+    return t / world_size()
+
+
 def shard_range(n: int, rank_: int | None = None, world: int | None = None) -> tuple[int, int]:
     """The contiguous block ``[lo, hi)`` of ``n`` items this rank handles (blocks differ by ≤ 1)."""
     r = rank() if rank_ is None else rank_

@@ -21,6 +21,8 @@ process works in it.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -28,7 +30,8 @@ from typing import Any, Callable, Mapping
 
 from reidctl.artifacts import file_digest, read_ground_truth, read_meta, read_state_arrays
 from reidctl.cluster.quality import pair_precision
-from reidctl.cluster.stage import run_cluster
+from reidctl.cluster.stage import ClusterParams, run_cluster
+from reidctl.configfile import CONFIG_NAME, write_config
 from reidctl.data.base import Dataset
 from reidctl.data.datasets import load_dataset
 from reidctl.data.fingerprint import split_fingerprint
@@ -39,15 +42,17 @@ from reidctl.evaluation_stage import evaluate_feature_file
 from reidctl.extraction import ExtractRequest, check_loader_options, run_extract
 from reidctl.methods import Method, get_method
 from reidctl.models.spec import ModelSpec
-from reidctl.options import flag_of
+from reidctl.options import flag_of, option_fields
 from reidctl.precision import DEFAULT_AMP, precision_name
 from reidctl.refine import default_cluster_params, run_refine
-from reidctl.rundir import Notice, RunDir, StageResult, stage_key, write_json
+from reidctl.rundir import Notice, RunDir, StageResult, refuse_pruned, stage_key, write_json
 from reidctl.stages import Prelude, RunContext
 from reidctl.train.checkpoint import checkpoint_digest, method_arrays_path
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 
 #: What ``--force-from`` accepts, in run order ("prelude": every stage a method runs before epoch 0).
+#: ``RUN/best.pt``: the best evaluated epoch's checkpoint (a symbolic link).
+BEST_LINK = "best.pt"
 STAGES = ("prelude", "extract", "cluster", "refine", "train", "evaluate")
 #: How the loop's evaluation ranks (recorded in the evaluate stage's key): mAP with the sklearn
 #: AP of the CC family, and ``mAP_trapezoid`` beside it (MAR's convention, ALGORITHMS.md §2.2).
@@ -82,6 +87,7 @@ class LoopConfig:
     skip_bad_images: bool = False
     force_from: str | None = None
     seed: int = 1
+    keep: int | None = None  # keep the artifacts of the last N epochs (and the best); None: all
 
 
 def artifact_digest(path: Path) -> str:
@@ -130,6 +136,7 @@ class _Loop:
     def __init__(self, cfg: LoopConfig, ds: Dataset) -> None:
         self.cfg, self.ds = cfg, ds
         self.run: RunDir  # set by :meth:`epochs`
+        self.stages_done: list[dict[str, Any]] = []  # each stage this invocation ran or reused, in order
         self.method_cls: type[Method] = get_method(cfg.method)
         routed = self.method_cls.route(cfg.options)
         device = resolve_device(cfg.device)
@@ -147,6 +154,9 @@ class _Loop:
             self.cluster_params = default_cluster_params(cfg.method, n_samples=len(ds.train), options=cfg.options,
                                                          **routed.cluster)
             self.method_cls.refine_options(routed.refine)  # another method's options fail before any work
+            if len(ds.train) <= self.cluster_params.k1:
+                raise ReidctlError(f"{len(ds.train)} train images are too few for --k1 {self.cluster_params.k1} "
+                                   "(clustering needs more images than k1)")
         self.given = routed.given
         self.start = cfg.model.checkpoint  # the checkpoint epoch 0 starts from (None: a fresh model)
         for p in self.method_cls.preludes:
@@ -155,8 +165,41 @@ class _Loop:
         self.prelude_options = {p.name: self._prelude_options(p, routed.preludes.get(p.name, {}), routed.train)
                                 for p in self.method_cls.preludes}
         self.model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)
+        if cfg.model.checkpoint is None:
+            self.model.model_config()  # a bad architecture or input size fails before the run folder is made
         self.model_key = model_key(self.model)
         self.data = {"train": split_fingerprint(ds.train), "test": split_fingerprint(ds.samples("test"))}
+
+    def resolved_config(self) -> dict[str, dict[str, Any]]:
+        """Every option this run resolved to, by its ``loop`` option name, grouped for reading
+        (:mod:`reidctl.configfile`): ``loop --config`` with it re-creates the same stages."""
+        cfg, m = self.cfg, self.method_cls
+        start = None if cfg.model.checkpoint is None else str(cfg.model.checkpoint)
+        sections: dict[str, dict[str, Any]] = {
+            "run": {"data": str(cfg.data), "dataset": cfg.dataset, "run_dir": str(cfg.run_dir), "method": cfg.method,
+                    "epochs": cfg.epochs, "eval_every": cfg.eval_every, "no_eval_init": not cfg.eval_init,
+                    "checkpoint": start, "seed": cfg.seed, "keep": cfg.keep},
+            "runtime": {k: getattr(cfg, k) for k in ("extract_batch_size", "workers", "device", "amp", "deterministic",
+                                                     "skip_bad_images")},
+            "model": {name: getattr(self.model, name) for name, _, _ in option_fields(ModelSpec)},
+        }
+        if m.clusters:
+            sections["clustering"] = {name: getattr(self.cluster_params, name)
+                                      for name, _, _ in option_fields(ClusterParams)}
+            fed = {p.feeds for p in m.preludes}
+            refine = {**dataclasses.asdict(m.RefineOptions()), **self.refine_given}
+            sections["refine"] = {name: refine.get(name) for name, _, info in option_fields(m.RefineOptions)
+                                  if info.loop and name not in fed}
+        sections["training"] = {name: self.train_params.get(name) for name, _, _ in option_fields(m.Params)}
+        for p in m.preludes:
+            given = self.given.get(p.feeds)
+            opts = self.prelude_options.get(p.name)
+            values = {} if opts is None else {f"{p.name}_{name}": getattr(opts, name)
+                                              for name, _, info in option_fields(p.Options) if info.loop}
+            if given is not None and p.feeds != "checkpoint":
+                values[p.feeds] = str(given)
+            sections[f"prelude.{p.name}"] = values
+        return sections
 
     def _check_parts(self, method: Method) -> None:
         """A method whose training (as configured) reads part features needs a model with parts."""
@@ -177,8 +220,14 @@ class _Loop:
     # ---------------------------------------------------------------------------------- stages
 
     def stage(self, call: StageCall, epoch: int | str) -> StageResult:
-        return self.run.stage(call.folder, call.stage, call.output, call.key(), call.run, artifact_digest, epoch,
-                              group=call.group)
+        def run(out: Path) -> dict[str, Any]:
+            refuse_pruned(call.inputs, call.stage)
+            return call.run(out)
+
+        result = self.run.stage(call.folder, call.stage, call.output, call.key(), run, artifact_digest, epoch,
+                                group=call.group)
+        self.stages_done.append({"folder": call.folder, "stage": call.stage, "cached": result.cached})
+        return result
 
     def images(self, split: str) -> dict[str, Any]:
         """What a stage reading ``split``'s images depends on: their fingerprint and the layout."""
@@ -301,6 +350,41 @@ class _Loop:
         path = Path(self.start)
         return StageResult(path.absolute(), checkpoint_digest(path), {"file": str(path)}, cached=True)
 
+    # ---------------------------------------------------------------------------- run folder
+
+    def point_best(self, ckpt: StageResult) -> None:
+        """``RUN/best.pt``: a link to the best epoch's checkpoint (a copy where links are not allowed)."""
+        best = self.run.root / BEST_LINK
+        target = ckpt.path.relative_to(self.run.root)
+        tmp = best.with_name(f".{BEST_LINK}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.symlink(target, tmp)
+        except OSError:
+            shutil.copy2(ckpt.path, tmp)
+        os.replace(tmp, best)
+
+    def prune_old(self, epoch: int, best: dict[str, Any] | None) -> None:
+        """``--keep N``: delete the artifacts of epochs before the last N, except the best one's."""
+        keep = self.cfg.keep
+        if keep is None:
+            return
+        spared = {best["epoch"]} if best else set()
+        for old in range(0, epoch - keep + 1):
+            folder = f"epoch_{old:03d}"
+            if old not in spared and (self.run.root / folder).is_dir():
+                self.run.prune(folder)
+
+    def files(self, best: dict[str, Any] | None) -> dict[str, str | None]:
+        """Where the run's summary, log, config and best checkpoint lie (printed at the end)."""
+        root = self.run.root
+        link = root / BEST_LINK
+        has_best = best is not None and best["epoch"] != "init" and link.exists()
+        if not has_best:
+            link.unlink(missing_ok=True)  # a link left by an earlier run with other options
+        return {"summary": str(root / "summary.json"), "log": str(root / "log.jsonl"),
+                "config": str(root / CONFIG_NAME), "best": str(link) if has_best else None}
+
     # ------------------------------------------------------------------------------------ loop
 
     def epochs(self, run: RunDir, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
@@ -330,13 +414,16 @@ class _Loop:
                 record["eval"] = self.evaluate(folder, ckpt, epoch)
                 if best is None or record["eval"]["mAP"] > best["mAP"]:
                     best = {"epoch": epoch, **record["eval"]}
+                    self.point_best(ckpt)
             history.append(record)
+            self.prune_old(epoch, best)
             if on_epoch is not None:
                 on_epoch(record)
         evals = [h for h in history if "eval" in h]
         result = {"run_dir": str(self.run.root), "method": cfg.method, "epochs": history,
                   "last": {"epoch": evals[-1]["epoch"], **evals[-1]["eval"]} if evals else None,
-                  "best": best, "checkpoint": str(ckpt.path.relative_to(self.run.root)) if ckpt else None}
+                  "best": best, "checkpoint": str(ckpt.path.relative_to(self.run.root)) if ckpt else None,
+                  "stages": self.stages_done, "files": self.files(best)}
         result.update({name: r.summary for name, r in preludes.items()})
         write_json(self.run.root / "summary.json", result)
         return result
@@ -351,6 +438,8 @@ def check_config(cfg: LoopConfig, ds: Dataset) -> None:
         raise ReidctlError("--epochs must be at least 1")
     if cfg.eval_every < 0:
         raise ReidctlError("--eval-every must be 0 (never) or positive")
+    if cfg.keep is not None and cfg.keep < 1:
+        raise ReidctlError("--keep must be at least 1: the next epoch starts from the last one's checkpoint")
     check_loader_options(cfg.extract_batch_size, cfg.workers, batch_flag="--extract-batch-size")
     get_method(cfg.method)  # an unknown method fails here
     if not ds.train:
@@ -377,4 +466,12 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None 
     run_dir = RunDir(cfg.run_dir, stages=STAGES, force_from=force_from, notice=notice)
     loop = _Loop(cfg, ds)  # resolves and checks every option before the run folder is made
     with run_dir as run:
+        write_config(run.root / CONFIG_NAME, loop.resolved_config(), header=_config_header())
         return loop.epochs(run, on_epoch)
+
+
+def _config_header() -> str:
+    from reidctl import __version__
+
+    return (f"The options this `reidctl loop` run resolved to (reidctl {__version__}).\n"
+            "Re-run it with: reidctl loop --config THIS_FILE (options given on the command line override the file).")

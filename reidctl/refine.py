@@ -39,6 +39,7 @@ def default_cluster_params(method: str, *, n_samples: int | None = None, options
         params = method_cls.resolve_clustering(params, n_samples)
         if params.algo == "agglomerative":
             check_linkage_memory(n_samples)
+    params.check()
     return params
 
 

@@ -57,6 +57,15 @@ class StageResult:
     digest: str  # content digest (what downstream keys hold)
     summary: dict[str, Any]
     cached: bool
+    pruned: bool = False  # the output was deleted by ``loop --keep`` (its record, digest and summary stay)
+
+
+def refuse_pruned(inputs: Mapping[str, StageResult | None], stage: str) -> None:
+    """A stage that must run cannot read an input that ``loop --keep`` deleted."""
+    for result in inputs.values():
+        if result is not None and result.pruned:
+            raise ReidctlError(f"the {stage} stage must run again, but its input {result.path} was deleted by "
+                               "--keep; re-run those epochs in a new --run-dir (or without --keep)")
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -194,6 +203,9 @@ class RunDir:
         if (group or stage) in self.forced:
             record = None
         if record is not None and record.get("key") == key:
+            if record.get("pruned") and not out.exists():
+                self.log({"epoch": epoch, "stage": stage, "cached": True, "pruned": True, **record["summary"]})
+                return StageResult(out, record["digest"], record["summary"], cached=True, pruned=True)
             problem = self._check_output(out, record, record_path)
             if problem is None:
                 self.log({"epoch": epoch, "stage": stage, "cached": True, **record["summary"]})
@@ -207,6 +219,21 @@ class RunDir:
         write_json(record_path, record)
         self.log({"epoch": epoch, "stage": stage, "cached": False, **summary})
         return StageResult(out, record["digest"], summary, cached=False)
+
+    def prune(self, folder: str) -> list[Path]:
+        """Delete the artifacts of ``folder`` (``loop --keep``): every file but the JSON records
+        and results. Its stage records stay, marked ``pruned``, so later epochs stay cached; a stage
+        that must read a pruned artifact is refused (:func:`refuse_pruned`)."""
+        base = self.root / folder
+        records = sorted(base.glob("*.done.json"))
+        for path in records:
+            record = json.loads(path.read_text())
+            if not record.get("pruned"):
+                write_json(path, {**record, "pruned": True})
+        removed = [p for p in sorted(base.iterdir()) if p.is_file() and p.suffix != ".json"]
+        for path in removed:
+            path.unlink()
+        return removed
 
     def _say(self, message: str, epoch: int | str, stage: str) -> None:
         self.notice(message)

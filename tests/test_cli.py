@@ -26,7 +26,7 @@ def tiny(tmp_path):
 
 
 # every command the pipeline needs; a registration dropped from reidctl/cli/__init__.py fails here
-COMMANDS = {"synth", "extract", "cluster", "intra-camera", "pretrain", "refine", "train-epoch", "loop", "evaluate", "rank", "export", "inspect"}
+COMMANDS = {"synth", "extract", "cluster", "intra-camera", "pretrain", "refine", "train-epoch", "loop", "report", "evaluate", "rank", "export", "inspect"}
 
 
 def test_help_lists_commands():

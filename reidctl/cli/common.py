@@ -15,11 +15,25 @@ from reidctl.errors import ReidctlError
 
 app = typer.Typer(
     name="reidctl",
-    help="Unsupervised person re-identification: extract, cluster, refine, train — stage by stage.",
+    help="Unsupervised person re-identification: extract, cluster, refine, train — stage by stage.",  # = help.DESCRIPTION
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+def _print_version(value: bool) -> None:
+    if value:
+        from reidctl import __version__
+
+        typer.echo(f"reidctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                       callback=_print_version)) -> None:
+    """Unsupervised person re-identification: extract, cluster, refine, train — stage by stage."""
+
 
 err_console = Console(stderr=True)
 out_console = Console()

@@ -10,8 +10,9 @@ from rich.table import Table
 
 from reidctl.cli import options as o
 from reidctl.cli.method_options import loop_flags, model_flags, runtime_flags
-from reidctl.cli.common import (command, err_console, given_options, multi_camera_cell, notice, out_console,
+from reidctl.cli.common import (command, err_console, error, given_options, multi_camera_cell, notice, out_console,
                                 print_json, settings, warn_single_camera)
+from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
 from reidctl.methods import get_method
 from reidctl.pipeline import STAGES, LoopConfig, run_loop
@@ -37,7 +38,13 @@ def loop(
     checkpoint: Annotated[Optional[Path], Opt("--checkpoint", help=(
         "Start epoch 0 from this checkpoint (a `reidctl pretrain` source model, another run's model); "
         "mar: instead of running its pretrain stage."))] = None,
+    keep: Annotated[Optional[int], Opt("--keep", help=(
+        "Keep the artifacts (features, labels, checkpoints) of the last N epochs and of the best one; older "
+        "epochs keep only their records and results."))] = None,
     run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    config: Annotated[Optional[Path], Opt(
+        "--config", is_eager=True, callback=lambda ctx, value: _load_config(ctx, value),
+        help="A TOML file of loop options (a run's config.toml); options given on the command line override it.")] = None,
 ) -> None:
     """Extract → cluster → refine → train-epoch each epoch; re-running resumes where it stopped."""
     spec = ModelSpec(**{**model, **get_method(method).model_settings(model, options)}, checkpoint=checkpoint,
@@ -46,13 +53,33 @@ def loop(
     cfg = LoopConfig(
         data=data, run_dir=run_dir, method=method, epochs=epochs, dataset=dataset, model=spec,
         options=options,
-        eval_every=eval_every, eval_init=not no_eval_init, force_from=force_from, **settings(run, "json"),
+        eval_every=eval_every, eval_init=not no_eval_init, force_from=force_from, keep=keep, **settings(run, "json"),
     )
     result = run_loop(cfg, on_epoch=None if run["json"] else _print_epoch, notice=notice)
     if run["json"]:
         print_json(result)
     else:
         out_console.print(summary_table(result))
+        print_run_files(result)
+
+
+def _load_config(ctx: typer.Context, path: Optional[Path]) -> None:
+    """Make the file's options the command's defaults (Click's ``default_map``), so that options on
+    the command line still win; an unknown option is refused in one line."""
+    if path is None:
+        return
+    from reidctl.configfile import read_config
+
+    try:
+        values = read_config(path)
+        names = {p.name for p in ctx.command.params} - {"config"}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ReidctlError(f"{path}: unknown loop option(s) {', '.join(unknown)}")
+    except ReidctlError as exc:
+        error(str(exc))
+        raise typer.Exit(code=2) from None
+    ctx.default_map = {**(ctx.default_map or {}), **values}
 
 
 def _pct(x: Any) -> str:
@@ -82,6 +109,34 @@ def _mined(rec: dict[str, Any]) -> dict[str, Any] | None:
     """The quality of the pairs a method mined this epoch (MAR), when ground truth scored them."""
     mined = rec.get("train", {}).get("mined_pairs_quality")
     return mined if mined and mined.get("precision") is not None else None
+
+
+def reuse_line(stages: list[dict[str, Any]]) -> str:
+    """Which stages came from the cache: "5 of 9 stages reused from cache (epoch_init: extract_test,
+    evaluate; epoch_000: extract)"."""
+    reused: dict[str, list[str]] = {}
+    for s in stages:
+        if s["cached"]:
+            reused.setdefault(s["folder"], []).append(s["stage"])
+    n = sum(len(v) for v in reused.values())
+    if not n:
+        return f"all {len(stages)} stages ran (none reused from cache)"
+    where = "; ".join(f"{folder}: {', '.join(names)}" for folder, names in reused.items())
+    return f"{n} of {len(stages)} stages reused from cache ({where})"
+
+
+def print_run_files(result: dict[str, Any]) -> None:
+    """The end of a run: what came from the cache, and where its files are."""
+    err_console.print(reuse_line(result["stages"]), highlight=False)
+    files, best = result["files"], result.get("best")
+    for name in ("summary", "log", "config"):
+        err_console.print(f"{name + ':':9}{files[name]}", highlight=False)
+    if files["best"]:
+        err_console.print(f"{'best:':9}{files['best']} → {result['run_dir']}/epoch_{best['epoch']:03d}/model.pt "
+                          f"(mAP {_pct(best['mAP'])} %)", highlight=False)
+    elif best:
+        err_console.print(f"{'best:':9}the initial model (mAP {_pct(best['mAP'])} %); no epoch improved on it",
+                          highlight=False)
 
 
 def summary_table(result: dict[str, Any]) -> Table:

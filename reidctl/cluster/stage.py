@@ -1,11 +1,16 @@
-"""The `cluster` stage: features.h5 → labels.h5 (labels, neighbour lists, sparse Jaccard)."""
+"""The `cluster` stage: features.h5 → labels.h5 (labels, neighbour lists, the sparse distance).
+
+Algorithms: DBSCAN or average linkage on the k-reciprocal Jaccard distance (the CC family,
+icrefine), or InfoMap on the cosine kNN graph (Cluster Contrast's InfoMap variant,
+:mod:`reidctl.cluster.infomap`).
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,28 +18,95 @@ import scipy.sparse as sp
 from reidctl.artifacts import LABELS, check_output, read_features, read_ground_truth, write_labels
 from reidctl.cluster.agglomerative import agglomerative
 from reidctl.cluster.dbscan import dbscan
+from reidctl.cluster.infomap import (INFOMAP_SEED, drop_small, infomap_links, infomap_modules, link_distances,
+                                     require_infomap)
 from reidctl.cluster.jaccard import jaccard_distance
 from reidctl.cluster.mixing import branch_features, mix_jaccard, parse_branches
 from reidctl.cluster.report import labels_report
 from reidctl.errors import ReidctlError, naming
-from reidctl.options import option
+from reidctl.options import not_applicable, option
 from reidctl.progress import callback, progress_bar
 from reidctl.search import knn
 
-ALGOS = ("dbscan", "agglomerative")
+ALGOS = ("dbscan", "agglomerative", "infomap")
+
+#: The options whose official value depends on the algorithm: DBSCAN/agglomerative on the
+#: Jaccard distance (ALGORITHMS.md §3.3-3.4, §9) and InfoMap (§3.9; the argparse defaults of
+#: ``cluster_contrast_train_usl_infomap.py``). An option the user leaves unset takes its
+#: algorithm's value here; every other place reads the resolved field.
+ALGO_DEFAULTS: dict[str, dict[str, int | float]] = {
+    "dbscan": {"k1": 30, "k2": 6, "eps": 0.6, "min_samples": 4},
+    "agglomerative": {"k1": 30, "k2": 6, "eps": 0.6, "min_samples": 4},
+    "infomap": {"k1": 15, "k2": 4, "eps": 0.5, "min_samples": 4},
+}
+
+
+class _Unset:
+    """Marks a value as the algorithm's default, not given by anyone (see :class:`ClusterParams`)."""
+
+    __slots__ = ()
+
+
+class _UnsetInt(_Unset, int):
+    """An int default (``k1``, ``k2``, ``min_samples``)."""
+
+    __slots__ = ()
+
+
+class _UnsetFloat(_Unset, float):
+    """A float default (``eps``)."""
+
+    __slots__ = ()
+
+
+@overload
+def _unset(value: int) -> int: ...
+@overload
+def _unset(value: float) -> float: ...
+def _unset(value: int | float) -> int | float:
+    """``value`` as an algorithm default: equal to it in every use (arithmetic, JSON, help
+    text), but recognisable as "not given" when the algorithm changes."""
+    return _UnsetInt(value) if isinstance(value, int) else _UnsetFloat(value)
+
+
+def is_default(value: object) -> bool:
+    """Whether a :class:`ClusterParams` value is its algorithm's default (no one set it)."""
+    return isinstance(value, _Unset)
+
+
+_DBSCAN = ALGO_DEFAULTS["dbscan"]
 
 
 @dataclass
 class ClusterParams:
-    """Defaults of the Cluster Contrast commands (ALGORITHMS.md §3.3-3.4, §9)."""
+    """Defaults of the Cluster Contrast commands (ALGORITHMS.md §3.3-3.4, §3.9, §9).
+
+    ``k1``, ``k2``, ``eps`` and ``min_samples`` default to their algorithm's official value
+    (:data:`ALGO_DEFAULTS`). Why values that know they are defaults: the commands and the
+    methods build these parameters in layers (``asdict`` of the defaults, then a method's
+    official values, then the user's options) and an unset option is simply absent, so the
+    algorithm is known only once the instance is built. A default is stored as an int or float
+    subclass that survives ``asdict`` and ``replace``; ``__post_init__`` replaces each one by
+    the value of the instance's ``algo``, so ``ClusterParams(algo="infomap").k1 == 15`` while
+    ``ClusterParams(algo="infomap", k1=30).k1 == 30``, and the resolved numbers are what the
+    artifacts and cache keys record.
+    """
 
     algo: str = field(default="dbscan", metadata=option(
-        "Clustering: dbscan (the CC family) or agglomerative (average linkage, icrefine).",
+        "Clustering: dbscan (the CC family), agglomerative (average linkage, icrefine) or infomap "
+        "(Cluster Contrast's InfoMap variant on the cosine kNN graph; pip install 'reidctl\\[infomap]').",
         aliases=("--global-clustering",)))
-    k1: int = field(default=30, metadata=option("Neighbourhood size of the k-reciprocal Jaccard distance."))
-    k2: int = field(default=6, metadata=option("Query-expansion size of the Jaccard distance (1 = none)."))
-    eps: float = field(default=0.6, metadata=option("DBSCAN radius on the Jaccard distance."))
-    min_samples: int = field(default=4, metadata=option("DBSCAN core-point size (counts the point itself)."))
+    k1: int = field(default=_unset(_DBSCAN["k1"]), metadata=option(
+        "Neighbourhood size of the k-reciprocal Jaccard distance; infomap: neighbours searched per image, "
+        "itself included (15 with --algo infomap)."))
+    k2: int = field(default=_unset(_DBSCAN["k2"]), metadata=option(
+        "Query-expansion size of the Jaccard distance (1 = none); infomap: clusters of at most k2 images "
+        "become outliers (4 with --algo infomap)."))
+    eps: float = field(default=_unset(_DBSCAN["eps"]), metadata=option(
+        "DBSCAN radius on the Jaccard distance; infomap: the cosine similarity a neighbour needs to be "
+        "linked (0.5 with --algo infomap)."))
+    min_samples: int = field(default=_unset(_DBSCAN["min_samples"]), metadata=option(
+        "DBSCAN core-point size (counts the point itself); not used by infomap."))
     n_clusters: int | None = field(default=None, metadata=option(
         "Clusters of average-linkage clustering (icrefine: 800, the paper's Market value, or N/5 when smaller; "
         "MSMT17: 1200)."))
@@ -46,11 +118,38 @@ class ClusterParams:
         "Feature branches and weights of the distance: global, or e.g. global=0.6,part0=0.2,part1=0.2 "
         "(NCPLR's mixture, ALGORITHMS.md §7.2)."))
 
+    def __post_init__(self) -> None:
+        """Unset options take the algorithm's defaults; InfoMap's refusals and its package are
+        checked here, when the loop builds its parameters, so they fail before any stage runs."""
+        for name, value in ALGO_DEFAULTS.get(self.algo, {}).items():
+            if is_default(getattr(self, name)):
+                setattr(self, name, _unset(value))
+        if self.algo == "infomap":
+            # a value InfoMap would ignore is refused, so no one believes it changed the clusters;
+            # --min-samples at its default value changes nothing and passes (a run's saved
+            # config.toml lists every clustering option)
+            ignored = {"min_samples": self.min_samples != ALGO_DEFAULTS["infomap"]["min_samples"],
+                       "n_clusters": self.n_clusters is not None}
+            given = [name for name, differs in ignored.items() if differs and not is_default(getattr(self, name))]
+            if given:
+                raise not_applicable(given, "--algo infomap")
+            if self.branches != "global":
+                raise ReidctlError(f"--algo infomap clusters the global features only: --branches {self.branches} "
+                                   "(a mixture of Jaccard distances) does not apply")
+            require_infomap()
+
     def check(self) -> None:
         if self.algo not in ALGOS:
-            raise ReidctlError(f"--algo {self.algo}: choose dbscan or agglomerative")
+            raise ReidctlError(f"--algo {self.algo}: choose dbscan, agglomerative or infomap")
         if self.algo == "agglomerative" and not self.n_clusters:
             raise ReidctlError("--algo agglomerative needs --n-clusters")
+        if self.algo == "infomap":
+            if self.k1 < 2 or self.k2 < 0:
+                raise ReidctlError("--k1 must be at least 2 and --k2 at least 0 with --algo infomap")
+            if not 0 < self.eps < 1:
+                raise ReidctlError("--eps must lie in (0, 1) with --algo infomap: it is the cosine similarity "
+                                   "a neighbour needs to be linked")
+            return
         if self.k1 < 2 or self.k2 < 1:
             raise ReidctlError("--k1 must be at least 2 and --k2 at least 1")
         if self.algo == "dbscan" and not 0 < self.eps < 1:
@@ -59,15 +158,21 @@ class ClusterParams:
 
 
 def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray | None = None) -> dict[str, Any]:
-    """Cluster L2-normalised features; returns labels, kNN lists, the sparse Jaccard and timings.
+    """Cluster L2-normalised features; returns labels, kNN lists, the sparse distance the labels
+    were clustered on (under ``jaccard``, the name labels files and NCPLR's refinement read) and
+    timings.
 
     With several ``params.branches`` (``parts``: the N×P×D part features) the distance is the
     weighted mixture of each branch's Jaccard distance, and the kNN lists are the first branch's.
+    InfoMap computes no Jaccard distance: its ``jaccard`` is the graph it clustered
+    (:func:`reidctl.cluster.infomap.link_distances`, 1 − cos on each link).
     """
     params.check()
     n = len(feats)
     if n <= params.k1:
         raise ReidctlError(f"{n} samples are too few for --k1 {params.k1} (need more samples than k1)")
+    if params.algo == "infomap":
+        return _infomap(feats, params)
     if params.algo == "agglomerative" and params.n_clusters > n:
         raise ReidctlError(f"--n-clusters {params.n_clusters} exceeds the number of samples ({n})")
     branches = parse_branches(params.branches)
@@ -87,6 +192,23 @@ def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray
     times["cluster_s"] = time.perf_counter() - t
     return {"labels": np.asarray(labels, dtype=np.int32), "knn_index": idx.astype(np.int32),
             "knn_dist": dist.astype(np.float32), "jaccard": jac, "times": times}
+
+
+def _infomap(feats: np.ndarray, params: ClusterParams) -> dict[str, Any]:
+    """InfoMap on the cosine kNN graph of the global features (:mod:`reidctl.cluster.infomap`)."""
+    n = len(feats)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    with progress_bar("kNN", n) as advance:
+        dist, idx = knn(feats, params.k1, backend=params.knn_backend, device=params.device, progress=callback(advance))
+    times["knn_s"] = time.perf_counter() - t
+    times["jaccard_s"] = 0.0  # none computed: InfoMap clusters the kNN graph itself
+    t = time.perf_counter()
+    links = infomap_links(dist, idx, params.eps)
+    labels = drop_small(infomap_modules(n, links, seed=INFOMAP_SEED), params.k2)
+    times["cluster_s"] = time.perf_counter() - t
+    return {"labels": labels.astype(np.int32), "knn_index": idx.astype(np.int32), "knn_dist": dist.astype(np.float32),
+            "jaccard": link_distances(n, links), "times": times}
 
 
 def _branch_jaccard(x: np.ndarray, params: ClusterParams, times: dict[str, float],
@@ -144,7 +266,12 @@ def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParam
     write_labels(
         out, labels, paths=fe.paths,
         extra={"knn_index": res["knn_index"], "knn_dist": res["knn_dist"], "jaccard": res["jaccard"]},
-        params={"stage": "cluster", **asdict(params)}, inputs={"features": fe.meta.digest}, seed=seed,
-        attrs={"summary": summary},
+        params={"stage": "cluster", **asdict(params), **_seeds(params)}, inputs={"features": fe.meta.digest},
+        seed=seed, attrs={"summary": summary},
     )
     return summary
+
+
+def _seeds(params: ClusterParams) -> dict[str, int]:
+    """The fixed seed of a randomised algorithm, recorded with the parameters (InfoMap's)."""
+    return {"infomap_seed": INFOMAP_SEED} if params.algo == "infomap" else {}

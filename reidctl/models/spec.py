@@ -71,6 +71,11 @@ class ModelSpec:
             raise ReidctlError(f"{self.checkpoint}: the model's structure comes from the checkpoint, but "
                                f"{', '.join(differ)}; drop those options")
 
+    def model_config(self) -> ModelConfig:
+        """The structure of a fresh model from these options; a bad value fails here, cheaply."""
+        return ModelConfig(self.arch, self.pooling, self.parts, self.last_stride, self.height, self.width,
+                           self.part_split, self.neck, self.last_relu, self.input_norm)
+
     def build(self) -> tuple[ReidModel, dict[str, Any]]:
         """The model and its provenance (what the artifact's ``params`` should record)."""
         if self.checkpoint is not None:
@@ -78,8 +83,7 @@ class ModelSpec:
             model, epoch = model_from_payload(payload, self.checkpoint), payload.get("epoch")
             return model, {"model": model.config.to_dict(), "init": f"checkpoint:{Path(self.checkpoint).name}",
                            "epoch": epoch}
-        config = ModelConfig(self.arch, self.pooling, self.parts, self.last_stride, self.height, self.width,
-                             self.part_split, self.neck, self.last_relu, self.input_norm)
+        config = self.model_config()
         torch.manual_seed(self.seed)  # random initialisation is part of the experiment
         model = build_model(config, pretrained=self.pretrained, weights=self.weights)
         return model, {"model": config.to_dict(), "init": init_description(self.pretrained, self.weights)}

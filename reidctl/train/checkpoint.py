@@ -32,6 +32,10 @@ CHECKPOINT_VERSION = 1
 #: Entries of a checkpoint that describe it but do not change what continuing from it computes:
 #: wall-clock timings (``history``), where its inputs lay (``provenance``), the writer's version.
 NOT_DIGESTED = ("digest", "history", "provenance", "reidctl_version")
+#: Global RNG states a checkpoint keeps (so a resumed process continues as if never stopped) but
+#: that nothing in training draws from: Python seeds ``random`` from the OS at start-up, so they
+#: differ between two identical runs and must not make their checkpoints' digests differ.
+UNSEEDED_RNGS = ("python", "numpy")
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
@@ -64,6 +68,8 @@ def content_digest(payload: Mapping[str, Any]) -> str:
     file lies, so the stages after it stay cached."""
     h = hashlib.sha256()
     digested = {k: v for k, v in payload.items() if k not in NOT_DIGESTED}
+    if isinstance(digested.get("rng"), Mapping):  # see UNSEEDED_RNGS
+        digested["rng"] = {k: v for k, v in digested["rng"].items() if k not in UNSEEDED_RNGS}
     if isinstance(digested.get("method_arrays"), Mapping):  # their content counts, not their file's name
         digested["method_arrays"] = digested["method_arrays"].get("digest")
     _hash_value(h, digested)

@@ -221,6 +221,7 @@ class EpochStats:
     world_size: int
     amp: str
     logs: dict[str, float] = field(default_factory=dict)
+    step_losses: list[float] = field(default_factory=list)  # the loss of every iteration (mean over ranks)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -303,11 +304,12 @@ def train_epoch(
 
     start = time.perf_counter()
     with determinism(deterministic, session.device), _closing(stream):
-        total, logs = _run_steps(session, stream, ctx.length, forward, state, progress)
+        per_step, logs = _run_steps(session, stream, ctx.length, forward, state, progress)
     if method.scheduler_interval == "epoch":
         session.scheduler.step()
     seconds = time.perf_counter() - start
-    mean_loss = dist.all_reduce_mean(float(total.item()) / ctx.length)
+    step_losses = _mean_over_ranks(per_step)
+    mean_loss = sum(step_losses) / ctx.length  # summed in step order, as before per-step losses were kept
     if not math.isfinite(mean_loss):
         raise ReidctlError(f"training diverged in epoch {epoch} (mean loss {mean_loss}); try a lower --lr")
     stats = EpochStats(
@@ -316,6 +318,7 @@ def train_epoch(
         amp=dtype_name(session.amp_dtype),
         logs={k: dist.all_reduce_mean(float(v.item()) / ctx.length) for k, v in logs.items()}
         | method.epoch_summary(state),
+        step_losses=step_losses,
     )
     session.epoch = epoch
     session.steps += ctx.length
@@ -342,16 +345,16 @@ def _stream_context(session: TrainSession, samples: Sequence[Sample], data: Epoc
 
 def _run_steps(session: TrainSession, stream: Iterable[Any], length: int, forward: Forward, state: Any,
                progress: Callable[[int], None] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``length`` steps on the stream's inputs; the summed loss and logs (tensors on the device,
-    so a step costs no device sync)."""
+    """``length`` steps on the stream's inputs; each step's loss and the summed logs (tensors on
+    the device, so a step costs no device sync)."""
     method, device = session.method, session.device
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    per_step = torch.zeros(length, dtype=torch.float64, device=device)
     logs: dict[str, torch.Tensor] = {}
     done = 0
     for inputs in itertools.islice(stream, length):
         step = method.training_step(inputs, forward, state)
         _optimise(session, step, inputs, state)
-        total += step.loss.detach().double()
+        per_step[done] = step.loss.detach().double()
         for k, v in step.logs.items():
             logs[k] = logs.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64, device=device).detach()
         done += 1
@@ -359,7 +362,12 @@ def _run_steps(session: TrainSession, stream: Iterable[Any], length: int, forwar
             progress(1)
     if done < length:
         raise ReidctlError(f"--method {method.name}: its training stream ended after {done} of {length} steps")
-    return total, logs
+    return per_step, logs
+
+
+def _mean_over_ranks(values: torch.Tensor) -> list[float]:
+    """``values`` averaged element-wise over the ranks (as they are without a process group)."""
+    return dist.all_reduce_mean_tensor(values).cpu().tolist()
 
 
 @contextlib.contextmanager

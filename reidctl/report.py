@@ -1,0 +1,555 @@
+"""Pictures of `loop` runs, so that ablations can be compared at a glance.
+
+Why: a run's ``summary.json`` holds every number of every epoch, but comparing two runs (a
+method against its baseline, one option against another) means reading dozens of them. This
+module reads run folders into one tidy per-epoch table per run and draws them overlaid, one
+colour per run, in four panels: (a) mAP and rank-1, (b) pseudo-label quality against ground
+truth, (c) clusters, outliers and multi-camera clusters, (d) the training loss per iteration.
+The same series can go to an HTML page (figure plus tables) or to TensorBoard.
+
+Rates (mAP, ranks, mINP, pairwise F, NMI) are stored in the table in percent, as they are shown.
+matplotlib and TensorBoard are imported only by the functions that draw or write with them, so
+importing this module stays cheap (the CLI imports every command module at start).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from reidctl.artifacts import atomic_path
+from reidctl.errors import ReidctlError
+
+#: The x position of the evaluation before training ("init") on per-epoch axes.
+INIT_X = -1
+#: Figure size in inches and resolution: the PNG is always ``report_size()`` pixels.
+FIGSIZE = (13.0, 9.0)
+DPI = 100
+#: Output formats of :func:`write_report`, by file suffix.
+FORMATS = (".png", ".html")
+
+TENSORBOARD_MISSING = "--tensorboard needs the tensorboard package: pip install 'reidctl[tensorboard]'"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the per-epoch table: where it is read in an epoch record, how it is shown."""
+
+    key: str
+    header: str
+    source: tuple[str, ...]  # path in the epoch record; "labels" = refine's record, else cluster's
+    percent: bool = False  # a fraction 0..1 in summary.json, shown (and stored here) in percent
+    integer: bool = False
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("mAP", "mAP %", ("eval", "mAP"), percent=True),
+    Column("rank1", "rank-1 %", ("eval", "rank1"), percent=True),
+    Column("rank5", "rank-5 %", ("eval", "rank5"), percent=True),
+    Column("rank10", "rank-10 %", ("eval", "rank10"), percent=True),
+    Column("mINP", "mINP %", ("eval", "mINP"), percent=True),
+    Column("mAP_trapezoid", "mAP trapz %", ("eval", "mAP_trapezoid"), percent=True),
+    Column("f_score", "pairwise F %", ("labels", "quality", "f_score"), percent=True),
+    Column("nmi", "NMI %", ("labels", "quality", "nmi"), percent=True),
+    Column("clusters", "clusters", ("labels", "clusters"), integer=True),
+    Column("outliers", "outliers", ("labels", "outliers"), integer=True),
+    Column("multi_camera_clusters", "multi-camera clusters", ("labels", "camera_mix", "multi_camera_clusters"),
+           integer=True),
+    Column("loss", "mean loss", ("train", "loss")),
+    Column("iterations", "iterations", ("train", "iterations"), integer=True),
+)
+COLUMN_KEYS = tuple(c.key for c in COLUMNS)
+
+
+@dataclass
+class EpochRow:
+    """One epoch of a run: ``epoch`` is "init" (the model before training) or 0, 1, ...;
+    ``values`` maps every :data:`COLUMNS` key to a number or None (not measured that epoch)."""
+
+    epoch: int | str
+    values: dict[str, float | int | None]
+
+    @property
+    def x(self) -> int:
+        """Position on a per-epoch axis: "init" sits at :data:`INIT_X`, before epoch 0."""
+        return INIT_X if self.epoch == "init" else int(self.epoch)
+
+
+@dataclass
+class LossCurve:
+    """The training loss of every iteration, epochs concatenated (x = global iteration from 0).
+
+    Runs made before the trainer kept per-iteration losses only have each epoch's mean; their
+    iterations carry that mean and ``measured`` is False there, so a plot can say so.
+    """
+
+    iteration: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    measured: list[bool] = field(default_factory=list)
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # epoch -> [first, end) iteration
+
+    @property
+    def boundaries(self) -> list[int]:
+        """The global iteration at which each epoch after the first starts."""
+        return [start for start, _ in sorted(self.spans.values())][1:]
+
+    @property
+    def kind(self) -> str:
+        """"per-iteration", "per-epoch mean", "mixed" or "none" (no training recorded)."""
+        if not self.measured:
+            return "none"
+        if all(self.measured):
+            return "per-iteration"
+        return "per-epoch mean" if not any(self.measured) else "mixed"
+
+
+@dataclass
+class RunRecord:
+    """One run folder as the report uses it: a per-epoch table and the loss curve."""
+
+    path: Path
+    label: str  # the run folder's name (with its parent's where two runs share a name)
+    method: str
+    rows: list[EpochRow]
+    loss: LossCurve
+    clusters: bool  # the method has a cluster stage (MAR has none)
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(x, values) of one column over the epochs that measured it (x of init = :data:`INIT_X`)."""
+        points = [(r.x, r.values[key]) for r in self.rows if r.values.get(key) is not None]
+        return [x for x, _ in points], [v for _, v in points]
+
+    def has(self, key: str) -> bool:
+        """Whether any epoch measured column ``key``."""
+        return any(r.values.get(key) is not None for r in self.rows)
+
+    def table(self) -> list[dict[str, Any]]:
+        """The tidy per-epoch table: one dict per epoch, "epoch" then every column (rates in %)."""
+        return [{"epoch": r.epoch, **r.values} for r in self.rows]
+
+
+# ------------------------------------------------------------------------------------ reading
+
+def read_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
+    """Read a `loop` run folder (its ``summary.json``); a folder that is not one is refused with
+    a ReidctlError naming it."""
+    root = Path(path)
+    summary = _read_summary(root)
+    records = summary["epochs"]
+    rows = [EpochRow(rec["epoch"], _values(rec)) for rec in records]
+    clusters = any(_labels(rec) is not None for rec in records)
+    try:
+        loss = loss_curve(records)
+    except (TypeError, ValueError):
+        raise ReidctlError(f"{root / 'summary.json'}: a train record's step_losses are not a list of numbers") from None
+    return RunRecord(path=root, label=label or _name(root), method=str(summary.get("method", "?")),
+                     rows=rows, loss=loss, clusters=clusters)
+
+
+def read_runs(paths: Sequence[str | os.PathLike]) -> list[RunRecord]:
+    """Read several run folders; each gets a distinct label (the folder name, with its parent's
+    name where two share it). The same folder twice is refused: it would hide one line."""
+    roots = [Path(p) for p in paths]
+    if not roots:
+        raise ReidctlError("give at least one run folder")
+    seen: dict[Path, Path] = {}
+    for root in roots:
+        real = root.resolve()
+        if real in seen:
+            raise ReidctlError(f"{root}: the same run folder is given twice (as {seen[real]})")
+        seen[real] = root
+    return [read_run(root, label) for root, label in zip(roots, run_labels(roots))]
+
+
+def run_labels(roots: Sequence[Path]) -> list[str]:
+    """Legend names: each folder's name, or ``parent/name`` where two runs share a name."""
+    names = [_name(r) for r in roots]
+    return [f"{r.resolve().parent.name}/{n}" if names.count(n) > 1 else n for r, n in zip(roots, names)]
+
+
+def _name(root: Path) -> str:
+    return root.resolve().name or str(root)
+
+
+def _read_summary(root: Path) -> dict[str, Any]:
+    if not root.exists():
+        raise ReidctlError(f"{root}: no such run folder")
+    if not root.is_dir():
+        raise ReidctlError(f"{root} is a file, not a run folder (give the folder `loop --run-dir` made)")
+    file = root / "summary.json"
+    if not file.is_file():
+        why = ("log.jsonl is there: the loop is still running or was stopped before its end"
+               if (root / "log.jsonl").is_file() else "give a folder `reidctl loop --run-dir` wrote")
+        raise ReidctlError(f"{root} is not a loop run folder: it has no summary.json ({why})")
+    try:
+        summary = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ReidctlError(f"{file}: cannot read it as JSON ({exc})") from None
+    _check_summary(file, summary)
+    return summary
+
+
+def _check_summary(file: Path, summary: Any) -> None:
+    """Refuse a summary.json that is not a loop's, before a KeyError deep in the drawing would."""
+    epochs = summary.get("epochs") if isinstance(summary, dict) else None
+    if not isinstance(epochs, list):
+        raise ReidctlError(f"{file}: not a loop summary (no list of \"epochs\")")
+    if not epochs:
+        raise ReidctlError(f"{file}: the run has no epochs to report")
+    for i, rec in enumerate(epochs):
+        epoch = rec.get("epoch") if isinstance(rec, dict) else None
+        if epoch != "init" and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
+            raise ReidctlError(f"{file}: epoch record {i} has epoch {epoch!r} (expected \"init\" or 0, 1, ...)")
+
+
+def _labels(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The pseudo labels the epoch trained on: refine's record (what training reads), else the
+    cluster stage's; None for a method without a cluster stage (MAR)."""
+    for stage in ("refine", "cluster"):
+        if isinstance(rec.get(stage), dict):
+            return rec[stage]
+    return None
+
+
+def _values(rec: dict[str, Any]) -> dict[str, float | int | None]:
+    values: dict[str, float | int | None] = {}
+    for col in COLUMNS:
+        head, *rest = col.source
+        value = _dig(_labels(rec) if head == "labels" else rec.get(head), rest)
+        values[col.key] = None if value is None else (
+            100.0 * value if col.percent else int(value) if col.integer else value)
+    return values
+
+
+def _dig(node: Any, path: Iterable[str]) -> float | None:
+    """The finite number at ``path`` below ``node``, or None where anything on the way is absent
+    (an epoch without evaluation, ``camera_mix`` null when cameras are unknown ...)."""
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    if isinstance(node, bool) or not isinstance(node, (int, float)) or not math.isfinite(node):
+        return None
+    return float(node)
+
+
+def loss_curve(records: Sequence[dict[str, Any]]) -> LossCurve:
+    """The per-iteration loss of every trained epoch in order; where an epoch has no
+    ``step_losses`` (runs older than the field), its mean loss over its iterations."""
+    curve = LossCurve()
+    for rec in records:
+        train = rec.get("train")
+        if not isinstance(train, dict) or rec["epoch"] == "init":
+            continue
+        steps = [float(v) for v in train.get("step_losses") or []]
+        mean = _dig(train, ["loss"])
+        if not steps and mean is None:
+            continue
+        n = len(steps) or max(int(_dig(train, ["iterations"]) or 1), 1)
+        start = len(curve.iteration)
+        curve.iteration.extend(range(start, start + n))
+        curve.loss.extend(steps or [mean] * n)
+        curve.measured.extend([bool(steps)] * n)
+        curve.spans[rec["epoch"]] = (start, start + n)
+    return curve
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+def report_size() -> tuple[int, int]:
+    """(width, height) in pixels of the report figure, whatever the runs (tests check it)."""
+    return round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI)
+
+
+def output_path(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None) -> Path:
+    """Where the report goes: ``out``, or ``RUN_DIR/report.png`` for a single run. Several runs
+    have no obvious home, so they need ``out``; a suffix other than .png/.html is refused."""
+    if out is None:
+        if len(run_dirs) != 1:
+            raise ReidctlError(f"{len(run_dirs)} runs: give --out FILE.png or FILE.html "
+                               "(a report of one run goes into its folder by default)")
+        return Path(run_dirs[0]) / "report.png"
+    path = Path(out)
+    if path.suffix.lower() not in FORMATS:
+        raise ReidctlError(f"--out {path}: the name must end in .png or .html")
+    return path
+
+
+def write_report(runs: Sequence[RunRecord], out: str | os.PathLike) -> dict[str, Any]:
+    """Write the figure (``.png``) or the HTML page (``.html``) atomically; returns what was
+    written: ``out``, ``format``, ``size`` (pixels of the figure) and the runs' labels."""
+    path = Path(out)
+    png = render_png(runs)
+    data = html_page(runs, png).encode() if path.suffix.lower() == ".html" else png
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return {"out": str(path), "format": path.suffix.lower().lstrip("."), "size": list(report_size()),
+            "runs": [r.label for r in runs]}
+
+
+def render_png(runs: Sequence[RunRecord]) -> bytes:
+    """The report figure as PNG bytes (:data:`FIGSIZE` at :data:`DPI`)."""
+    buf = io.BytesIO()
+    draw_figure(runs).savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def html_page(runs: Sequence[RunRecord], png: bytes) -> str:
+    """A self-contained page: the figure embedded as base64 PNG, then each run's table."""
+    image = base64.b64encode(png).decode("ascii")
+    title = "reidctl report: " + ", ".join(r.label for r in runs)
+    parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             f"<img alt=\"report figure\" src=\"data:image/png;base64,{image}\">"]
+    parts += [_html_table(run) for run in runs]
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+_CSS = ("body{font-family:sans-serif;margin:1.5em}img{max-width:100%}table{border-collapse:collapse;"
+        "margin-bottom:2em}th,td{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+        "th{background:#f2f2f2}caption{text-align:left;font-weight:bold;padding:4px 0}")
+
+
+def _html_table(run: RunRecord) -> str:
+    note = {"per-epoch mean": " (no per-iteration losses recorded)", "mixed": " (some epochs without "
+            "per-iteration losses)"}.get(run.loss.kind, "")
+    caption = f"{run.label} — {run.method}, {run.path}{note}"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("epoch", *(c.header for c in COLUMNS)))
+    body = "".join("<tr><td>" + html.escape(str(r.epoch)) + "</td>"
+                   + "".join(f"<td>{format_cell(c, r.values[c.key])}</td>" for c in COLUMNS) + "</tr>"
+                   for r in run.rows)
+    return (f"<table class=\"epochs\"><caption>{html.escape(caption)}</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def format_cell(col: Column, value: float | None) -> str:
+    """A table cell: rates with two decimals (already in %), counts as integers, — when absent."""
+    if value is None:
+        return "—"
+    if col.integer:
+        return str(int(value))
+    return f"{value:.2f}" if col.percent else f"{value:.4f}"
+
+
+# ------------------------------------------------------------------------------------ figure
+
+#: Line style of each metric within a panel (colour tells the run).
+STYLES = {"mAP": ("-", "o"), "rank1": ("--", "s"), "f_score": ("-", "o"), "nmi": ("--", "s"),
+          "clusters": ("-", "o"), "outliers": ("--", "s"), "multi_camera_clusters": (":", "^")}
+NAMES = {"mAP": "mAP", "rank1": "rank-1", "f_score": "pairwise F", "nmi": "NMI", "clusters": "clusters",
+         "outliers": "outliers", "multi_camera_clusters": "multi-camera clusters"}
+
+
+def draw_figure(runs: Sequence[RunRecord]) -> Any:
+    """The four-panel matplotlib Figure of ``runs`` (one colour per run, legend at the bottom).
+
+    Drawn on a Figure with the Agg canvas, not through pyplot, so it neither needs a display
+    nor changes the backend of a notebook that calls it.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    (a, b), (c, d) = fig.subplots(2, 2)
+    colours = [_colour(i) for i in range(len(runs))]
+    _panel_eval(a, runs, colours)
+    _panel_quality(b, runs, colours)
+    _panel_counts(c, runs, colours)
+    _panel_loss(d, runs, colours)
+    xs = [row.x for run in runs for row in run.rows]
+    for ax in (a, b, c):  # the same epochs line up across the per-epoch panels
+        ax.set_xlim(min(xs) - 0.3, max(xs) + 0.3)
+    _run_legend(fig, runs, colours)
+    return fig
+
+
+def _colour(i: int) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["tab10"](i % 10)
+
+
+def _panel_eval(ax: Any, runs: Sequence[RunRecord], colours: list[Any]) -> None:
+    _per_epoch(ax, runs, colours, ("mAP", "rank1"))
+    ax.set_title("(a) mAP and rank-1 on the test split")
+    ax.set_ylabel("%")
+    _note(ax, [f"not evaluated: {r.label}" for r in runs if not r.has("mAP")])
+    if not any(r.has("mAP") for r in runs):
+        _empty(ax, "no evaluation (--eval-every 0, or no query/gallery split)")
+
+
+def _panel_quality(ax: Any, runs: Sequence[RunRecord], colours: list[Any]) -> None:
+    _per_epoch(ax, runs, colours, ("f_score", "nmi"))
+    ax.set_title("(b) pseudo labels vs ground truth (reported only)")
+    ax.set_ylabel("%")
+    _note(ax, [f"no cluster stage: {r.label}" if not r.clusters else f"no ground truth: {r.label}"
+               for r in runs if not r.has("f_score")])
+    if not any(r.has("f_score") for r in runs):
+        _empty(ax, "no ground truth" if any(r.clusters for r in runs) else "no cluster stage")
+
+
+def _panel_counts(ax: Any, runs: Sequence[RunRecord], colours: list[Any]) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    _per_epoch(ax, runs, colours, ("clusters", "outliers", "multi_camera_clusters"))
+    ax.set_title("(c) pseudo labels: clusters, outliers, multi-camera clusters")
+    ax.set_yscale("symlog", linthresh=1)  # outliers outnumber clusters 10-100×; 0 must show
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylabel("count (symlog)")
+    _note(ax, [f"no cluster stage: {r.label}" for r in runs if not r.clusters])
+    if not any(r.clusters for r in runs):
+        _empty(ax, "no cluster stage")
+
+
+def _per_epoch(ax: Any, runs: Sequence[RunRecord], colours: list[Any], keys: Sequence[str]) -> None:
+    """Plot columns ``keys`` of every run against the epoch ("init" left of epoch 0)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    for run, colour in zip(runs, colours):
+        for key in keys:
+            xs, ys = run.series(key)
+            ls, marker = STYLES[key]
+            ax.plot(xs, ys, color=colour, linestyle=ls, marker=marker, markersize=4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if round(v) == INIT_X else f"{v:.0f}"))
+    ax.set_xlabel("epoch (init = before training)")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=[Line2D([], [], color="0.3", linestyle=STYLES[k][0], marker=STYLES[k][1], markersize=4,
+                              label=NAMES[k]) for k in keys], fontsize=8, loc="best")
+
+
+def _panel_loss(ax: Any, runs: Sequence[RunRecord], colours: list[Any]) -> None:
+    """Loss against the global iteration; an epoch's start is a dotted line in the run's colour.
+    Epochs known only by their mean loss (older runs) are drawn dashed, at that mean."""
+    from matplotlib.lines import Line2D
+
+    for run, colour in zip(runs, colours):
+        curve = run.loss
+        exact = [v if m else math.nan for v, m in zip(curve.loss, curve.measured)]
+        means = [v if not m else math.nan for v, m in zip(curve.loss, curve.measured)]
+        ax.plot(curve.iteration, exact, color=colour, linewidth=0.8)
+        ax.plot(curve.iteration, means, color=colour, linewidth=2, linestyle="--")
+        for x in curve.boundaries:
+            ax.axvline(x - 0.5, color=colour, linestyle=":", linewidth=0.8, alpha=0.6)
+    ax.set_title("(d) training loss per iteration (dotted: epoch starts)")
+    ax.set_xlabel("global iteration")
+    losses = [v for run in runs for v in run.loss.loss]
+    wide = bool(losses) and min(losses) > 0 and max(losses) >= 10 * min(losses)
+    if wide:  # methods' losses differ by orders of magnitude (MAR's vs CC's): keep both readable
+        ax.set_yscale("log")
+    ax.set_ylabel("loss (log)" if wide else "loss")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=[Line2D([], [], color="0.3", linewidth=0.8, label="per iteration"),
+                       Line2D([], [], color="0.3", linewidth=2, linestyle="--", label="per-epoch mean")],
+              fontsize=8, loc="best")
+    _note(ax, [f"{'no' if r.loss.kind == 'per-epoch mean' else 'some epochs without'} per-iteration losses "
+               f"recorded, per-epoch mean shown: {r.label}" for r in runs if r.loss.kind in ("per-epoch mean", "mixed")]
+          + [f"no training recorded: {r.label}" for r in runs if r.loss.kind == "none"])
+
+
+def _run_legend(fig: Any, runs: Sequence[RunRecord], colours: list[Any]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, linewidth=3, label=f"{r.label} ({r.method})") for r, c in zip(runs, colours)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(runs), 4), title="run")
+
+
+def _note(ax: Any, lines: list[str]) -> None:
+    """Lines under a panel's x label saying what some runs lack, so a missing line is explained
+    (below the axes, where no data point can hide them)."""
+    if lines:
+        ax.set_xlabel("\n".join([ax.get_xlabel(), *lines]))
+
+
+def _empty(ax: Any, message: str) -> None:
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", fontsize=13, color="0.4")
+    ax.set_yticks([])
+    ax.get_legend().remove()
+
+
+# ------------------------------------------------------------------------------------ tensorboard
+
+def summary_writer_class() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``, or the one-line error naming the extra to install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ReidctlError(TENSORBOARD_MISSING) from None
+    return SummaryWriter
+
+
+def tensorboard_folders(runs: Sequence[RunRecord], folder: str | os.PathLike) -> list[Path]:
+    """One sub-folder of ``folder`` per run; one that already holds something is refused, since
+    TensorBoard would overlay the old events with the new ones."""
+    targets = [Path(folder) / run.label for run in runs]
+    for target in targets:
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise ReidctlError(f"--tensorboard: {target} already exists and is not empty "
+                               "(remove it or give another folder)")
+    return targets
+
+
+def write_tensorboard(runs: Sequence[RunRecord], folder: str | os.PathLike) -> list[Path]:
+    """Write each run's series as TensorBoard scalars under ``folder/<run label>``.
+
+    The step is the global training iteration, TensorBoard's usual x axis: "init" at 0, an
+    epoch's pseudo-label numbers where it starts, its evaluation and mean loss where it ends,
+    each iteration's loss at its own step; the scalar ``epoch`` maps steps back to epochs. Each
+    run is written to a temporary folder renamed into place, so a failure leaves no half run.
+    """
+    writer_class = summary_writer_class()
+    targets = tensorboard_folders(runs, folder)
+    for run, target in zip(runs, targets):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            writer = writer_class(log_dir=str(tmp))
+            try:
+                _write_scalars(writer, run)
+            finally:
+                writer.close()
+            if target.is_dir():
+                target.rmdir()  # empty (checked above); os.replace needs it gone on some systems
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return targets
+
+
+#: TensorBoard tag of each column, grouped as the figure's panels.
+TB_TAGS = {"mAP": "eval/mAP_pct", "rank1": "eval/rank1_pct", "rank5": "eval/rank5_pct", "rank10": "eval/rank10_pct",
+           "mINP": "eval/mINP_pct", "mAP_trapezoid": "eval/mAP_trapezoid_pct", "f_score": "labels/pairwise_F_pct",
+           "nmi": "labels/NMI_pct", "clusters": "labels/clusters", "outliers": "labels/outliers",
+           "multi_camera_clusters": "labels/multi_camera_clusters", "loss": "train/loss_epoch_mean"}
+#: Columns measured before an epoch trains (its pseudo labels), logged at the epoch's first step.
+AT_EPOCH_START = {"f_score", "nmi", "clusters", "outliers", "multi_camera_clusters"}
+
+
+def _write_scalars(writer: Any, run: RunRecord) -> None:
+    for row in run.rows:
+        start, end = (0, 0) if row.epoch == "init" else run.loss.spans.get(row.epoch, (None, None))
+        if start is None:
+            continue  # an epoch that did not train has no place on the iteration axis
+        if row.epoch != "init":
+            writer.add_scalar("epoch", row.epoch, end)
+        for key, tag in TB_TAGS.items():
+            value = row.values[key]
+            if value is not None:
+                writer.add_scalar(tag, value, start if key in AT_EPOCH_START else end)
+    for it, loss, measured in zip(run.loss.iteration, run.loss.loss, run.loss.measured):
+        if measured:
+            writer.add_scalar("train/loss", loss, it + 1)  # step = iterations done after it
