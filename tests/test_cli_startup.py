@@ -51,3 +51,29 @@ def test_a_command_runs_through_main(capsys):
     assert capsys.readouterr().out.strip() == f"reidctl {__version__}"
     proc = subprocess.run([sys.executable, "-m", "reidctl", "inspect", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "Usage: reidctl inspect" in proc.stdout
+
+
+#: Flags that mean something else in some commands, on purpose: --batch-size is the training batch
+#: in the training commands (the extraction batch there is --extract-batch-size), and synth's
+#: --force replaces a dataset folder rather than an artifact file.
+OWN_MEANING = {"--batch-size": {"intra-camera", "pretrain", "train-epoch", "loop"}, "--force": {"synth"}}
+
+
+def test_shared_options_have_one_help_and_one_default():
+    """Every command that has a run option (--workers, --device, --amp, --seed, --json ...) takes it
+    from the one declaration in reidctl.cli.options.Runtime: same help text, same default."""
+    from reidctl.cli import app
+    from reidctl.cli.options import Runtime
+    from reidctl.options import flag_of, option_fields
+
+    shared = {flag_of(name): (info.help, getattr(Runtime(), name)) for name, _, info in option_fields(Runtime)}
+    group = typer.main.get_command(app)
+    checked = 0
+    for cmd_name, cmd in group.commands.items():
+        for param in cmd.params:
+            flag = param.opts[0] if getattr(param, "opts", None) else None
+            if flag not in shared or cmd_name in OWN_MEANING.get(flag, ()):
+                continue
+            assert (param.help, param.default) == shared[flag], (cmd_name, flag)
+            checked += 1
+    assert checked > 40

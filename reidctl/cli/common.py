@@ -143,9 +143,9 @@ def print_quality(quality: dict[str, Any]) -> None:
     """Label quality against ground truth, one metric a row (reported, never used by algorithms)."""
     from rich.table import Table
 
-    table = Table(title="label quality (ground truth used for reporting only)", title_justify="left")
+    table = Table(title="label quality (ground truth used for reporting only; rates in %)", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in quality.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(key, f"{100 * value:.2f} %" if isinstance(value, float) else str(value))
     out_console.print(table)

@@ -69,7 +69,7 @@ def evaluate(
     table = Table(title=f"{source} — {result['queries']} queries × {result['gallery']} gallery, "
                   f"AP {ap}{', re-ranked' if rerank else ''}, pairs {pairs}", title_justify="left")
     other = "trapezoid" if ap == "sklearn" else "sklearn"
-    for col in ("mAP", f"mAP ({other} AP)", "rank-1", "rank-5", "rank-10", "mINP"):
+    for col in ("mAP %", f"mAP ({other} AP) %", "rank-1 %", "rank-5 %", "rank-10 %", "mINP %"):
         table.add_column(col, justify="right")
     table.add_row(*(f"{100 * result[k]:.2f}" for k in ("mAP", f"mAP_{other}", "rank1", "rank5", "rank10", "mINP")))
     out_console.print(table)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from reidctl.cli import options as o
@@ -132,8 +133,8 @@ def print_run_files(result: dict[str, Any]) -> None:
     for name in ("summary", "log", "config"):
         err_console.print(f"{name + ':':9}{files[name]}", highlight=False)
     if files["best"]:
-        err_console.print(f"{'best:':9}{files['best']} → {result['run_dir']}/epoch_{best['epoch']:03d}/model.pt "
-                          f"(mAP {_pct(best['mAP'])} %)", highlight=False)
+        err_console.print(f"{'best:':9}{files['best']} → epoch_{best['epoch']:03d}/model.pt (mAP {_pct(best['mAP'])} %)",
+                          highlight=False)
     elif best:
         err_console.print(f"{'best:':9}the initial model (mAP {_pct(best['mAP'])} %); no epoch improved on it",
                           highlight=False)
@@ -141,13 +142,16 @@ def print_run_files(result: dict[str, Any]) -> None:
 
 def summary_table(result: dict[str, Any]) -> Table:
     """Per epoch: the labels (clustering methods) or the mined pairs (MAR), the loss, and mAP
-    with both AP conventions (sklearn, the CC family's; trapezoid, MAR's) and the ranks."""
+    with both AP conventions (sklearn, the CC family's; trapezoid, MAR's), rank-1 and rank-10;
+    rates in percent. Narrow enough for an 80-column terminal (rank-5 is in ``summary.json``)."""
     clusters = any("refine" in rec for rec in result["epochs"])
-    label_cols = ("clusters", "multi-cam", "outliers", "pairwise F", "NMI") if clusters else ("mined pairs",
-                                                                                            "pair precision")
-    table = Table(title=f"{result['run_dir']} ({result['method']})", title_justify="left")
-    for col in ("epoch", *label_cols, "loss", "mAP", "mAP trapz", "R1", "R5", "R10"):
-        table.add_column(col, justify="right")
+    label_cols = (("clus-\nters", "multi-\ncam", "out-\nliers", "pair\nF %", "NMI\n%") if clusters
+                  else ("mined\npairs", "pair\nprec. %"))
+    table = Table(title=f"{result['run_dir']} ({result['method']})", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  padding=(0, 0, 0, 1), pad_edge=False, caption="rates in %; mAP trapz: MAR's trapezoid AP",
+                  caption_justify="left")
+    for col in ("epoch", *label_cols, "loss", "mAP\n%", "mAP\ntrapz", "R1\n%", "R10\n%"):
+        table.add_column(col, justify="right", no_wrap=True)
     for rec in result["epochs"]:
         ref, ev = rec.get("refine", {}), rec.get("eval", {})
         if clusters:
@@ -158,11 +162,10 @@ def summary_table(result: dict[str, Any]) -> Table:
             mined = _mined(rec)
             cells = (str(mined["pairs"]) if mined else "—", _pct(mined["precision"]) if mined else "—")
         table.add_row(str(rec["epoch"]), *cells, f"{rec['train']['loss']:.3f}" if "train" in rec else "—",
-                      _pct(ev.get("mAP")), _pct(ev.get("mAP_trapezoid")), _pct(ev.get("rank1")), _pct(ev.get("rank5")),
-                      _pct(ev.get("rank10")))
+                      _pct(ev.get("mAP")), _pct(ev.get("mAP_trapezoid")), _pct(ev.get("rank1")), _pct(ev.get("rank10")))
     for label in ("best", "last"):
         ev = result.get(label)
         if ev:
-            table.add_row(f"[bold]{label}[/] ({ev['epoch']})", *[""] * (len(label_cols) + 1), _pct(ev["mAP"]),
-                          _pct(ev.get("mAP_trapezoid")), _pct(ev["rank1"]), _pct(ev["rank5"]), _pct(ev["rank10"]))
+            table.add_row(f"[bold]{label}[/] {ev['epoch']}", *[""] * (len(label_cols) + 1), _pct(ev["mAP"]),
+                          _pct(ev.get("mAP_trapezoid")), _pct(ev["rank1"]), _pct(ev["rank10"]))
     return table

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from reidctl.options import option
+from reidctl.options import option, option_fields
 
 Data = Annotated[str, typer.Option("--data", help="Dataset folder, CSV manifest, or synthetic:tiny / synthetic:small.")]
 DatasetName = Annotated[
@@ -39,7 +39,12 @@ class Runtime:
         "Deterministic kernels: bit-exact resume and repeat runs (slower on GPU)."))
     skip_bad_images: bool = field(default=False, metadata=option(
         "Skip and count unreadable images instead of failing."))
-    seed: int = field(default=1, metadata=option("Random seed (random initialisation, sampling)."))
+    seed: int = field(default=1, metadata=option(
+        "Random seed: the same seed gives the same result (random initialisation, sampling, drawing)."))
     force: bool = field(default=False, metadata=option(
         "Overwrite --out even when it holds something else than this command's kind of artifact."))
     json: bool = field(default=False, metadata=option("Print a machine-readable result on stdout."))
+
+
+#: The help text of each shared runtime option, for commands that declare such a flag themselves.
+RUNTIME_HELP = {name: info.help for name, _, info in option_fields(Runtime)}

@@ -40,7 +40,7 @@ def pretrain(
         return
     table = Table(title=f"{out}: {result['identities']} identities, {result['images']} images ({result['splits']})",
                   title_justify="left")
-    for col in ("epoch", "loss", "train accuracy", "lr"):
+    for col in ("epoch", "loss", "train accuracy %", "lr"):
         table.add_column(col, justify="right")
     for h in result["history"]:
         table.add_row(str(h["epoch"]), f"{h['loss']:.3f}", f"{100 * h['accuracy']:.1f}", f"{h['lr']:.2g}")
