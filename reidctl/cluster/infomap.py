@@ -59,14 +59,14 @@ class Links:
     weight: np.ndarray  # E float64: cos(i, j) = 1 − d
 
 
-def require_infomap() -> ModuleType:
-    """The ``infomap`` module, or the one-line user error that says how to install it.
-
-    Called when the options are resolved, so a missing package fails before any kNN search."""
+def require_infomap(needed_by: str = "--algo infomap") -> ModuleType:
+    """The ``infomap`` module, or the one-line user error that says which option needs it and
+    how to install it. Called when the options are resolved, so a missing package fails before
+    any kNN search."""
     try:
-        import infomap  # noqa: PLC0415 (optional: only --algo infomap needs it)
+        import infomap  # noqa: PLC0415 (optional: only the InfoMap options need it)
     except ImportError:
-        raise ReidctlError("--algo infomap needs the infomap package: pip install 'reidctl[infomap]'") from None
+        raise ReidctlError(f"{needed_by} needs the infomap package: pip install 'reidctl[infomap]'") from None
     return infomap
 
 
@@ -87,11 +87,13 @@ def infomap_links(dist: np.ndarray, idx: np.ndarray, min_sim: float) -> Links:
     return Links(src=rows.astype(np.int64), dst=idx[rows, cols], weight=1.0 - d[rows, cols])
 
 
-def infomap_modules(n: int, links: Links, *, seed: int = INFOMAP_SEED) -> np.ndarray:
-    """Two-level directed Infomap on ``links``: each of the ``n`` rows' module id (Infomap's
-    numbering), −1 for rows in no link (the official code's "single" images)."""
+def infomap_modules(n: int, links: Links, *, seed: int = INFOMAP_SEED,
+                    needed_by: str = "--algo infomap") -> np.ndarray:
+    """Two-level directed Infomap on ``links`` (anything with ``src``, ``dst`` and ``weight``
+    arrays): each of the ``n`` rows' module id (Infomap's numbering), −1 for rows in no link (the
+    official code's "single" images). Shared with icrefine's information nodes."""
     modules = np.full(n, -1, np.int64)
-    infomap = require_infomap()
+    infomap = require_infomap(needed_by)
     if len(links.src) == 0:
         return modules
     im = infomap.Infomap(two_level=True, directed=True, silent=True, seed=seed, num_trials=1)

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from reidctl import search
+from reidctl.cluster.infomap import INFOMAP_SEED, infomap_modules  # the seed: Infomap's own default
 from reidctl.errors import ReidctlError
 
 MODES = ("per-cluster", "all")
-#: Infomap's own default seed, which the official code ran with.
-INFOMAP_SEED = 123
 
 
 @dataclass
@@ -74,9 +73,17 @@ def score_links(dist: np.ndarray, idx: np.ndarray, min_sim: float = 0.5) -> Link
 def infomap_clusters(n: int, links: Links, *, min_size: int = 4, seed: int = INFOMAP_SEED) -> np.ndarray:
     """Two-level directed Infomap modules of ``links``: N int64 labels 0.. in Infomap's module
     order; images without links and modules of at most ``min_size`` members get −1."""
+    modules = infomap_modules(n, links, seed=seed, needed_by="--info-nodes per-cluster")
     labels = np.full(n, -1, np.int64)
-    if len(links.src) == 0:
+    linked = np.flatnonzero(modules >= 0)
+    if len(linked) == 0:
         return labels
+    ids, counts = np.unique(modules[linked], return_counts=True)  # ascending = Infomap's module order
+    keep = ids[counts > min_size]
+    new = np.full(int(ids.max()) + 1, -1, np.int64)
+    new[keep] = np.arange(len(keep))
+    labels[linked] = new[modules[linked]]
+    return labels
     try:
         import infomap  # noqa: PLC0415 (optional at import time: only this mode needs it)
     except ImportError:
