@@ -120,7 +120,7 @@ def worker(args: argparse.Namespace) -> dict:
     for _ in range(args.runs):
         with PeakRSS() as p:
             t0 = time.perf_counter()
-            knn = search.knn(x, args.k1, device=args.device)
+            knn = search.knn(x, args.k1, backend=args.knn_backend, device=args.device)
             rows["knn"].append(time.perf_counter() - t0)
         peaks["knn"] = max(peaks["knn"], p.peak)
         with PeakRSS() as p:
@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--k2", type=int, default=6)
     ap.add_argument("--eps", type=float, default=0.6)
     ap.add_argument("--device", default="cpu", help="kNN device: cpu, cuda, auto")
+    ap.add_argument("--knn-backend", default="torch",
+                    help="torch (exact, default), faiss, faiss-ivf or faiss-hnsw (recall: bench/knn_approx.py)")
     ap.add_argument("--floor-bytes", type=int, default=4 << 30,
                     help="largest N×N float32 product timed in one piece")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -178,7 +180,7 @@ def main() -> None:
         return
 
     print(f"# bench/cluster.py  (CPU threads: torch default, {os.cpu_count()} cores; "
-          f"k1={args.k1} k2={args.k2} eps={args.eps}, D={args.dim})")
+          f"k1={args.k1} k2={args.k2} eps={args.eps}, D={args.dim}, kNN {args.knn_backend})")
     header = ("| scale | N | runs | floor X@Xᵀ (s) | kNN (s) | Jaccard (s) | DBSCAN (s) | total (s) "
               "| total / floor | peak RSS kNN / Jaccard / DBSCAN (GB) | J nnz/row | clusters "
               "| outliers |")
@@ -191,7 +193,7 @@ def main() -> None:
         runs = args.runs or (3 if n <= 20000 else 1)
         common = ["--worker", "--n", str(n), "--dim", str(args.dim), "--ids", str(ids),
                   "--runs", str(runs), "--k1", str(args.k1), "--k2", str(args.k2),
-                  "--eps", str(args.eps), "--device", args.device,
+                  "--eps", str(args.eps), "--device", args.device, "--knn-backend", args.knn_backend,
                   "--floor-bytes", str(args.floor_bytes)]
         r = run_child(common)
         total = r["knn"] + r["jaccard"] + r["dbscan"]

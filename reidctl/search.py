@@ -1,4 +1,5 @@
-"""Exact k-nearest neighbours of L2-normalised features.
+"""k-nearest neighbours of L2-normalised features: exact, blocked (approximate ones for large N
+live in :mod:`reidctl.search_approx`).
 
 Why blocked: the full N×N similarity matrix is 4·N² bytes (4.3 GB at MSMT17 scale, 40 GB at
 100k), while a block of rows times all of X is enough to take each row's top k. Memory is
@@ -13,13 +14,13 @@ results do not depend on the device, the block size or the backend.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 import torch
 
 from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
+from reidctl.search_approx import APPROX_BACKENDS, approx_knn
 
 Progress = Callable[[int, int], None]
 
@@ -57,16 +58,47 @@ def check_normalised(feats: np.ndarray | torch.Tensor, atol: float = 1e-3) -> No
         )
 
 
+#: ``--knn-backend`` choices: exact (torch, faiss) and approximate (:mod:`reidctl.search_approx`).
+KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-ivf", "faiss-hnsw")
+#: Above this many multiply-adds (N²·D) exact search takes long (about 2-3 minutes on two idle
+#: CPU cores at N = 100k, D = 2,048; minutes on a GPU), and ``auto`` says so in the stage output.
+EXACT_BUDGET = {"cpu": 2.5e13, "cuda": 2e15}
+
+
+def choose_backend(n: int, d: int, backend: str = "auto", device: str = "auto") -> tuple[str, str | None]:
+    """The backend :func:`knn` uses for N×D features, and a sentence for the stage's output when
+    ``auto`` meets a size where exact search is slow.
+
+    ``auto`` stays exact: on our benchmark features the approximate backends do not yet keep
+    enough neighbours to give the same clusters (bench/README.md, issue 18), so switching on
+    its own would change results silently. The sentence names them for users who accept that.
+    """
+    if backend not in KNN_BACKENDS:
+        raise ReidctlError(f"unknown kNN backend {backend!r} ({', '.join(KNN_BACKENDS)})")
+    if backend != "auto":
+        return backend, None
+    dev = resolve_device(device)
+    exact = "faiss" if dev.type != "cpu" and faiss_gpu_available() else "torch"
+    cost = float(n) * n * d
+    if cost <= EXACT_BUDGET.get(dev.type, EXACT_BUDGET["cpu"]):
+        return exact, None
+    return exact, (f"--knn-backend auto: exact kNN of {n:,} × {n:,} × {d} ({cost:.1e} multiply-adds) takes long on "
+                   f"this {dev.type}; --knn-backend faiss-ivf or faiss-hnsw are faster approximations but may change "
+                   "the clusters (see bench/README.md)")
+
+
 def knn(
     feats: np.ndarray | torch.Tensor,
     k: int,
     *,
-    backend: Literal["auto", "torch", "faiss"] = "auto",
+    backend: str = "auto",
     device: str = "auto",
     block_size: int | None = None,
     progress: Progress | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact kNN of every row of ``feats`` among all rows (itself included).
+    """kNN of every row of ``feats`` among all rows (itself included), exact unless ``backend`` is
+    ``faiss-ivf``/``faiss-hnsw`` (or ``auto`` chose one: :func:`choose_backend`).
 
     Returns ``(dist, idx)``: float32 and int64 arrays of shape N×k, squared L2 distances
     (``2 - 2·cos``, clipped at 0) in ascending order, ties by ascending index.
@@ -74,23 +106,26 @@ def knn(
     (on CUDA when available); faiss on the CPU is used only when asked for explicitly.
     ``progress(done_rows, total_rows)`` is called after each block. With faiss, ties at the
     k-th place are resolved as faiss does; the torch backend keeps the smallest indices.
+    ``rows=(lo, hi)``: only those query rows (searched against all rows): one rank's share
+    under ``torchrun``; the result has ``hi - lo`` rows.
     """
     x = torch.as_tensor(feats)
     check_normalised(x)
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ReidctlError(f"k must be between 1 and the number of samples ({n}), got {k}")
-    if backend not in ("auto", "torch", "faiss"):
-        raise ReidctlError(f"unknown kNN backend {backend!r} (auto, torch or faiss)")
-    if backend == "auto":
-        on_cpu = device != "auto" and torch.device(device).type == "cpu"
-        backend = "faiss" if not on_cpu and faiss_gpu_available() else "torch"
+    lo, hi = rows or (0, n)
+    backend, _ = choose_backend(n, x.shape[1], backend, device)
+    if backend in APPROX_BACKENDS:
+        return approx_knn(x, k, backend, rows=(lo, hi), device=resolve_device(device), progress=progress)
     if backend == "faiss":
-        dist, idx = _knn_faiss(x, k, device)
+        dist, idx = _knn_faiss(x, k, device, lo, hi)
         if progress:
-            progress(n, n)
+            progress(hi - lo, hi - lo)
         return _tie_order(dist, idx)
-    return _knn_torch(x, k, resolve_device(device), block_size, progress)
+    if rows is None:
+        return _knn_torch(x, k, resolve_device(device), block_size, progress)
+    return _search_torch(x[lo:hi], x, k, resolve_device(device), block_size, progress)
 
 
 def _knn_torch(
@@ -198,7 +233,7 @@ def _tie_order(dist: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
 
 
-def _knn_faiss(x: torch.Tensor, k: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+def _knn_faiss(x: torch.Tensor, k: int, device: str, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     try:
         import faiss  # noqa: PLC0415
     except ImportError:
@@ -206,9 +241,10 @@ def _knn_faiss(x: torch.Tensor, k: int, device: str) -> tuple[np.ndarray, np.nda
             "the faiss backend needs faiss-gpu: pip install 'reidctl[gpu]'"
         ) from None
     xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    qs = xs if lo == 0 and hi in (None, len(xs)) else xs[lo:hi]
     want_cpu = device != "auto" and torch.device(device).type == "cpu"
     if want_cpu:
-        dist, idx = faiss.knn(xs, xs, k, metric=faiss.METRIC_L2)
+        dist, idx = faiss.knn(qs, xs, k, metric=faiss.METRIC_L2)
     else:
         if not faiss_gpu_available():
             raise ReidctlError(
@@ -217,5 +253,5 @@ def _knn_faiss(x: torch.Tensor, k: int, device: str) -> tuple[np.ndarray, np.nda
             )
         gpu = torch.device(device).index if device.startswith("cuda:") else 0
         res = faiss.StandardGpuResources()
-        dist, idx = faiss.knn_gpu(res, xs, xs, k, metric=faiss.METRIC_L2, device=gpu or 0)
+        dist, idx = faiss.knn_gpu(res, qs, xs, k, metric=faiss.METRIC_L2, device=gpu or 0)
     return np.maximum(dist, 0).astype(np.float32), idx.astype(np.int64)

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from reidctl.cli.common import command, multi_camera_cell, out_console, print_json, print_quality, warn_single_camera
+from reidctl.cli.common import (command, multi_camera_cell, notice, out_console, print_json, print_quality,
+                                warn_single_camera)
 from reidctl.cli.method_options import cluster_flags, runtime_flags
 from reidctl.cluster.stage import ClusterParams, run_cluster
 from reidctl.options import resolve
@@ -24,9 +25,13 @@ def cluster(
     """Cluster features into pseudo identities on the k-reciprocal Jaccard distance."""
     params = resolve(ClusterParams, {**options, "device": run["device"]}, what="`cluster`")
     summary = run_cluster(features, out, params, seed=run["seed"], force=run["force"])
+    if summary.get("rank", 0) != 0:
+        return  # under torchrun rank 0 alone reports
     if run["json"]:
         print_json(summary)
         return
+    if summary.get("knn_note"):
+        notice(summary["knn_note"])
     table = Table(title=f"{out}", title_justify="left")
     for col in ("rows", "clusters", "outliers", "multi-camera", "kNN s", "Jaccard s", "cluster s"):
         table.add_column(col, justify="right")

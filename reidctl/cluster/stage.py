@@ -8,12 +8,13 @@ icrefine), or InfoMap on the cosine kNN graph (Cluster Contrast's InfoMap varian
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from reidctl.artifacts import LABELS, check_output, read_features, read_ground_truth, write_labels
 from reidctl.cluster.agglomerative import agglomerative
@@ -26,7 +27,10 @@ from reidctl.cluster.report import labels_report
 from reidctl.errors import ReidctlError, naming
 from reidctl.options import not_applicable, option
 from reidctl.progress import callback, progress_bar
-from reidctl.search import knn
+from reidctl import dist as ddp  # (``dist`` names the kNN distances here)
+from reidctl.device import resolve_device
+from reidctl.search import KNN_BACKENDS, choose_backend, knn
+from reidctl.search_approx import APPROX_BACKENDS, require_faiss
 
 ALGOS = ("dbscan", "agglomerative", "infomap")
 
@@ -112,7 +116,9 @@ class ClusterParams:
         "MSMT17: 1200)."))
     jaccard_variant: str = field(default="cc", metadata=option(
         "cc (k1 columns incl. self, the official code) or original (Zhong et al., k1+1)."))
-    knn_backend: str = field(default="auto", metadata=option("Exact kNN backend: auto, torch or faiss (faiss-gpu)."))
+    knn_backend: str = field(default="auto", metadata=option(
+        "kNN backend: torch or faiss (exact), faiss-ivf or faiss-hnsw (approximate, re-ranked exactly; "
+        "pip install 'reidctl[faiss]'), or auto (exact while affordable, else faiss-ivf; said in the output)."))
     device: str = "auto"  # set by the command's --device
     branches: str = field(default="global", metadata=option(
         "Feature branches and weights of the distance: global, or e.g. global=0.6,part0=0.2,part1=0.2 "
@@ -143,6 +149,10 @@ class ClusterParams:
             raise ReidctlError(f"--algo {self.algo}: choose dbscan, agglomerative or infomap")
         if self.algo == "agglomerative" and not self.n_clusters:
             raise ReidctlError("--algo agglomerative needs --n-clusters")
+        if self.knn_backend not in KNN_BACKENDS:
+            raise ReidctlError(f"--knn-backend {self.knn_backend}: choose one of {', '.join(KNN_BACKENDS)}")
+        if self.knn_backend in APPROX_BACKENDS:
+            require_faiss(self.knn_backend)
         if self.algo == "infomap":
             if self.k1 < 2 or self.k2 < 0:
                 raise ReidctlError("--k1 must be at least 2 and --k2 at least 0 with --algo infomap")
@@ -157,13 +167,15 @@ class ClusterParams:
         parse_branches(self.branches)
 
 
-def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray | None = None) -> dict[str, Any]:
+def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray | None = None) -> dict[str, Any] | None:
     """Cluster L2-normalised features; returns labels, kNN lists, the sparse distance the labels
     were clustered on (under ``jaccard``, the name labels files and NCPLR's refinement read) and
     timings.
 
     With several ``params.branches`` (``parts``: the N×P×D part features) the distance is the
     weighted mixture of each branch's Jaccard distance, and the kNN lists are the first branch's.
+    Under ``torchrun`` the ranks share the kNN search (:func:`stage_knn`); every rank but 0 then
+    returns None.
     InfoMap computes no Jaccard distance: its ``jaccard`` is the graph it clustered
     (:func:`reidctl.cluster.infomap.link_distances`, 1 − cos on each link).
     """
@@ -184,6 +196,8 @@ def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray
     else:
         dist, idx, jac = _mixed_jaccard([name for name, _ in branches], inputs,
                                         [w for _, w in branches], params, times)
+    if not ddp.is_main():
+        return None  # under torchrun the ranks shared the kNN search; rank 0 clusters and writes
     t = time.perf_counter()
     if params.algo == "dbscan":
         labels = dbscan(jac, params.eps, params.min_samples)
@@ -199,9 +213,10 @@ def _infomap(feats: np.ndarray, params: ClusterParams) -> dict[str, Any]:
     n = len(feats)
     times: dict[str, float] = {}
     t = time.perf_counter()
-    with progress_bar("kNN", n) as advance:
-        dist, idx = knn(feats, params.k1, backend=params.knn_backend, device=params.device, progress=callback(advance))
+    dist, idx = stage_knn(feats, params.k1, params)
     times["knn_s"] = time.perf_counter() - t
+    if not ddp.is_main():
+        return None
     times["jaccard_s"] = 0.0  # none computed: InfoMap clusters the kNN graph itself
     t = time.perf_counter()
     links = infomap_links(dist, idx, params.eps)
@@ -211,6 +226,22 @@ def _infomap(feats: np.ndarray, params: ClusterParams) -> dict[str, Any]:
             "jaccard": link_distances(n, links), "times": times}
 
 
+def stage_knn(x: np.ndarray, k: int, params: ClusterParams, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The kNN lists of the cluster stage. Under ``torchrun`` each rank searches its block of query
+    rows against all rows and every rank gets the whole lists, in row order: the same lists as
+    one process (the search is row-wise, with a tie rule that does not depend on the blocks)."""
+    n = len(x)
+    sharded = ddp.is_distributed()
+    lo, hi = ddp.shard_range(n) if sharded else (0, n)
+    with progress_bar(f"kNN{label}", hi - lo) as advance:
+        d, i = knn(x, k, backend=params.knn_backend, device=params.device, progress=callback(advance),
+                   rows=(lo, hi) if sharded else None)
+    if sharded:
+        d = ddp.all_gather_rows(torch.from_numpy(np.ascontiguousarray(d))).numpy()
+        i = ddp.all_gather_rows(torch.from_numpy(np.ascontiguousarray(i))).numpy()
+    return d, i
+
+
 def _branch_jaccard(x: np.ndarray, params: ClusterParams, times: dict[str, float],
                     name: str = "") -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
     """kNN lists and sparse Jaccard distance of one feature matrix; adds its timings to ``times``
@@ -218,9 +249,10 @@ def _branch_jaccard(x: np.ndarray, params: ClusterParams, times: dict[str, float
     n, label = len(x), f" {name}" if name else ""
     t = time.perf_counter()
     k_search = params.k1 + 1 if params.jaccard_variant == "original" else params.k1
-    with progress_bar(f"kNN{label}", n) as advance:
-        dist, idx = knn(x, k_search, backend=params.knn_backend, device=params.device, progress=callback(advance))
+    dist, idx = stage_knn(x, k_search, params, label)
     _add_time(times, "knn", name, time.perf_counter() - t)
+    if not ddp.is_main():
+        return dist, idx, sp.csr_matrix((n, n), dtype=np.float32)  # rank 0 alone goes on
     t = time.perf_counter()
     with progress_bar(f"Jaccard{label}", n) as advance:
         jac = jaccard_distance(x, params.k1, params.k2, variant=params.jaccard_variant, knn=(dist, idx),
@@ -256,12 +288,18 @@ def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParam
     params.check()
     check_output(out, schema=LABELS, inputs=(features_path,), force=force)
     fe = read_features(features_path)
-    try:
-        res = cluster_features(fe.feats, params, parts=fe.parts)
-    except ReidctlError as exc:
-        raise naming(features_path, exc) from None
+    backend, why = choose_backend(*fe.feats.shape, params.knn_backend, params.device)
+    with ddp.distributed(resolve_device(params.device)) as device:
+        try:
+            res = cluster_features(fe.feats, replace(params, device=str(device)), parts=fe.parts)
+        except ReidctlError as exc:
+            raise naming(features_path, exc) from None
+        world = ddp.world_size()
+    if res is None:
+        return {"rank": ddp.env_rank(), "world_size": world}
     labels = res["labels"]
     summary: dict[str, Any] = {"rows": len(labels), **{k: round(v, 3) for k, v in res["times"].items()},
+                               "knn_backend": backend, **({"knn_note": why} if why else {}), "world_size": world,
                                **labels_report(labels, fe.camids, read_ground_truth(features_path))}
     write_labels(
         out, labels, paths=fe.paths,

@@ -1,0 +1,74 @@
+"""Approximate kNN against exact kNN: time, recall@k1 and the clustering it leads to.
+
+    python bench/knn_approx.py --n 20000                 # both approximate backends, default settings
+    python bench/knn_approx.py --n 50000 --nprobe 8 32 --backends faiss-ivf
+
+Features are bench/cluster.py's synthetic ones (D = 2,048, N // 17 identities, 6 cameras). One
+process: the exact blocked search (the floor every approximate backend must beat), then each
+backend and setting. For each: seconds, recall@k1 (the share of the exact k1 neighbours found),
+the share of the exact same-identity neighbours found, and the adjusted Rand index of the
+Jaccard + DBSCAN partition against the exact pipeline's (k1 30, k2 6, eps 0.6, min 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cluster import features  # noqa: E402
+
+
+def main() -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    from reidctl import search
+    from reidctl.cluster import dbscan, jaccard_distance
+    from reidctl.search_approx import ApproxSettings, approx_knn
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--k1", type=int, default=30)
+    ap.add_argument("--backends", nargs="+", default=["faiss-ivf", "faiss-hnsw"])
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[ApproxSettings.nprobe])
+    ap.add_argument("--pca-dim", type=int, nargs="+", default=[ApproxSettings.pca_dim])
+    args = ap.parse_args()
+    x, pid = features(args.n, args.dim, args.n // 17)
+    xt = torch.from_numpy(x)
+
+    def partition(d: np.ndarray, i: np.ndarray) -> np.ndarray:
+        return dbscan(jaccard_distance(x, args.k1, 6, knn=(d, i)), 0.6, 4)
+
+    t = time.perf_counter()
+    ed, ei = search.knn(x, args.k1, backend="torch", device="cpu")
+    exact_s = time.perf_counter() - t
+    exact_labels = partition(ed, ei)
+    same = pid[ei] == pid[:, None]
+    print(f"# bench/knn_approx.py  N={args.n:,} D={args.dim} k1={args.k1}, torch threads {torch.get_num_threads()}")
+    print("| backend | pca dim | nprobe / efSearch | s | / exact | recall@k1 | same-identity found | ARI vs exact |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| exact (torch, blocked) | – | – | {exact_s:.1f} | 1.00 | 1.000 | 1.000 | 1.000 |", flush=True)
+    for backend in args.backends:
+        for pca in args.pca_dim:
+            for nprobe in (args.nprobe if backend == "faiss-ivf" else [None]):
+                st = dataclasses.replace(ApproxSettings(), pca_dim=pca, **({"nprobe": nprobe} if nprobe else {}))
+                t = time.perf_counter()
+                ad, ai = approx_knn(xt, args.k1, backend, settings=st)
+                s = time.perf_counter() - t
+                recall = float(np.mean([len(np.intersect1d(a, e)) for a, e in zip(ai, ei)])) / args.k1
+                found = (pid[ai] == pid[:, None]).sum() / same.sum()
+                ari = adjusted_rand_score(exact_labels, partition(ad, ai))
+                knob = nprobe if backend == "faiss-ivf" else st.ef_search
+                print(f"| {backend} | {pca or 'none'} | {knob} | {s:.1f} | {s / exact_s:.2f} | {recall:.3f} | "
+                      f"{found:.3f} | {ari:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
