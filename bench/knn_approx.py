@@ -39,8 +39,17 @@ def main() -> None:
     ap.add_argument("--backends", nargs="+", default=["faiss-ivf", "faiss-hnsw"])
     ap.add_argument("--nprobe", type=int, nargs="+", default=[ApproxSettings.nprobe])
     ap.add_argument("--pca-dim", type=int, nargs="+", default=[ApproxSettings.pca_dim])
+    ap.add_argument("--features", help="a reidctl features file to use instead of synthetic features")
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[ApproxSettings.ef_search])
     args = ap.parse_args()
-    x, pid = features(args.n, args.dim, args.n // 17)
+    if args.features:
+        from reidctl.artifacts import read_features, read_ground_truth
+
+        x, pid = read_features(args.features).feats, read_ground_truth(args.features)
+        args.n, args.dim = x.shape
+        pid = np.arange(len(x)) if pid is None else pid
+    else:
+        x, pid = features(args.n, args.dim, args.n // 17)
     xt = torch.from_numpy(x)
 
     def partition(d: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -51,22 +60,24 @@ def main() -> None:
     exact_s = time.perf_counter() - t
     exact_labels = partition(ed, ei)
     same = pid[ei] == pid[:, None]
-    print(f"# bench/knn_approx.py  N={args.n:,} D={args.dim} k1={args.k1}, torch threads {torch.get_num_threads()}")
+    source = args.features or "synthetic features"
+    print(f"# bench/knn_approx.py  {source}: N={args.n:,} D={args.dim} k1={args.k1}, "
+          f"torch threads {torch.get_num_threads()}")
     print("| backend | pca dim | nprobe / efSearch | s | / exact | recall@k1 | same-identity found | ARI vs exact |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| exact (torch, blocked) | – | – | {exact_s:.1f} | 1.00 | 1.000 | 1.000 | 1.000 |", flush=True)
     for backend in args.backends:
         for pca in args.pca_dim:
-            for nprobe in (args.nprobe if backend == "faiss-ivf" else [None]):
-                st = dataclasses.replace(ApproxSettings(), pca_dim=pca, **({"nprobe": nprobe} if nprobe else {}))
+            for knob_value in (args.nprobe if backend == "faiss-ivf" else args.ef_search):
+                knob = "nprobe" if backend == "faiss-ivf" else "ef_search"
+                st = dataclasses.replace(ApproxSettings(), pca_dim=pca, **{knob: knob_value})
                 t = time.perf_counter()
                 ad, ai = approx_knn(xt, args.k1, backend, settings=st)
                 s = time.perf_counter() - t
                 recall = float(np.mean([len(np.intersect1d(a, e)) for a, e in zip(ai, ei)])) / args.k1
                 found = (pid[ai] == pid[:, None]).sum() / same.sum()
                 ari = adjusted_rand_score(exact_labels, partition(ad, ai))
-                knob = nprobe if backend == "faiss-ivf" else st.ef_search
-                print(f"| {backend} | {pca or 'none'} | {knob} | {s:.1f} | {s / exact_s:.2f} | {recall:.3f} | "
+                print(f"| {backend} | {pca or 'none'} | {knob_value} | {s:.1f} | {s / exact_s:.2f} | {recall:.3f} | "
                       f"{found:.3f} | {ari:.3f} |", flush=True)
 
 
