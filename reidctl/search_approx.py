@@ -79,7 +79,7 @@ def approx_knn(x: torch.Tensor, k: int, backend: str, *, rows: tuple[int, int] |
     reduced = pca_reduce(x, settings)
     if backend == "faiss-ivf":
         return ivf_knn(faiss, x, reduced, k, (lo, hi), device, settings, progress)
-    index = _build(faiss, reduced, backend, device, settings)
+    index = _build(faiss, reduced, backend, device, settings)  # faiss-hnsw
     kc = min(n, max(k, settings.candidates * k))
     dist = np.empty((hi - lo, k), np.float32)
     idx = np.empty((hi - lo, k), np.int64)
@@ -191,26 +191,11 @@ def _exact_rows(x: torch.Tensor, rows: np.ndarray, k: int, device: torch.device)
 
 
 def _build(faiss: Any, data: np.ndarray, backend: str, device: torch.device, st: ApproxSettings) -> Any:
-    n, d = data.shape
-    if backend == "faiss-hnsw":
-        index = faiss.IndexHNSWFlat(d, st.hnsw_m)
-        index.hnsw.efConstruction = st.ef_construction
-        index.add(data)
-        index.hnsw.efSearch = max(st.ef_search, st.candidates * 32)
-        return index
-    nlist = max(1, min(n // 8, round(st.lists_per_sqrt_n * math.sqrt(n))))
-    quantizer = faiss.IndexFlatL2(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
-    index.cp.niter = st.niter
-    index.cp.seed = st.seed
-    index.cp.max_points_per_centroid = st.train_per_list
-    rng = np.random.default_rng(st.seed)
-    train = data[np.sort(rng.choice(n, min(n, nlist * st.train_per_list), replace=False))]
-    if device.type == "cuda" and hasattr(faiss, "index_cpu_to_gpu") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, index)
-    index.train(train)
+    """The HNSW graph of the reduced features (faiss has no GPU HNSW: it stays on the CPU)."""
+    index = faiss.IndexHNSWFlat(data.shape[1], st.hnsw_m)
+    index.hnsw.efConstruction = st.ef_construction
     index.add(data)
-    index.nprobe = min(nlist, st.nprobe)
+    index.hnsw.efSearch = max(st.ef_search, st.candidates * 32)
     return index
 
 
