@@ -22,7 +22,7 @@ from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import Norm, input_norm
 from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
-from reidctl.ranking import Ranking, RankSide, csv_text, json_text, rank_gallery, write_text
+from reidctl.ranking import Ranking, RankSide, csv_text, rank_gallery, write_text
 from reidctl.sheet import SheetRow, draw_sheet
 
 ROLES = ("query", "gallery")
@@ -90,10 +90,6 @@ def run_rank(req: RankRequest) -> tuple[Ranking, dict[str, Any]]:
     return ranking, summary
 
 
-def ranking_output(ranking: Ranking, as_json: bool) -> str:
-    return json_text(ranking) if as_json else csv_text(ranking)
-
-
 # ------------------------------------------------------------------------------------- sides
 
 
@@ -142,15 +138,21 @@ def features_side(feats: Features) -> RankSide:
     return RankSide(feats.feats, names, files, feats.camids, pids, str(feats.path))
 
 
-def source_files(feats: Features) -> list[Path] | None:
-    """The image file of each row of a features file, from the dataset root it records."""
+def recorded_sources(feats: Features) -> dict[str, Any]:
+    """Where a features file's images came from (``data``, ``dataset_root``), as ``extract``
+    recorded them; empty when it did not."""
     sources = feats.meta.attrs.get("sources")
     if isinstance(sources, str):
         try:
             sources = json.loads(sources)
         except ValueError:
-            sources = None
-    root = (sources or {}).get("dataset_root") if isinstance(sources, dict) else None
+            return {}
+    return sources if isinstance(sources, dict) else {}
+
+
+def source_files(feats: Features) -> list[Path] | None:
+    """The image file of each row of a features file, from the dataset root it records."""
+    root = recorded_sources(feats).get("dataset_root")
     return None if not root else [Path(root) / p for p in feats.paths]
 
 
@@ -175,10 +177,8 @@ def _norm_for(model: Any, raw: dict[str, Features | _Images], role: str) -> Norm
     statistics gets the gallery's (the footage), as ``extract`` would compute them for it."""
     gallery = raw["gallery"]
     if model.config.input_norm != "imagenet" and isinstance(gallery, Features):
-        sources = gallery.meta.attrs.get("sources")
-        sources = json.loads(sources) if isinstance(sources, str) else sources or {}
         try:
-            ds = load_dataset(sources["data"])
+            ds = load_dataset(recorded_sources(gallery)["data"])
         except (KeyError, ReidctlError):
             raise ReidctlError(f"{gallery.path}: the model normalises with its footage's statistics, and the "
                                "images this gallery was extracted from cannot be found; give the gallery as "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +230,3 @@ def write_text(text: str, out: str | os.PathLike) -> None:
     """Write ``text`` to ``out`` atomically (UTF-8)."""
     with atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-def json_text(r: Ranking) -> str:
-    return json.dumps(as_json(r), indent=2) + "\n"

@@ -11,7 +11,8 @@ import typer
 from reidctl.cli import options as o
 from reidctl.cli.common import command, err_console, flags, given_options, print_json
 from reidctl.cli.method_options import model_flags, runtime_flags
-from reidctl.rank_stage import RankRequest, ranking_output, run_rank
+from reidctl.ranking import as_json, csv_text
+from reidctl.rank_stage import RankRequest, run_rank
 
 
 #: Options that only matter when a side is images that `rank` extracts itself.
@@ -52,11 +53,9 @@ def rank(
     req.check_given(given_options(ctx))
     ranking, summary = run_rank(req)
     if run["json"]:
-        from reidctl.ranking import as_json
-
         print_json({**as_json(ranking), **{k: summary[k] for k in ("out", "sheet") if k in summary}})
     elif out is None:
-        sys.stdout.write(ranking_output(ranking, as_json=False))
+        sys.stdout.write(csv_text(ranking))
     if not run["json"]:
         wrote = [f"{summary[k]}" for k in ("out", "sheet") if k in summary]
         err_console.print(f"ranked {summary['gallery']} gallery images for {summary['queries']} "
