@@ -7,7 +7,10 @@ Features are bench/cluster.py's synthetic ones (D = 2,048, N // 17 identities, 6
 process: the exact blocked search (the floor every approximate backend must beat), then each
 backend and setting. For each: seconds, recall@k1 (the share of the exact k1 neighbours found),
 the share of the exact same-identity neighbours found, and the adjusted Rand index of the
-Jaccard + DBSCAN partition against the exact pipeline's (k1 30, k2 6, eps 0.6, min 4).
+Jaccard + DBSCAN partition against the exact pipeline's (k1 30, k2 6, eps 0.6, min 4), and
+where the approximate search spent its time (PCA, index build, search, exact re-rank).
+``--features FILE`` uses real features instead; ``--like FILE`` draws synthetic ones with that
+file's identity statistics (bench/cluster.py ``features_like``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import features  # noqa: E402
+from cluster import features, features_like  # noqa: E402
 
 
 def main() -> None:
@@ -40,6 +43,8 @@ def main() -> None:
     ap.add_argument("--nprobe", type=int, nargs="+", default=[ApproxSettings.nprobe])
     ap.add_argument("--pca-dim", type=int, nargs="+", default=[ApproxSettings.pca_dim])
     ap.add_argument("--features", help="a reidctl features file to use instead of synthetic features")
+    ap.add_argument("--like", help="draw synthetic features with the identity statistics of this features file "
+                                   "(bench/cluster.py features_like)")
     ap.add_argument("--ef-search", type=int, nargs="+", default=[ApproxSettings.ef_search])
     args = ap.parse_args()
     if args.features:
@@ -48,6 +53,8 @@ def main() -> None:
         x, pid = read_features(args.features).feats, read_ground_truth(args.features)
         args.n, args.dim = x.shape
         pid = np.arange(len(x)) if pid is None else pid
+    elif args.like:
+        x, pid = features_like(args.like, args.n, args.dim)
     else:
         x, pid = features(args.n, args.dim, args.n // 17)
     xt = torch.from_numpy(x)
@@ -60,25 +67,27 @@ def main() -> None:
     exact_s = time.perf_counter() - t
     exact_labels = partition(ed, ei)
     same = pid[ei] == pid[:, None]
-    source = args.features or "synthetic features"
+    source = args.features or (f"features like {args.like}" if args.like else "synthetic features")
     print(f"# bench/knn_approx.py  {source}: N={args.n:,} D={args.dim} k1={args.k1}, "
           f"torch threads {torch.get_num_threads()}")
-    print("| backend | pca dim | nprobe / efSearch | s | / exact | recall@k1 | same-identity found | ARI vs exact |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| exact (torch, blocked) | – | – | {exact_s:.1f} | 1.00 | 1.000 | 1.000 | 1.000 |", flush=True)
+    print("| backend | pca dim | nprobe / efSearch | s | / exact | recall@k1 | same-identity found | ARI vs exact "
+          "| steps (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| exact (torch, blocked) | – | – | {exact_s:.1f} | 1.00 | 1.000 | 1.000 | 1.000 | |", flush=True)
     for backend in args.backends:
         for pca in args.pca_dim:
             for knob_value in (args.nprobe if backend == "faiss-ivf" else args.ef_search):
                 knob = "nprobe" if backend == "faiss-ivf" else "ef_search"
                 st = dataclasses.replace(ApproxSettings(), pca_dim=pca, **{knob: knob_value})
-                t = time.perf_counter()
-                ad, ai = approx_knn(xt, args.k1, backend, settings=st)
+                t, steps = time.perf_counter(), {}
+                ad, ai = approx_knn(xt, args.k1, backend, settings=st, times=steps)
                 s = time.perf_counter() - t
+                split = ", ".join(f"{name[:-2]} {v:.1f}" for name, v in steps.items())
                 recall = float(np.mean([len(np.intersect1d(a, e)) for a, e in zip(ai, ei)])) / args.k1
                 found = (pid[ai] == pid[:, None]).sum() / same.sum()
                 ari = adjusted_rand_score(exact_labels, partition(ad, ai))
                 print(f"| {backend} | {pca or 'none'} | {knob_value} | {s:.1f} | {s / exact_s:.2f} | {recall:.3f} | "
-                      f"{found:.3f} | {ari:.3f} |", flush=True)
+                      f"{found:.3f} | {ari:.3f} | {split} |", flush=True)
 
 
 if __name__ == "__main__":

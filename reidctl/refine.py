@@ -16,7 +16,7 @@ from reidctl.artifacts import LABELS, check_output, read_features, read_ground_t
 from reidctl.cluster.agglomerative import check_linkage_memory
 from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.report import labels_report
-from reidctl.cluster.stage import ClusterParams, cluster_features
+from reidctl.cluster.stage import ClusterParams, backend_report, cluster_features
 from reidctl.errors import ReidctlError, naming
 from reidctl.methods import get_method
 
@@ -62,6 +62,7 @@ def run_refine(
     check_output(out, schema=LABELS, inputs=(features_path, labels_path, *fed), force=force)
     fe = read_features(features_path)
     inputs = {"features": fe.meta.digest}
+    searched: dict[str, Any] = {}  # the kNN backend, when this stage clusters
     if not method_cls.clusters:
         if labels_path is not None or cluster:
             raise ReidctlError(f"--method {method} does not cluster: --labels and clustering options do not apply")
@@ -78,13 +79,14 @@ def run_refine(
         labels = res["labels"]
         extra = {k: res[k] for k in ("knn_index", "knn_dist", "jaccard")}
         cluster_info = {"cluster": dataclasses.asdict(params)}
+        searched = backend_report(res)
     try:  # the options were checked above: what fails now is about the features' content
         refined = method_cls.refine(fe, labels, extra, dict(options or {}), seed=seed)
     except ReidctlError as exc:
         raise naming(features_path, exc) from None
     new_labels = np.asarray(refined.labels, dtype=np.int32)
     truth = read_ground_truth(features_path)
-    summary: dict[str, Any] = {"method": method, "rows": len(new_labels), **refined.summary,
+    summary: dict[str, Any] = {"method": method, "rows": len(new_labels), **searched, **refined.summary,
                                **labels_report(new_labels, fe.camids, truth)}
     if refined.pairs is not None and truth is not None:
         summary["pair_quality"] = pair_precision(refined.pairs, truth)

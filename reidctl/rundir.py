@@ -214,6 +214,8 @@ class RunDir:
         t0 = time.perf_counter()
         summary = run(out)
         summary = {**summary, "seconds": round(time.perf_counter() - t0, 2)}
+        for name in sorted(k for k in summary if k.endswith("_note")):  # a default the stage chose for
+            self._say(str(summary[name]), epoch, stage)  # the data's size (kNN backend, Jaccard bound)
         record = {"key": key, "output": out_rel, "digest": digest(out), "file": _file_state(out),
                   "summary": summary, "record_version": RECORD_VERSION}
         write_json(record_path, record)

@@ -60,18 +60,31 @@ def check_normalised(feats: np.ndarray | torch.Tensor, atol: float = 1e-3) -> No
 
 #: ``--knn-backend`` choices: exact (torch, faiss) and approximate (:mod:`reidctl.search_approx`).
 KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-ivf", "faiss-hnsw")
-#: Above this many multiply-adds (N²·D) exact search takes long (about 2-3 minutes on two idle
-#: CPU cores at N = 100k, D = 2,048; minutes on a GPU), and ``auto`` says so in the stage output.
+#: Above this many multiply-adds (N²·D) exact search is not affordable and ``auto`` switches to
+#: the approximate ``faiss-hnsw``: about 2-3 minutes of exact search on two idle CPU cores
+#: (N ≈ 110k at D = 2,048), ten minutes or more on a GPU.
 EXACT_BUDGET = {"cpu": 2.5e13, "cuda": 2e15}
+#: The approximate backend ``auto`` switches to (bench/README.md § knn_approx.py: recall@30 0.99
+#: and the exact partition on CNN features at N = 100k, 6× faster than exact search).
+AUTO_APPROX = "faiss-hnsw"
+
+
+def faiss_available() -> bool:
+    """True when ``faiss`` (CPU or GPU build) imports."""
+    try:
+        import faiss  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
 
 
 def choose_backend(n: int, d: int, backend: str = "auto", device: str = "auto") -> tuple[str, str | None]:
     """The backend :func:`knn` uses for N×D features, and a sentence for the stage's output when
-    ``auto`` meets a size where exact search is slow.
+    ``auto`` leaves exact search (or would, but faiss is missing).
 
-    ``auto`` stays exact: on our benchmark features the approximate backends do not yet keep
-    enough neighbours to give the same clusters (bench/README.md, issue 18), so switching on
-    its own would change results silently. The sentence names them for users who accept that.
+    ``auto`` is exact (faiss-gpu on a GPU where installed, else torch) while N²·D stays within
+    :data:`EXACT_BUDGET`, and :data:`AUTO_APPROX` beyond it. The switch is said, because an
+    approximate search may change the clusters: its recall is measured, not guaranteed.
     """
     if backend not in KNN_BACKENDS:
         raise ReidctlError(f"unknown kNN backend {backend!r} ({', '.join(KNN_BACKENDS)})")
@@ -82,9 +95,12 @@ def choose_backend(n: int, d: int, backend: str = "auto", device: str = "auto") 
     cost = float(n) * n * d
     if cost <= EXACT_BUDGET.get(dev.type, EXACT_BUDGET["cpu"]):
         return exact, None
-    return exact, (f"--knn-backend auto: exact kNN of {n:,} × {n:,} × {d} ({cost:.1e} multiply-adds) takes long on "
-                   f"this {dev.type}; --knn-backend faiss-ivf or faiss-hnsw are faster approximations but may change "
-                   "the clusters (see bench/README.md)")
+    size = f"exact kNN of {n:,} × {n:,} × {d} ({cost:.1e} multiply-adds) is too slow on this {dev.type}"
+    if faiss_available():
+        return AUTO_APPROX, (f"--knn-backend auto: {size}; using {AUTO_APPROX} (approximate, re-ranked exactly; "
+                             "recall in bench/README.md). --knn-backend torch keeps exact search")
+    return exact, (f"--knn-backend auto: {size}, but the approximate backends need faiss "
+                   "(pip install 'reidctl[faiss]'); searching exactly")
 
 
 def knn(
@@ -98,12 +114,12 @@ def knn(
     rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """kNN of every row of ``feats`` among all rows (itself included), exact unless ``backend`` is
-    ``faiss-ivf``/``faiss-hnsw`` (or ``auto`` chose one: :func:`choose_backend`).
+    ``faiss-ivf``/``faiss-hnsw`` or ``auto`` chose one for a large N (:func:`choose_backend`).
 
     Returns ``(dist, idx)``: float32 and int64 arrays of shape N×k, squared L2 distances
     (``2 - 2·cos``, clipped at 0) in ascending order, ties by ascending index.
-    ``backend="auto"`` uses faiss-gpu when it is installed and a GPU is visible, else torch
-    (on CUDA when available); faiss on the CPU is used only when asked for explicitly.
+    ``backend="auto"`` searches exactly with faiss-gpu when it is installed and a GPU is visible,
+    else torch (on CUDA when available); faiss's exact CPU search is used only when asked for.
     ``progress(done_rows, total_rows)`` is called after each block. With faiss, ties at the
     k-th place are resolved as faiss does; the torch backend keeps the smallest indices.
     ``rows=(lo, hi)``: only those query rows (searched against all rows): one rank's share

@@ -69,12 +69,19 @@ def test_exact_rerank_by_hand():
 
 def test_backend_choice_and_errors(monkeypatch):
     assert search.choose_backend(2000, 128, "auto", "cpu") == ("torch", None)
-    backend, why = search.choose_backend(200_000, 2048, "auto", "cpu")
-    assert backend == "torch" and "faiss-ivf" in why  # auto stays exact, and says why it may be slow
+    assert search.choose_backend(110_000, 2048, "auto", "cpu") == ("torch", None)  # 2.48e13 ≤ the budget
+    assert search.choose_backend(10, 4, "torch", "cpu") == ("torch", None)
     assert search.choose_backend(10, 4, "faiss-hnsw", "cpu") == ("faiss-hnsw", None)
     with pytest.raises(ReidctlError, match="unknown kNN backend 'annoy'"):
         search.choose_backend(10, 4, "annoy")
-    monkeypatch.setitem(sys.modules, "faiss", None)  # faiss missing
+    if search.faiss_available():  # beyond the budget auto switches, and says so
+        backend, why = search.choose_backend(1_000_000, 2048, "auto", "cpu")
+        assert backend == "faiss-hnsw"
+        assert why.startswith("--knn-backend auto: exact kNN of 1,000,000 × 1,000,000 × 2048 (2.0e+15")
+        assert "using faiss-hnsw" in why and "--knn-backend torch keeps exact search" in why
+    monkeypatch.setitem(sys.modules, "faiss", None)  # faiss missing: exact, with the reason
+    backend, why = search.choose_backend(1_000_000, 2048, "auto", "cpu")
+    assert backend == "torch" and "need faiss (pip install 'reidctl[faiss]'); searching exactly" in why
     with pytest.raises(ReidctlError, match=r"--knn-backend faiss-ivf needs faiss: pip install 'reidctl\[faiss\]'"):
         approx_knn(torch.from_numpy(_blobs()[0]), 5, "faiss-ivf")
 
@@ -95,6 +102,19 @@ def test_cluster_cli_with_an_approximate_backend(tmp_path):
     run_error("cluster", f, "--out", tmp_path / "x.h5", "--knn-backend", "annoy", match="--knn-backend annoy: choose one")
 
 
+def test_auto_switches_beyond_the_budget_and_says_so(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    x, pid = _blobs()
+    f = _features_file(tmp_path / "f.h5", x, pid)
+    monkeypatch.setitem(search.EXACT_BUDGET, "cpu", 1.0)  # every size is "too large" now
+    res = run_ok("cluster", f, "--out", tmp_path / "l.h5", "--k1", "10", "--device", "cpu")
+    assert "--knn-backend auto: exact kNN of 600 × 600 × 32" in res.stderr and "using faiss-hnsw" in res.stderr
+    lab = read_labels(tmp_path / "l.h5")
+    assert json.loads(lab.meta.attrs["summary"])["knn_backend"] == "faiss-hnsw"
+    d, i = search.knn(x, 10, backend="faiss-hnsw", device="cpu")  # the lists it stored are that backend's
+    np.testing.assert_array_equal(lab.extra["knn_index"], i)
+
+
 @pytest.mark.slow
 def test_cluster_under_torchrun_equals_one_process(tmp_path):
     x, pid = _blobs(n=900)
@@ -112,3 +132,116 @@ def test_cluster_under_torchrun_equals_one_process(tmp_path):
     for name in ("knn_index", "knn_dist"):
         np.testing.assert_array_equal(one.extra[name], two.extra[name])
     assert (one.extra["jaccard"] != two.extra["jaccard"]).nnz == 0
+
+
+def _dense(j) -> np.ndarray:
+    """A sparse Jaccard matrix with its unstored entries as 1."""
+    d = np.ones(j.shape, np.float32)
+    coo = j.tocoo()
+    d[coo.row, coo.col] = coo.data
+    return d
+
+
+def test_jaccard_keep_stores_exactly_the_entries_up_to_the_bound():
+    from reidctl.cluster import dbscan, jaccard_distance
+
+    x, _ = _blobs()
+    full = jaccard_distance(x, 10, 3)
+    bounded = jaccard_distance(x, 10, 3, keep=0.6)
+    want = _dense(full)
+    want[(want > 0.6) & ~np.eye(len(x), dtype=bool)] = 1  # the bound, by hand on the dense matrix
+    np.testing.assert_array_equal(_dense(bounded), want)
+    assert bounded.nnz < full.nnz and (np.diff(bounded.indptr) >= 1).all()  # the diagonal stays
+    np.testing.assert_array_equal(dbscan(bounded, 0.6, 4), dbscan(full, 0.6, 4))
+    with pytest.raises(ReidctlError, match=r"keep=1.5: the Jaccard distances kept must be a bound in \[0, 1\)"):
+        jaccard_distance(x, 10, 3, keep=1.5)
+
+
+def test_cluster_stage_bounds_the_distances_beyond_the_row_limit(monkeypatch):
+    from reidctl.cluster import stage
+
+    x, _ = _blobs()
+    whole = stage.cluster_features(x, stage.ClusterParams(k1=10, k2=3, knn_backend="torch"))
+    assert whole["jaccard_keep"] is None and whole["jaccard_note"] is None
+    monkeypatch.setattr(stage, "FULL_JACCARD_ROWS", 500)  # 600 rows are "many" now
+    big = stage.cluster_features(x, stage.ClusterParams(k1=10, k2=3, knn_backend="torch"))
+    assert big["jaccard_keep"] == pytest.approx(0.6) and big["jaccard_note"].startswith("600 images: the labels keep")
+    np.testing.assert_array_equal(big["labels"], whole["labels"])
+    assert big["jaccard"].data.max() <= np.float32(0.6) and big["jaccard"].nnz < whole["jaccard"].nnz
+    kept = stage.cluster_features(x, stage.ClusterParams(k1=10, k2=3, knn_backend="torch", jaccard_keep=1.0))
+    assert kept["jaccard_keep"] is None and (kept["jaccard"] != whole["jaccard"]).nnz == 0
+
+
+def test_jaccard_keep_bounds_a_mixture_after_mixing():
+    from reidctl.cluster import stage
+
+    x, _ = _blobs()
+    parts = np.stack([x[:, ::-1].copy(), x], axis=1)
+    params = dict(k1=10, k2=3, knn_backend="torch", branches="global=0.5,part0=0.25,part1=0.25")
+    whole = stage.cluster_features(x, stage.ClusterParams(**params), parts=parts)
+    bounded = stage.cluster_features(x, stage.ClusterParams(**params, jaccard_keep=0.7), parts=parts)
+    want = _dense(whole["jaccard"])
+    want[(want > 0.7) & ~np.eye(len(x), dtype=bool)] = 1
+    np.testing.assert_array_equal(_dense(bounded["jaccard"]), want)
+    np.testing.assert_array_equal(bounded["labels"], whole["labels"])
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(jaccard_keep=0.5), r"--jaccard-keep 0.5 is below --eps 0.6: DBSCAN would lose neighbours"),
+    (dict(jaccard_keep=1.5), r"--jaccard-keep 1.5: must lie in \[0, 1\]"),
+    (dict(jaccard_keep=-0.1), r"--jaccard-keep -0.1: must lie in \[0, 1\]"),
+    (dict(jaccard_keep=0.9, algo="agglomerative", n_clusters=5), r"does not apply to --algo agglomerative"),
+])
+def test_jaccard_keep_refusals(options, match):
+    from reidctl.cluster.stage import ClusterParams
+
+    with pytest.raises(ReidctlError, match=match):
+        ClusterParams(**options).check()
+
+
+def test_jaccard_keep_on_the_command_line(tmp_path):
+    x, pid = _blobs()
+    f = _features_file(tmp_path / "f.h5", x, pid)
+    run_ok("cluster", f, "--out", tmp_path / "l.h5", "--k1", "10", "--k2", "3", "--jaccard-keep", "0.6",
+           "--knn-backend", "torch", "--device", "cpu")
+    lab = read_labels(tmp_path / "l.h5")
+    assert lab.extra["jaccard"].data.max() <= np.float32(0.6)
+    assert json.loads(lab.meta.attrs["summary"])["jaccard_keep"] == pytest.approx(0.6)
+    run_error("cluster", f, "--out", tmp_path / "m.h5", "--eps", "0.7", "--jaccard-keep", "0.6",
+              match="--jaccard-keep 0.6 is below --eps 0.7")
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.3, 0.6, 0.95])
+def test_bounded_min_sum_equals_the_full_min_sum_cut_at_the_bound(keep):
+    """The √V·√Vᵀ filter drops no pair: on random row-stochastic V (clustered supports, some
+    identical rows, an empty one) the result is the full min-sum's entries ≤ keep, bit for bit."""
+    import scipy.sparse as sp
+
+    from reidctl.cluster.jaccard import _min_sum_distance
+    from reidctl.cluster.jaccard_bounded import bounded_min_sum
+
+    rng = np.random.default_rng(7)
+    n, rows, cols, vals = 300, [], [], []
+    same: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    for i in range(n):
+        if i == 5:
+            continue  # an empty row
+        group = rng.integers(0, 10)
+        support = np.unique(rng.integers(group * 30, group * 30 + 60, rng.integers(3, 25)) % n)
+        w = rng.gamma(0.5, size=len(support)).astype(np.float32)
+        if i in (7, 8):  # identical neighbourhoods: J = 0 off the diagonal
+            support, w = same
+        same = support, w
+        rows += [i] * len(support)
+        cols += support.tolist()
+        vals += (w / w.sum()).tolist()
+    v = sp.csr_matrix((np.array(vals, np.float32), (rows, cols)), shape=(n, n))
+    v.sort_indices()
+    full = _min_sum_distance(v, lambda d: None).tocoo()
+    cut = (full.data <= np.float32(keep)) | (full.row == full.col)
+    want = sp.csr_matrix((full.data[cut], (full.row[cut], full.col[cut])), shape=(n, n))
+    got = bounded_min_sum(v, keep, lambda d: None, workers=2)
+    assert got.nnz == want.nnz and got.nnz > n  # more than the diagonal survives
+    np.testing.assert_array_equal(got.indptr, want.indptr)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.data, want.data)  # bit for bit

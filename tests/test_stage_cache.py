@@ -121,3 +121,20 @@ def test_options_of_another_stage_or_method_are_refused_by_name(method, options,
 def test_outside_the_loop_refine_takes_what_the_loop_supplies():
     routed = get_method("icrefine").route({"epoch": 3, "epochs": 10, "intra": "s1.h5"}, loop=False)
     assert routed.refine == {"epoch": 3, "epochs": 10, "intra": "s1.h5"} and not routed.given
+
+
+def test_a_stage_note_reaches_the_run_output_once(tmp_path):
+    """A default the stage chose for the data's size (``knn_note`` when auto left exact search,
+    ``jaccard_note`` for the bounded distances) is said when the stage runs, not when cached."""
+    def run(out: Path) -> dict:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("x")
+        return {"knn_note": "switched to faiss-hnsw", "jaccard_note": "kept ≤ 0.6", "clusters": 3}
+
+    notices: list[str] = []
+    _run(tmp_path, _call([], run=run), notices=notices)
+    assert notices == ["kept ≤ 0.6", "switched to faiss-hnsw"]
+    _run(tmp_path, _call([], run=run), notices=notices)  # from the cache: nothing new to say
+    assert notices == ["kept ≤ 0.6", "switched to faiss-hnsw"]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e["notice"] for e in log if "notice" in e] == ["kept ≤ 0.6", "switched to faiss-hnsw"]

@@ -30,8 +30,9 @@ def cluster(
     if run["json"]:
         print_json(summary)
         return
-    if summary.get("knn_note"):
-        notice(summary["knn_note"])
+    for name in ("knn_note", "jaccard_note"):  # a default that left exact search or bounded the distances
+        if summary.get(name):
+            notice(summary[name])
     table = Table(title=f"{out}", title_justify="left")
     for col in ("rows", "clusters", "outliers", "multi-camera", "kNN s", "Jaccard s", "cluster s"):
         table.add_column(col, justify="right")

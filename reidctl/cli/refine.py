@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from reidctl.cli.common import (command, err_console, multi_camera_cell, out_console, print_json, print_quality,
-                                settings, warn_single_camera)
+from reidctl.cli.common import (command, err_console, multi_camera_cell, notice, out_console, print_json,
+                                print_quality, settings, warn_single_camera)
 from reidctl.cli.method_options import refine_flags, runtime_flags
 from reidctl.methods import METHODS, get_method
 from reidctl.refine import run_refine
@@ -35,6 +35,9 @@ def refine(
     if run["json"]:
         print_json(summary)
         return
+    for name in ("knn_note", "jaccard_note"):  # a default that left exact search or bounded the distances
+        if summary.get(name):
+            notice(summary[name])
     if not get_method(method).clusters:  # no labels: the method's own report (mar: agreement pairs)
         _print_pairs(summary)
         return

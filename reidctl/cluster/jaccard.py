@@ -12,15 +12,14 @@ Steps (ALGORITHMS.md §3.3), for each sample i with kNN list R[i] (self first):
    2/3 of H_c lies in S_i, add H_c. E_i = sorted union.
 3. V[i, E_i] = softmax(-(2 - 2·x_i·x_E)); query expansion V[i] = mean(V[R[i, :k2]]).
 4. m_ij = Σ_k min(V_ik, V_jk), summed column by column over V's inverted index;
-   J_ij = 1 - m_ij / (2 - m_ij), clipped at 0, in float32 as the reference does.
+   J_ij = 1 - m_ij / (2 - m_ij), clipped at 0, in float32 as the reference does. With a bound
+   (``keep``) only the pairs that can reach it are summed (:mod:`reidctl.cluster.jaccard_bounded`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -28,6 +27,8 @@ import scipy.sparse as sp
 import torch
 
 from reidctl import search
+from reidctl.cluster.jaccard_bounded import bounded_min_sum
+from reidctl.cluster.threads import ordered_map
 from reidctl.errors import ReidctlError
 
 Progress = Callable[[int, int], None]
@@ -35,6 +36,7 @@ Progress = Callable[[int, int], None]
 # Rows per block of the reciprocal/expansion pass: its dense scratch maps (block × N) hold about
 # this many elements (a few MiB), so memory stays O(N·k²) overall.
 _SCRATCH_ELEMENTS = 1 << 21
+_MIN_SCRATCH_ROWS = 32
 # Float64 accumulator of one min-sum block (rows × touched columns), sized for the CPU cache.
 _ACCUMULATOR_ELEMENTS = 1 << 18
 # Upper bound on (row, column, row) triples enumerated at once in the min-sum.
@@ -51,10 +53,13 @@ def jaccard_distance(
     device: str = "auto",
     workers: int | None = None,
     progress: Progress | None = None,
+    keep: float | None = None,
 ) -> sp.csr_matrix:
     """k-reciprocal Jaccard distance of L2-normalised features as an N×N float32 CSR matrix.
 
-    Stored entries are exactly those below 1 (all others are 1), the diagonal is stored as 0,
+    Stored entries are exactly those below 1 (all others are 1), or with ``keep`` only those
+    ≤ ``keep`` (a DBSCAN with eps ≤ keep sees the same neighbourhoods; the full matrix of CNN
+    features holds ≈ 2,000 entries a row, 16 GB at N = 1M); the diagonal is stored as 0,
     and off-diagonal zeros (identical neighbourhoods) are stored explicitly, so a consumer that
     treats missing entries as 1 (e.g. DBSCAN with eps < 1) sees the dense matrix.
     ``variant="cc"`` reproduces Cluster Contrast (kNN with k1 columns including the query),
@@ -75,6 +80,8 @@ def jaccard_distance(
         raise ReidctlError(f"k1={k1} needs at least {ncols} samples, got {n}")
     if k2 > ncols:
         raise ReidctlError(f"k2={k2} must not exceed the {ncols} kNN columns (k1={k1})")
+    if keep is not None and not 0 <= keep < 1:
+        raise ReidctlError(f"keep={keep}: the Jaccard distances kept must be a bound in [0, 1)")
     if knn is None:
         knn = search.knn(x, ncols, device=device)
     dist, idx = (np.asarray(a) for a in knn)
@@ -93,6 +100,8 @@ def jaccard_distance(
     v = _expanded_weights(x.cpu().numpy(), rank, rdist, k1, tick, workers)
     if k2 != 1:
         v = _query_expansion(v, rank[:, :k2])
+    if keep is not None:  # only the pairs whose bound reaches the threshold are summed
+        return bounded_min_sum(v, keep, lambda d: tick(n + d), workers)
     return _min_sum_distance(v, lambda d: tick(n + d), workers)
 
 
@@ -120,7 +129,9 @@ def _expanded_weights(
     m_full = _reciprocal(rank, kf)
     m_half = _reciprocal(rank, kh)
     hlen = m_half.sum(axis=1)
-    b = max(1, min(n, _SCRATCH_ELEMENTS // n))
+    # at least _MIN_SCRATCH_ROWS rows: at N = 1M the element budget alone gives blocks of 2 rows,
+    # whose per-block overhead dominated the pass; the maps are written sparsely (a few pages a row)
+    b = max(1, min(n, max(_MIN_SCRATCH_ROWS, _SCRATCH_ELEMENTS // n)))
     local = threading.local()
 
     def block(s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -155,7 +166,7 @@ def _expanded_weights(
         return rr + s, cols, d
 
     parts = []
-    for s, out in _ordered_map(block, range(0, n, b), workers):
+    for s, out in ordered_map(block, range(0, n, b), workers):
         parts.append(out)
         tick(min(n, s + b))
     rows, cols, d = (np.concatenate([p[c] for p in parts]) for c in range(3))
@@ -167,28 +178,6 @@ def _expanded_weights(
     w = np.exp(-(d - np.repeat(dmin, counts)))
     w /= np.repeat(_segment_reduce(np.add, w.astype(np.float64), indptr), counts).astype(np.float32)
     return sp.csr_matrix((w.astype(np.float32), cols.astype(np.int32), indptr), shape=(n, n))
-
-
-def _ordered_map(fn: Callable, items, workers: int):
-    """Yield (item, fn(item)) in order; with workers > 1, a bounded window runs in threads.
-
-    numpy releases the GIL inside its kernels, so blocks of rows overlap on several cores;
-    the window bounds how many finished results wait in memory.
-    """
-    if workers <= 1:
-        for item in items:
-            yield item, fn(item)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append((item, pool.submit(fn, item)))
-            if len(pending) > 2 * workers:
-                done, fut = pending.popleft()
-                yield done, fut.result()
-        while pending:
-            done, fut = pending.popleft()
-            yield done, fut.result()
 
 
 def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
@@ -255,7 +244,7 @@ def _min_sum_distance(
     data = np.empty(cap, np.float32)
     counts = np.empty(n, np.int64)
     at = 0
-    for edges, (cnt, cols, vals) in _ordered_map(run, tasks, workers):
+    for edges, (cnt, cols, vals) in ordered_map(run, tasks, workers):
         counts[edges[0] : edges[-1]] = cnt
         indices[at : at + len(cols)] = cols
         data[at : at + len(cols)] = vals

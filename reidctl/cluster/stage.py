@@ -118,7 +118,12 @@ class ClusterParams:
         "cc (k1 columns incl. self, the official code) or original (Zhong et al., k1+1)."))
     knn_backend: str = field(default="auto", metadata=option(
         "kNN backend: torch or faiss (exact), faiss-ivf or faiss-hnsw (approximate, re-ranked exactly; "
-        "pip install 'reidctl[faiss]'), or auto (exact while affordable, else faiss-ivf; said in the output)."))
+        "pip install 'reidctl[faiss]'), or auto (exact while affordable, else faiss-hnsw where faiss is installed; "
+        "said in the output)."))
+    jaccard_keep: float | None = field(default=None, metadata=option(
+        "Store only Jaccard distances up to this value (the others read as 1, as beyond the neighbourhoods); "
+        "1 stores all. Default: all up to 200,000 images, and --eps with DBSCAN beyond (the same clusters; "
+        "the full matrix holds about 2,000 entries a row, 16 GB at a million images)."))
     device: str = "auto"  # set by the command's --device
     branches: str = field(default="global", metadata=option(
         "Feature branches and weights of the distance: global, or e.g. global=0.6,part0=0.2,part1=0.2 "
@@ -135,7 +140,7 @@ class ClusterParams:
             # --min-samples at its default value changes nothing and passes (a run's saved
             # config.toml lists every clustering option)
             ignored = {"min_samples": self.min_samples != ALGO_DEFAULTS["infomap"]["min_samples"],
-                       "n_clusters": self.n_clusters is not None}
+                       "n_clusters": self.n_clusters is not None, "jaccard_keep": self.jaccard_keep is not None}
             given = [name for name, differs in ignored.items() if differs and not is_default(getattr(self, name))]
             if given:
                 raise not_applicable(given, "--algo infomap")
@@ -164,13 +169,51 @@ class ClusterParams:
             raise ReidctlError("--k1 must be at least 2 and --k2 at least 1")
         if self.algo == "dbscan" and not 0 < self.eps < 1:
             raise ReidctlError("--eps must lie in (0, 1): the Jaccard distance is 1 beyond the neighbourhoods")
+        self._check_keep()
         parse_branches(self.branches)
+
+
+    def _check_keep(self) -> None:
+        """A bound that would change the clusters is refused: DBSCAN reads the distances up to
+        --eps, average linkage all of them."""
+        keep = self.jaccard_keep
+        if keep is None or keep >= 1:
+            if keep is not None and keep > 1:
+                raise ReidctlError(f"--jaccard-keep {keep}: must lie in [0, 1] (1 stores every distance)")
+            return
+        if keep < 0:
+            raise ReidctlError(f"--jaccard-keep {keep}: must lie in [0, 1] (1 stores every distance)")
+        if self.algo == "agglomerative":
+            raise ReidctlError("--jaccard-keep below 1 does not apply to --algo agglomerative: average linkage "
+                               "reads every distance")
+        if keep < self.eps:
+            raise ReidctlError(f"--jaccard-keep {keep} is below --eps {self.eps}: DBSCAN would lose neighbours "
+                               "and the clusters would change")
+
+
+#: Beyond this many images DBSCAN's labels keep only the Jaccard distances up to --eps unless
+#: --jaccard-keep says otherwise: on CNN features the full matrix holds ≈ 2,000 entries a row
+#: (measured on 97k images, bench/README.md), 1.6 GB at 100k and 16 GB at 1M, while DBSCAN
+#: reads ≈ 5 a row.
+FULL_JACCARD_ROWS = 200_000
+
+
+def jaccard_bound(params: ClusterParams, n: int) -> tuple[float | None, str | None]:
+    """The bound on the stored Jaccard distances (None: all below 1) and a sentence for the
+    stage's output when the default chose one."""
+    if params.jaccard_keep is not None:
+        return (None if params.jaccard_keep >= 1 else float(params.jaccard_keep)), None
+    if params.algo != "dbscan" or n <= FULL_JACCARD_ROWS:
+        return None, None
+    return float(params.eps), (f"{n:,} images: the labels keep only the Jaccard distances ≤ {params.eps} (--eps), "
+                               "all DBSCAN reads; --jaccard-keep 1 keeps all of them")
 
 
 def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray | None = None) -> dict[str, Any] | None:
     """Cluster L2-normalised features; returns labels, kNN lists, the sparse distance the labels
-    were clustered on (under ``jaccard``, the name labels files and NCPLR's refinement read) and
-    timings.
+    were clustered on (under ``jaccard``, the name labels files and NCPLR's refinement read),
+    timings, and the kNN backend used (``knn_backend``; ``knn_note`` says why when ``auto``
+    left exact search, else None).
 
     With several ``params.branches`` (``parts``: the N×P×D part features) the distance is the
     weighted mixture of each branch's Jaccard distance, and the kNN lists are the first branch's.
@@ -183,8 +226,13 @@ def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray
     n = len(feats)
     if n <= params.k1:
         raise ReidctlError(f"{n} samples are too few for --k1 {params.k1} (need more samples than k1)")
+    backend, note = choose_backend(n, feats.shape[1], params.knn_backend, params.device)
+    keep, keep_note = jaccard_bound(params, n)
+    chosen = {"knn_backend": backend, "knn_note": note, "jaccard_keep": keep, "jaccard_note": keep_note}
+    params = replace(params, knn_backend=backend)  # every rank and branch searches with the same one
     if params.algo == "infomap":
-        return _infomap(feats, params)
+        res = _infomap(feats, params)
+        return res and {**res, **chosen}
     if params.algo == "agglomerative" and params.n_clusters > n:
         raise ReidctlError(f"--n-clusters {params.n_clusters} exceeds the number of samples ({n})")
     branches = parse_branches(params.branches)
@@ -192,10 +240,11 @@ def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray
     inputs = [feats if name == "global" else branch_features(name, feats, parts) for name, _ in branches]
     times: dict[str, float] = {}
     if len(branches) == 1:  # one Jaccard, used as it is (the default: exactly Cluster Contrast)
-        dist, idx, jac = _branch_jaccard(inputs[0], params, times)
-    else:
+        dist, idx, jac = _branch_jaccard(inputs[0], params, times, keep=keep)
+    else:  # each branch whole: a bound applies to the mixture only
         dist, idx, jac = _mixed_jaccard([name for name, _ in branches], inputs,
                                         [w for _, w in branches], params, times)
+        jac = _bounded(jac, keep)
     if not ddp.is_main():
         return None  # under torchrun the ranks shared the kNN search; rank 0 clusters and writes
     t = time.perf_counter()
@@ -205,7 +254,7 @@ def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray
         labels = agglomerative(jac, params.n_clusters)
     times["cluster_s"] = time.perf_counter() - t
     return {"labels": np.asarray(labels, dtype=np.int32), "knn_index": idx.astype(np.int32),
-            "knn_dist": dist.astype(np.float32), "jaccard": jac, "times": times}
+            "knn_dist": dist.astype(np.float32), "jaccard": jac, "times": times, **chosen}
 
 
 def _infomap(feats: np.ndarray, params: ClusterParams) -> dict[str, Any]:
@@ -233,7 +282,8 @@ def stage_knn(x: np.ndarray, k: int, params: ClusterParams, label: str = "") -> 
     n = len(x)
     sharded = ddp.is_distributed()
     lo, hi = ddp.shard_range(n) if sharded else (0, n)
-    with progress_bar(f"kNN{label}", hi - lo) as advance:
+    shown = f" ({params.knn_backend})" if params.knn_backend in APPROX_BACKENDS else ""
+    with progress_bar(f"kNN{label}{shown}", hi - lo) as advance:
         d, i = knn(x, k, backend=params.knn_backend, device=params.device, progress=callback(advance),
                    rows=(lo, hi) if sharded else None)
     if sharded:
@@ -243,7 +293,7 @@ def stage_knn(x: np.ndarray, k: int, params: ClusterParams, label: str = "") -> 
 
 
 def _branch_jaccard(x: np.ndarray, params: ClusterParams, times: dict[str, float],
-                    name: str = "") -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
+                    name: str = "", keep: float | None = None) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
     """kNN lists and sparse Jaccard distance of one feature matrix; adds its timings to ``times``
     (``knn_s``/``jaccard_s``, and ``knn_<name>_s``/``jaccard_<name>_s`` for a named branch)."""
     n, label = len(x), f" {name}" if name else ""
@@ -256,7 +306,7 @@ def _branch_jaccard(x: np.ndarray, params: ClusterParams, times: dict[str, float
     t = time.perf_counter()
     with progress_bar(f"Jaccard{label}", n) as advance:
         jac = jaccard_distance(x, params.k1, params.k2, variant=params.jaccard_variant, knn=(dist, idx),
-                               progress=callback(advance))
+                               progress=callback(advance), keep=keep)
     _add_time(times, "jaccard", name, time.perf_counter() - t)
     return dist, idx, jac
 
@@ -270,6 +320,15 @@ def _mixed_jaccard(names: list[str], inputs: list[np.ndarray], weights: list[flo
     _add_time(times, "jaccard", "mix", time.perf_counter() - t)
     dist, idx, _ = results[0]
     return dist, idx, mixed
+
+
+def _bounded(jac: sp.csr_matrix, keep: float | None) -> sp.csr_matrix:
+    """``jac`` with only its entries ≤ ``keep`` and its diagonal (all of it when ``keep`` is None)."""
+    if keep is None:
+        return jac
+    coo = jac.tocoo()
+    stored = (coo.data <= np.float32(keep)) | (coo.row == coo.col)
+    return sp.csr_matrix((coo.data[stored], (coo.row[stored], coo.col[stored])), shape=jac.shape)
 
 
 def _add_time(times: dict[str, float], step: str, name: str, seconds: float) -> None:
@@ -288,7 +347,6 @@ def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParam
     params.check()
     check_output(out, schema=LABELS, inputs=(features_path,), force=force)
     fe = read_features(features_path)
-    backend, why = choose_backend(*fe.feats.shape, params.knn_backend, params.device)
     with ddp.distributed(resolve_device(params.device)) as device:
         try:
             res = cluster_features(fe.feats, replace(params, device=str(device)), parts=fe.parts)
@@ -299,7 +357,7 @@ def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParam
         return {"rank": ddp.env_rank(), "world_size": world}
     labels = res["labels"]
     summary: dict[str, Any] = {"rows": len(labels), **{k: round(v, 3) for k, v in res["times"].items()},
-                               "knn_backend": backend, **({"knn_note": why} if why else {}), "world_size": world,
+                               **backend_report(res), "world_size": world,
                                **labels_report(labels, fe.camids, read_ground_truth(features_path))}
     write_labels(
         out, labels, paths=fe.paths,
@@ -308,6 +366,13 @@ def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParam
         seed=seed, attrs={"summary": summary},
     )
     return summary
+
+
+def backend_report(res: dict[str, Any]) -> dict[str, Any]:
+    """The summary's ``knn_backend`` and ``jaccard_keep`` (None: all distances below 1 stored),
+    with ``knn_note`` / ``jaccard_note`` when a default left exact search or bounded the distances."""
+    notes = {name: res[name] for name in ("knn_note", "jaccard_note") if res.get(name)}
+    return {"knn_backend": res["knn_backend"], "jaccard_keep": res.get("jaccard_keep"), **notes}
 
 
 def _seeds(params: ClusterParams) -> dict[str, int]:
