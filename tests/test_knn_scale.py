@@ -199,6 +199,14 @@ def test_jaccard_keep_refusals(options, match):
         ClusterParams(**options).check()
 
 
+def test_jaccard_keep_does_not_apply_to_infomap():
+    pytest.importorskip("infomap")
+    from reidctl.cluster.stage import ClusterParams
+
+    with pytest.raises(ReidctlError, match="--jaccard-keep does not apply to --algo infomap"):
+        ClusterParams(algo="infomap", jaccard_keep=0.7)
+
+
 def test_jaccard_keep_on_the_command_line(tmp_path):
     x, pid = _blobs()
     f = _features_file(tmp_path / "f.h5", x, pid)

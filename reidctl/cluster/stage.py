@@ -172,17 +172,14 @@ class ClusterParams:
         self._check_keep()
         parse_branches(self.branches)
 
-
     def _check_keep(self) -> None:
         """A bound that would change the clusters is refused: DBSCAN reads the distances up to
         --eps, average linkage all of them."""
         keep = self.jaccard_keep
-        if keep is None or keep >= 1:
-            if keep is not None and keep > 1:
-                raise ReidctlError(f"--jaccard-keep {keep}: must lie in [0, 1] (1 stores every distance)")
-            return
-        if keep < 0:
+        if keep is not None and not 0 <= keep <= 1:
             raise ReidctlError(f"--jaccard-keep {keep}: must lie in [0, 1] (1 stores every distance)")
+        if keep is None or keep == 1:
+            return
         if self.algo == "agglomerative":
             raise ReidctlError("--jaccard-keep below 1 does not apply to --algo agglomerative: average linkage "
                                "reads every distance")
