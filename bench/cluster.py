@@ -6,8 +6,9 @@
 
 Features are synthetic (random identity centres + noise, L2-normalised, D = 2048; with ``--like``,
 drawn from a real features file's identity statistics), made block by block inside a fresh
-process per N, so the peak resident memory of one scale does not leak into the next. Each stage's peak is measured on its own (Linux: VmHWM reset through
-/proc/self/clear_refs; elsewhere a sampling thread). The floor is one plain N×N×D product
+process per N, so the peak resident memory of one scale does not leak into the next. Each
+stage's peak is measured on its own (Linux: VmHWM reset through /proc/self/clear_refs;
+elsewhere a sampling thread). The floor is one plain N×N×D product
 X @ Xᵀ (in blocks of rows where the full result would not fit), timed after each run of the
 stages in the same process (same machine conditions): an exact kNN cannot be cheaper. Beyond
 N = 200k it is estimated from 2,048 rows. Approximate backends also report their steps' times
@@ -182,13 +183,18 @@ def floor(x: np.ndarray, max_bytes: int, rows: int = 0) -> tuple[float, str]:
     return seconds, how
 
 
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """recall@k: the mean share of each row's exact k neighbours that ``found`` holds."""
+    return float(np.mean([len(np.intersect1d(a, e)) for a, e in zip(found, exact)])) / exact.shape[1]
+
+
 def sample_recall(x: np.ndarray, idx: np.ndarray, k: int, rows: int, seed: int = 0) -> float:
     """recall@k of the lists ``idx`` on ``rows`` random query rows, against their exact search."""
     from reidctl import search
 
     picked = np.sort(np.random.default_rng(seed).choice(len(x), min(rows, len(x)), replace=False))
     _, exact = search.search(x[picked], x, k, device="cpu")
-    return float(np.mean([len(np.intersect1d(a, e)) for a, e in zip(idx[picked], exact)])) / k
+    return recall(idx[picked], exact)
 
 
 def worker(args: argparse.Namespace) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import features, features_like  # noqa: E402
+from cluster import features, features_like, recall  # noqa: E402
 
 
 def main() -> None:
@@ -83,10 +83,10 @@ def main() -> None:
                 ad, ai = approx_knn(xt, args.k1, backend, settings=st, times=steps)
                 s = time.perf_counter() - t
                 split = ", ".join(f"{name[:-2]} {v:.1f}" for name, v in steps.items())
-                recall = float(np.mean([len(np.intersect1d(a, e)) for a, e in zip(ai, ei)])) / args.k1
+                found_share = recall(ai, ei)
                 found = (pid[ai] == pid[:, None]).sum() / same.sum()
                 ari = adjusted_rand_score(exact_labels, partition(ad, ai))
-                print(f"| {backend} | {pca or 'none'} | {knob_value} | {s:.1f} | {s / exact_s:.2f} | {recall:.3f} | "
+                print(f"| {backend} | {pca or 'none'} | {knob_value} | {s:.1f} | {s / exact_s:.2f} | {found_share:.3f} | "
                       f"{found:.3f} | {ari:.3f} | {split} |", flush=True)
 
 

@@ -16,7 +16,7 @@ from reidctl.artifacts import LABELS, check_output, read_features, read_ground_t
 from reidctl.cluster.agglomerative import check_linkage_memory
 from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.report import labels_report
-from reidctl.cluster.stage import ClusterParams, backend_report, cluster_features
+from reidctl.cluster.stage import ClusterParams, size_choices, cluster_features
 from reidctl.errors import ReidctlError, naming
 from reidctl.methods import get_method
 
@@ -79,7 +79,7 @@ def run_refine(
         labels = res["labels"]
         extra = {k: res[k] for k in ("knn_index", "knn_dist", "jaccard")}
         cluster_info = {"cluster": dataclasses.asdict(params)}
-        searched = backend_report(res)
+        searched = size_choices(res)
     try:  # the options were checked above: what fails now is about the features' content
         refined = method_cls.refine(fe, labels, extra, dict(options or {}), seed=seed)
     except ReidctlError as exc:

@@ -39,6 +39,14 @@ from reidctl.errors import ReidctlError
 
 log = logging.getLogger("reidctl")
 
+
+def summary_notes(summary: Mapping[str, Any]) -> list[str]:
+    """The sentences a stage's summary carries for its user, its ``*_note`` entries by name: a
+    default the stage chose for the data's size (the kNN backend, the Jaccard bound). The loop
+    and the stage commands say them."""
+    return [str(summary[name]) for name in sorted(summary) if name.endswith("_note") and summary[name]]
+
+
 Notice = Callable[[str], None]
 RECORD_VERSION = 2
 
@@ -214,8 +222,8 @@ class RunDir:
         t0 = time.perf_counter()
         summary = run(out)
         summary = {**summary, "seconds": round(time.perf_counter() - t0, 2)}
-        for name in sorted(k for k in summary if k.endswith("_note")):  # a default the stage chose for
-            self._say(str(summary[name]), epoch, stage)  # the data's size (kNN backend, Jaccard bound)
+        for note in summary_notes(summary):
+            self._say(note, epoch, stage)
         record = {"key": key, "output": out_rel, "digest": digest(out), "file": _file_state(out),
                   "summary": summary, "record_version": RECORD_VERSION}
         write_json(record_path, record)

@@ -87,7 +87,7 @@ def approx_knn(x: torch.Tensor, k: int, backend: str, *, rows: tuple[int, int] |
     reduced = clock("pca_s", pca_reduce, x, settings)
     if backend == "faiss-ivf":
         return clock("search_s", ivf_knn, faiss, x, reduced, k, (lo, hi), device, settings, progress)
-    index = clock("index_s", _build, faiss, reduced, backend, device, settings)  # faiss-hnsw
+    index = clock("index_s", _build_hnsw, faiss, reduced, settings)
     kc = min(n, max(k, settings.candidates * k))
     dist = np.empty((hi - lo, k), np.float32)
     idx = np.empty((hi - lo, k), np.int64)
@@ -206,18 +206,13 @@ def ivf_knn(faiss: Any, x: torch.Tensor, reduced: np.ndarray, k: int, rows: tupl
     dist = np.maximum(2 - 2 * np.take_along_axis(sim, best, 1).astype(np.float64), 0).astype(np.float32)
     short = np.flatnonzero((idx < 0).any(1))  # probed lists held fewer than k rows: search those exactly
     if len(short):
-        dist[short], idx[short] = _exact_rows(x, lo + short, k, device)
+        from reidctl.search import search  # noqa: PLC0415 (reidctl.search imports this module)
+
+        dist[short], idx[short] = search(x[torch.from_numpy(lo + short)], x, k, device=str(device))
     return dist, idx
 
 
-def _exact_rows(x: torch.Tensor, rows: np.ndarray, k: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Exact neighbours of a few rows (ties by index), for rows an approximate search left short."""
-    sim = (x[torch.from_numpy(rows)].to(device, torch.float32) @ x.to(device, torch.float32).T).cpu().numpy()
-    order = np.lexsort((np.broadcast_to(np.arange(sim.shape[1]), sim.shape), -sim), axis=1)[:, :k]
-    return (np.maximum(2 - 2 * np.take_along_axis(sim, order, 1), 0).astype(np.float32), order.astype(np.int64))
-
-
-def _build(faiss: Any, data: np.ndarray, backend: str, device: torch.device, st: ApproxSettings) -> Any:
+def _build_hnsw(faiss: Any, data: np.ndarray, st: ApproxSettings) -> Any:
     """The HNSW graph of the reduced features (faiss has no GPU HNSW: it stays on the CPU)."""
     index = faiss.IndexHNSWFlat(data.shape[1], st.hnsw_m)
     index.hnsw.efConstruction = st.ef_construction

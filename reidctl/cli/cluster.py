@@ -13,6 +13,7 @@ from reidctl.cli.common import (command, multi_camera_cell, notice, out_console,
 from reidctl.cli.method_options import cluster_flags, runtime_flags
 from reidctl.cluster.stage import ClusterParams, run_cluster
 from reidctl.options import resolve
+from reidctl.rundir import summary_notes
 
 
 @command("cluster", run=runtime_flags("device", "seed", "force", "json"), options=cluster_flags())
@@ -30,9 +31,8 @@ def cluster(
     if run["json"]:
         print_json(summary)
         return
-    for name in ("knn_note", "jaccard_note"):  # a default that left exact search or bounded the distances
-        if summary.get(name):
-            notice(summary[name])
+    for note in summary_notes(summary):
+        notice(note)
     table = Table(title=f"{out}", title_justify="left")
     for col in ("rows", "clusters", "outliers", "multi-camera", "kNN s", "Jaccard s", "cluster s"):
         table.add_column(col, justify="right")

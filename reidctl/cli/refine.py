@@ -13,6 +13,7 @@ from reidctl.cli.common import (command, err_console, multi_camera_cell, notice,
 from reidctl.cli.method_options import refine_flags, runtime_flags
 from reidctl.methods import METHODS, get_method
 from reidctl.refine import run_refine
+from reidctl.rundir import summary_notes
 
 
 @command("refine", options=refine_flags(), run=runtime_flags("seed", "force", "json"),
@@ -35,9 +36,8 @@ def refine(
     if run["json"]:
         print_json(summary)
         return
-    for name in ("knn_note", "jaccard_note"):  # a default that left exact search or bounded the distances
-        if summary.get(name):
-            notice(summary[name])
+    for note in summary_notes(summary):
+        notice(note)
     if not get_method(method).clusters:  # no labels: the method's own report (mar: agreement pairs)
         _print_pairs(summary)
         return

@@ -354,7 +354,7 @@ def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParam
         return {"rank": ddp.env_rank(), "world_size": world}
     labels = res["labels"]
     summary: dict[str, Any] = {"rows": len(labels), **{k: round(v, 3) for k, v in res["times"].items()},
-                               **backend_report(res), "world_size": world,
+                               **size_choices(res), "world_size": world,
                                **labels_report(labels, fe.camids, read_ground_truth(features_path))}
     write_labels(
         out, labels, paths=fe.paths,
@@ -365,9 +365,10 @@ def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParam
     return summary
 
 
-def backend_report(res: dict[str, Any]) -> dict[str, Any]:
-    """The summary's ``knn_backend`` and ``jaccard_keep`` (None: all distances below 1 stored),
-    with ``knn_note`` / ``jaccard_note`` when a default left exact search or bounded the distances."""
+def size_choices(res: dict[str, Any]) -> dict[str, Any]:
+    """What the stage chose for the data's size, for its summary: ``knn_backend``, ``jaccard_keep``
+    (None: all distances below 1 stored), and ``knn_note`` / ``jaccard_note`` when a default left
+    exact search or bounded the distances (every ``*_note`` is said by the commands and the loop)."""
     notes = {name: res[name] for name in ("knn_note", "jaccard_note") if res.get(name)}
     return {"knn_backend": res["knn_backend"], "jaccard_keep": res.get("jaccard_keep"), **notes}
 
