@@ -39,8 +39,10 @@ MARKET_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "boun
 _MARKET_EXPECTED = "bounding_box_train/, query/, bounding_box_test/"
 
 #: Split → list files of the original MSMT17 release; (train folder, test folder) for V1 and V2.
+#: The validation list is part of train (PPLR/ICSR) and its rows are recorded (Dataset.validation).
+MSMT_VALIDATION_LIST = "list_val.txt"
 MSMT_LISTS = {
-    "train": ("list_train.txt", "list_val.txt"),
+    "train": ("list_train.txt", MSMT_VALIDATION_LIST),
     "query": ("list_query.txt",),
     "gallery": ("list_gallery.txt",),
 }
@@ -70,11 +72,14 @@ class _NameRule:
     regex: re.Pattern[str]
     example: str
     cameras: tuple[int, int] | None = None  # allowed 1-based camera range, checked when set
+    #: The query/gallery pid of nobody (Dataset.distractor_pid): 0 in the Market-1501 convention.
+    distractor_pid: int | None = 0
 
 
 _MARKET_RULE = _NameRule(re.compile(r"([-\d]+)_c(\d)"), "0002_c1s1_000451_03.jpg", (1, 6))
 _DUKE_RULE = _NameRule(re.compile(r"([-\d]+)_c(\d)"), "0005_c2_f0046985.jpg", (1, 8))
-_MSMT_RULE = _NameRule(re.compile(r"([-\d]+)_c(\d+)"), "0000_c1_0000.jpg", (1, 15))
+# MSMT17 numbers test identities from 0 again: its pid 0 is a person in every split.
+_MSMT_RULE = _NameRule(re.compile(r"([-\d]+)_c(\d+)"), "0000_c1_0000.jpg", (1, 15), distractor_pid=None)
 # Generic folders: same as Market, but `\d+` so that a camera c10 is not read as c1.
 _FOLDER_RULE = _NameRule(re.compile(r"([-\d]+)_c(\d+)"), "0002_c1s1_000451_03.jpg")
 
@@ -245,7 +250,8 @@ def _read_market_style(
 ) -> Dataset:
     """Market-1501 family: one flat folder per split, pid and camera parsed from the basename.
 
-    pid -1 (junk) is dropped, pid 0 (distractors) kept, cameras become 0-based.
+    pid -1 (junk) is dropped, pid 0 (distractors, where ``rule.distractor_pid`` says so) kept,
+    cameras become 0-based.
     """
     if require_all is None:
         require_all = layout != "folder" and layout != "synthetic"
@@ -280,7 +286,7 @@ def _read_market_style(
             splits[split].append(Sample(f"{sub}/{entry.name}", Path(entry.path), pid, cam - 1))
     if not any(splits.values()):
         raise DatasetError(f"{root}: no usable images in {_MARKET_EXPECTED} ({_EXPECTED['folder']})")
-    return Dataset(name=name, root=root, layout=layout, **splits)
+    return Dataset(name=name, root=root, layout=layout, distractor_pid=rule.distractor_pid, **splits)
 
 
 def _parse_market_name(basename: str, rule: _NameRule) -> tuple[int | None, int | None]:
@@ -306,12 +312,17 @@ def _read_cuhk03(root: Path, layout: str) -> Dataset:
 
 
 def _read_msmt(root: Path) -> Dataset:
-    """MSMT17 in either of its two layouts (list files, or the Market-style re-arrangement)."""
+    """MSMT17 in either of its two layouts (list files, or the Market-style re-arrangement).
+
+    The list layout's train split is list_train + list_val (PPLR/ICSR's training set); the
+    list_val rows are recorded in ``Dataset.validation`` (MAR's source leaves them out). Test
+    ids start at 0 again and pid 0 is a person (no distractor pid)."""
     root = _resolve(root, "msmt17")
     folders = _msmt_folders(root)
     if folders is None:
         return _read_market_style(root, name="msmt17", layout="msmt17", rule=_MSMT_RULE)
     splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    validation: set[str] = set()
     for split, list_names in MSMT_LISTS.items():
         folder = folders[0] if split == "train" else folders[1]
         for list_name in list_names:
@@ -336,7 +347,10 @@ def _read_msmt(root: Path) -> Dataset:
                 if not path.is_file():
                     raise DatasetError(f"{list_path}:{lineno}: image {path} does not exist")
                 splits[split].append(Sample(rel, path, pid, cam))  # camera stays 1-based
-    return Dataset(name="msmt17", root=root, layout="msmt17", **splits)
+                if list_name == MSMT_VALIDATION_LIST:
+                    validation.add(rel)
+    return Dataset(name="msmt17", root=root, layout="msmt17", distractor_pid=None,
+                   validation=frozenset(validation), **splits)
 
 
 #: A folder name that says which camera its images come from: cam3, c3, camera_3, CAM-03.
@@ -443,7 +457,8 @@ def _read_manifest(csv_path: Path) -> Dataset:
         splits[split].append(Sample(relpath, path, ids["pid"], ids["camid"]))
     if not first_line:
         raise DatasetError(f"{csv_path}: manifest lists no images")
-    return Dataset(name=csv_path.stem, root=root, layout="manifest", **splits)
+    # the user's own numbering: pid 0 is a person in every split (no distractor pid)
+    return Dataset(name=csv_path.stem, root=root, layout="manifest", distractor_pid=None, **splits)
 
 
 def _load_synthetic(name: str, dataset: str | None) -> Dataset:
