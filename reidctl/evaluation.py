@@ -33,7 +33,7 @@ Conventions (all shared by every ``ap=`` choice):
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -297,6 +297,7 @@ def evaluate_ranking(
     pairs: str = "market",
     also: Sequence[str] = (),
     per_query: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """mAP, CMC and mINP of a query×gallery distance matrix (smaller = more similar).
 
@@ -306,7 +307,7 @@ def evaluate_ranking(
     :data:`PAIRS` (see the module docstring). Rows are processed in blocks, so a memory-mapped
     ``distmat`` is never loaded whole. ``also``: further AP conventions, computed in the same
     pass and returned as ``mAP_<kind>``. ``per_query``: also return ``ap_per_query``, each
-    query's AP (NaN for a skipped query).
+    query's AP (NaN for a skipped query). ``progress(done, num_queries)`` is called after each block.
     """
     for kind in also:
         _check_choice("ap", kind, AP_KINDS)
@@ -331,6 +332,8 @@ def evaluate_ranking(
         block = np.asarray(distmat[s : s + step])
         rows = slice(s, s + step)
         _evaluate_block(block, q_pids[rows], q_camids[rows], g_pids, g_camids, pairs, ap, acc, s)
+        if progress is not None:
+            progress(min(s + step, num_q), num_q)
     return acc.result()
 
 
@@ -616,6 +619,7 @@ def evaluate_features(
     rerank_max_bytes: int = DEFAULT_RERANK_MAX_BYTES,
     also: Sequence[str] = (),
     per_query: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate query/gallery features with squared Euclidean distance, as the CC family.
 
@@ -623,7 +627,8 @@ def evaluate_features(
     straight away, so neither the Q×G distance matrix nor its sort ever exists (MSMT17:
     11,659 × 82,161 would be ~3.8 GB of distances plus ~7.7 GB of argsort indices).
     With ``rerank=True`` the dense (Q+G)² distances are needed; the memory is checked first
-    (``rerank_max_bytes``). Returns what :func:`evaluate_ranking` returns.
+    (``rerank_max_bytes``). Returns what :func:`evaluate_ranking` returns; ``progress(done,
+    num_queries)`` is called as query rows are evaluated.
     """
     _check_choice("ap", ap, AP_KINDS)
     for kind in also:
@@ -654,7 +659,7 @@ def evaluate_features(
         del full
         return evaluate_ranking(
             dist, q_pids, g_pids, q_camids, g_camids, ap=ap, max_rank=max_rank, pairs=pairs, also=also,
-            per_query=per_query,
+            per_query=per_query, progress=progress,
         )
 
     acc = _Accumulator(min(max_rank, num_g) if num_g else max_rank, also, num_q if per_query else None)
@@ -665,4 +670,6 @@ def evaluate_features(
             _evaluate_block(
                 block[t : t + step], q_pids[a:b], q_camids[a:b], g_pids, g_camids, pairs, ap, acc, a
             )
+            if progress is not None:
+                progress(b, num_q)
     return acc.result()

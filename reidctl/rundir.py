@@ -18,6 +18,11 @@ and the stage re-runs: the stage can re-create it, and a hand-edited artifact mu
 taken for the stage's own result. A record that cannot be read is treated as absent (and said
 so). While a process works in a run folder it holds an exclusive lock on ``RUN/.lock``; the
 operating system releases it when the process ends, however it ends.
+
+``RUN/log.jsonl`` holds one JSON record a line, each with its ``time``: a stage that finished
+(``epoch``, ``stage``, ``cached`` and its summary), a notice (``epoch``, ``stage``, ``notice``),
+and, while a stage runs, its progress (``epoch``, ``stage``, ``progress``: the event of a
+progress line, :mod:`reidctl.progress`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any, Callable, Mapping
 from reidctl import __version__
 from reidctl.artifacts import atomic_path, file_digest, os_reason
 from reidctl.errors import ReidctlError
+from reidctl.progress import activity, sink as progress_sink
 
 log = logging.getLogger("reidctl")
 
@@ -220,7 +226,10 @@ class RunDir:
                 return StageResult(out, record["digest"], record["summary"], cached=True)
             self._say(f"{out}: {problem}; running the {stage} stage again", epoch, stage)
         t0 = time.perf_counter()
-        summary = run(out)
+        # the stage's progress lines (reidctl.progress) go to the log too, as {"progress": {...}}
+        with progress_sink(lambda event: self.log({"epoch": epoch, "stage": stage, "progress": event})), \
+                activity(f"{stage} (epoch {epoch})"):
+            summary = run(out)
         summary = {**summary, "seconds": round(time.perf_counter() - t0, 2)}
         for note in summary_notes(summary):
             self._say(note, epoch, stage)

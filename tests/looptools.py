@@ -8,11 +8,11 @@ from pathlib import Path
 from reidctl.models.spec import ModelSpec
 from reidctl.pipeline import LoopConfig
 
-MODEL = ModelSpec(arch="resnet18", height=64, width=32)
+MODEL = ModelSpec(arch="resnet18", height=64, width=32, pretrained="none")
 CLUSTER = {"k1": 6, "k2": 2, "eps": 0.5, "min_samples": 3}
 TRAIN = {"iters": 2, "batch_size": 8, "num_instances": 4, "bn_chunks": 2}
 #: The same settings as command-line options.
-CLI_ARGS = ["--arch", "resnet18", "--height", "64", "--width", "32", "--k1", "6", "--k2", "2", "--eps", "0.5",
+CLI_ARGS = ["--arch", "resnet18", "--pretrained", "none", "--height", "64", "--width", "32", "--k1", "6", "--k2", "2", "--eps", "0.5",
             "--min-samples", "3", "--iters", "2", "--batch-size", "8", "--num-instances", "4",
             "--bn-chunks", "2", "--eval-every", "1", "--workers", "0", "--device", "cpu", "--deterministic"]
 
@@ -26,4 +26,7 @@ def loop_config(data, run_dir, **kw) -> LoopConfig:
 
 
 def read_log(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    """The run's stage and notice records; progress records (written while a stage runs, as often
+    as its speed makes them due) are left out, so counts do not depend on the machine's speed."""
+    records = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    return [r for r in records if "progress" not in r]

@@ -16,7 +16,7 @@ from reidctl.options import resolve
 from reidctl.rundir import summary_notes
 
 
-@command("cluster", run=runtime_flags("device", "seed", "force", "json"), options=cluster_flags())
+@command("cluster", run=runtime_flags("device", "seed", "force", "json", "quiet"), options=cluster_flags())
 def cluster(
     features: Annotated[Path, typer.Argument(help="Features file (reidctl extract).")],
     out: Annotated[Path, typer.Option("--out", help="Labels file to write (HDF5).")],

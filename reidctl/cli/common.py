@@ -66,9 +66,30 @@ def command(name: str, *, help: str | None = None, **groups: Any) -> Callable[[C
     from reidctl.cli.method_options import with_options
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        return app.command(name, help=help)(user_errors(with_options(**groups)(func)))
+        return app.command(name, help=help)(user_errors(with_options(**groups)(_quiet_option(func, name))))
 
     return decorate
+
+
+def _quiet_option(func: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``--quiet`` (a runtime option, :class:`reidctl.cli.options.Runtime`): taken out of the
+    command's ``run`` options and held as :func:`reidctl.progress.quiet` while the command runs,
+    so every progress bar and line of the library below is silenced without a parameter. A
+    command that has it runs as a :func:`reidctl.progress.activity`: in a log, a line at least
+    every 30 s, also through work without progress lines of its own."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        run = kwargs.get("run")
+        if not isinstance(run, dict) or "quiet" not in run:
+            return func(*args, **kwargs)
+        from reidctl import progress
+
+        kwargs["run"] = {k: v for k, v in run.items() if k != "quiet"}
+        with progress.quiet(run["quiet"]), progress.activity(name):
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def error(message: str) -> None:

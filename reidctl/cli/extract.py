@@ -15,7 +15,7 @@ from reidctl.extraction import ExtractRequest, run_extract
 
 @command("extract", model=model_flags(),
          run=runtime_flags("batch_size", "workers", "device", "amp", "seed", "skip_bad_images", "force",
-                           "json"))
+                           "json", "quiet"))
 def extract(
     ctx: typer.Context,
     data: o.Data,

@@ -18,7 +18,8 @@ Opt = typer.Option
 
 
 @command("intra-camera", options=prelude_flags(INTRA_CAMERA), model=model_flags(),
-         run=runtime_flags("extract_batch_size", "amp", "deterministic", "workers", "device", "seed", "force", "json"))
+         run=runtime_flags("extract_batch_size", "amp", "deterministic", "workers", "device", "seed", "force", "json",
+                           "quiet"))
 def intra_camera(
     ctx: typer.Context,
     data: o.Data,

@@ -44,6 +44,10 @@ class Runtime:
     force: bool = field(default=False, metadata=option(
         "Overwrite --out even when it holds something else than this command's kind of artifact."))
     json: bool = field(default=False, metadata=option("Print a machine-readable result on stdout."))
+    # taken out of ``run`` by reidctl.cli.common.command, which holds reidctl.progress.quiet for the command
+    quiet: bool = field(default=False, metadata=option(
+        "No progress bars or progress lines on stderr (errors, warnings and results are still printed; a run "
+        "folder's log.jsonl still gets its progress records).", aliases=("-q",)))
 
 
 #: The help text of each shared runtime option, for commands that declare such a flag themselves.

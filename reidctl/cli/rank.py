@@ -19,7 +19,7 @@ from reidctl.rank_stage import RankRequest, run_rank
 EXTRACTION_OPTIONS = {flag.key for flag in model_flags()} | {"checkpoint", "batch_size", "workers"}
 
 
-@command("rank", run=runtime_flags("batch_size", "workers", "device", "json"), model=model_flags())
+@command("rank", run=runtime_flags("batch_size", "workers", "device", "json", "quiet"), model=model_flags())
 def rank(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(help="Query: a features file, or images (a folder, a CSV manifest, an "

@@ -16,7 +16,7 @@ from reidctl.refine import run_refine
 from reidctl.rundir import summary_notes
 
 
-@command("refine", options=refine_flags(), run=runtime_flags("seed", "force", "json"),
+@command("refine", options=refine_flags(), run=runtime_flags("seed", "force", "json", "quiet"),
          help="Refine pseudo labels with a method: " + ", ".join(METHODS) + ". "
          "Without --labels the method's default clustering runs first.")
 def refine(

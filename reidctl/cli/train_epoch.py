@@ -17,7 +17,8 @@ from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 
 
 @command("train-epoch", options=train_flags(), model=model_flags(by_method=True),
-         run=runtime_flags("amp", "deterministic", "extract_batch_size", "workers", "device", "seed", "force", "json"))
+         run=runtime_flags("amp", "deterministic", "extract_batch_size", "workers", "device", "seed", "force", "json",
+                           "quiet"))
 def train_epoch(
     ctx: typer.Context,
     data: o.Data,

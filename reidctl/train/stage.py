@@ -178,7 +178,8 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
                            session.model)
             features, parts, feats_digest = feats.feats, feats.parts, feats.meta.digest
         else:
-            with progress_bar("extract train", len(train), enabled=None if dist.is_main() else False) as adv:
+            with progress_bar("extract train", len(train), enabled=None if dist.is_main() else False,
+                              unit="img") as adv:
                 ext = extract_features(session.model, train, batch_size=req.extract_batch_size,
                                        workers=req.workers, device=device, amp=req.amp, progress=adv, norm=norm)
             features, parts, feats_digest = ext.feats, ext.parts, "extracted"

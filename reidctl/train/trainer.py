@@ -38,6 +38,7 @@ from reidctl.errors import ReidctlError
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.device import resolve_workers
 from reidctl.precision import DEFAULT_AMP, autocast, dtype_name, memory_format, resolve_amp
+from reidctl.progress import Advance
 from reidctl.train.bn_chunks import chunk_sizes, set_bn_chunks
 from reidctl.train.checkpoint import (
     capture_rng, load_training_state, read_method_arrays, restore_rng, save_checkpoint, write_method_arrays,
@@ -277,7 +278,7 @@ def train_epoch(
     epoch: int | None = None,
     workers: int | None = None,
     deterministic: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Advance | None = None,
     norm: Norm | None = None,
 ) -> EpochStats:
     """Train ``session`` for one epoch (``method.epoch_length(data)`` steps) on the clustered ``samples``.
@@ -285,7 +286,9 @@ def train_epoch(
     ``samples[i]`` is the image of ``data.labels[i]`` (outliers already left out). Under DDP
     (a process group is up) every rank calls this with the same arguments. ``norm``: the input
     normalisation of the samples' dataset (:func:`reidctl.data.stats.input_norm`); None: ImageNet's,
-    for a model with ``input_norm == "imagenet"`` only.
+    for a model with ``input_norm == "imagenet"`` only. ``progress(1, loss=...)`` is called after each
+    step (:func:`reidctl.progress.progress_bar`); its loss is the mean of the last
+    :data:`PROGRESS_LOSS_STEPS` steps, computed only when a progress line asks for it.
     """
     p, method = session.params, session.method
     epoch = session.epoch + 1 if epoch is None else epoch
@@ -344,7 +347,7 @@ def _stream_context(session: TrainSession, samples: Sequence[Sample], data: Epoc
 
 
 def _run_steps(session: TrainSession, stream: Iterable[Any], length: int, forward: Forward, state: Any,
-               progress: Callable[[int], None] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               progress: Advance | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``length`` steps on the stream's inputs; each step's loss and the summed logs (tensors on
     the device, so a step costs no device sync)."""
     method, device = session.method, session.device
@@ -359,10 +362,20 @@ def _run_steps(session: TrainSession, stream: Iterable[Any], length: int, forwar
             logs[k] = logs.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64, device=device).detach()
         done += 1
         if progress is not None:
-            progress(1)
+            progress(1, loss=_recent_loss(per_step, done))
     if done < length:
         raise ReidctlError(f"--method {method.name}: its training stream ended after {done} of {length} steps")
     return per_step, logs
+
+
+#: The steps the loss of a progress line is averaged over (fast-reid smooths over 20 too).
+PROGRESS_LOSS_STEPS = 20
+
+
+def _recent_loss(per_step: torch.Tensor, done: int) -> Callable[[], torch.Tensor]:
+    """The mean loss of the last steps up to ``done``, as a function: a progress line calls it
+    (one device sync per line), a step does not."""
+    return lambda: per_step[max(0, done - PROGRESS_LOSS_STEPS):done].mean()
 
 
 def _mean_over_ranks(values: torch.Tensor) -> list[float]:

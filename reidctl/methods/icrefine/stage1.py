@@ -181,7 +181,7 @@ def _train_camera(req: IntraCameraRequest, model: Any, samples: list, camids: np
     best_score, best_labels = -math.inf, None
     bar = None if dist.is_main() else False
     for epoch in range(p.epochs):
-        with progress_bar(f"camera {rep.camera}: extract", len(samples), enabled=bar) as advance:
+        with progress_bar(f"camera {rep.camera}: extract", len(samples), enabled=bar, unit="img") as advance:
             ext = extract_features(session.model, samples, batch_size=req.extract_batch_size, workers=req.workers,
                                    device=device, amp=req.amp, progress=advance, norm=norm)
         labels, jaccard = cluster_camera(ext.feats, rep.clusters, k1=p.k1, k2=p.k2, device=str(device))
