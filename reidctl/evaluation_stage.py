@@ -15,6 +15,7 @@ from reidctl.errors import ReidctlError
 from reidctl.evaluation import count_valid_queries, evaluate_features, protocol_masks
 from reidctl.extraction import extract_split
 from reidctl.models.spec import ModelSpec
+from reidctl.progress import callback, progress_bar
 from reidctl.rank_stage import sheet_rows, source_files
 from reidctl.ranking import RankSide, rank_gallery
 from reidctl.sheet import draw_sheet
@@ -70,8 +71,9 @@ def evaluate_arrays(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, spl
                else "no query identity has a gallery image it may be matched with")
         raise ReidctlError(f"{source}: none of its {len(q)} queries can be evaluated with --pairs {pairs}: {why}")
     other = next(k for k in AP_CHOICES if k != ap)  # reported beside it, from the same ranking
-    result = evaluate_features(feats[q], feats[g], pids[q], pids[g], camids[q], camids[g],
-                               ap=ap, rerank=rerank, pairs=pairs, also=(other,), per_query=sheet is not None)
+    with progress_bar("evaluate", len(q), unit="queries") as advance:
+        result = evaluate_features(feats[q], feats[g], pids[q], pids[g], camids[q], camids[g], ap=ap, rerank=rerank,
+                                   pairs=pairs, also=(other,), per_query=sheet is not None, progress=callback(advance))
     summary = summarise(result, len(q), len(g), ap=ap, rerank=rerank, pairs=pairs)
     if sheet is not None:
         sides = [RankSide(feats[r], [f"row {i}" for i in r], None if files is None else [files[i] for i in r],
@@ -116,24 +118,17 @@ def evaluate_feature_file(path: str | Path, *, ap: str = "sklearn", rerank: bool
 
 def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap: str = "sklearn",
                    rerank: bool = False, pairs: str = "market", batch_size: int | None = None, workers: int | None = None,
-                   device: str = "auto", random_init: bool = False, sheet: WorstSheet | None = None) -> dict[str, Any]:
+                   device: str = "auto", sheet: WorstSheet | None = None) -> dict[str, Any]:
     """Extract query + gallery in memory with the model of ``spec`` and evaluate.
 
-    A model without a checkpoint, weights file or pretrained weights is a random network: that
-    is evaluated only when asked for with ``random_init`` (a forgotten ``--checkpoint`` must not
-    yield a plausible-looking number)."""
+    Without a checkpoint the model is a fresh one, started as every other command starts it
+    (ImageNet unless ``--weights`` or ``--pretrained none``); the result's ``init`` says which."""
     _check(ap, pairs)
-    has_model = spec.checkpoint is not None or spec.weights is not None or spec.pretrained != "none"
-    if not has_model and not random_init:
-        raise ReidctlError("evaluate --data needs a model: --checkpoint, --weights or --pretrained imagenet "
-                           "(or --random-init to evaluate a randomly initialised network on purpose)")
-    if has_model and random_init:
-        raise ReidctlError("--random-init evaluates a fresh random network; it cannot be combined with "
-                           "--checkpoint, --weights or --pretrained")
     ds = load_dataset(data, dataset)
-    model, _ = spec.build()
+    model, provenance = spec.build()
     ext, rows = extract_split(model, ds, "test", batch_size=batch_size, workers=workers, device=device)
     pids = np.array([s.pid for s in rows])
     camids = np.array([s.camid for s in rows])
-    return evaluate_arrays(ext.feats, pids, camids, ds.split_of("test"), ap=ap, rerank=rerank, pairs=pairs,
-                           source=str(data), files=[s.path for s in rows], sheet=sheet)
+    result = evaluate_arrays(ext.feats, pids, camids, ds.split_of("test"), ap=ap, rerank=rerank, pairs=pairs,
+                             source=str(data), files=[s.path for s in rows], sheet=sheet)
+    return {**result, "init": provenance["init"]}

@@ -56,7 +56,7 @@ def extract_split(
         raise ReidctlError(f"{ds.root}: the dataset has no images in split '{split}'")
     dev = resolve_device(device)
     norm = input_norm(model.config, ds.train or samples)
-    with progress_bar(f"extract {split}", len(samples)) as advance:
+    with progress_bar(f"extract {split}", len(samples), unit="img") as advance:
         ext = extract_features(model, samples, batch_size=batch_size, workers=workers, device=dev, amp=amp,
                                skip_bad_images=skip_bad_images, progress=advance, norm=norm)
     return ext, [s for s, k in zip(samples, ext.keep) if k]
@@ -66,13 +66,16 @@ def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
     """Extract ``req.split`` of ``req.data`` and write a features artifact to ``out``."""
     check_output(out, schema=FEATURES, inputs=(req.checkpoint, req.weights), force=req.force)
     ds = load_dataset(req.data, req.dataset)
+    wanted = resolve_device(req.device)  # a missing GPU fails before any weights are fetched
     model, provenance = req.build()
     # Under torchrun every rank extracts its block; rank 0 writes the file.
-    with dist.distributed(resolve_device(req.device)) as device:
+    with dist.distributed(wanted) as device:
         ext, rows = extract_split(model, ds, req.split, batch_size=req.batch_size, workers=req.workers,
                                   device=str(device), amp=req.amp, skip_bad_images=req.skip_bad_images)
         main = dist.is_main()
     split_names = [n for n, k in zip(ds.split_of(req.split), ext.keep) if k]
+    # ground truth: `all` joins train and test, whose identities are keyed by split (Dataset.pids)
+    pids = [p for p, k in zip(ds.pids(req.split), ext.keep) if k]
     params = {**provenance, "layout": ds.layout, "split": req.split, "skip_bad_images": req.skip_bad_images,
               "precision": precision_name(req.amp, device)}
     inputs = {"checkpoint": checkpoint_digest(req.checkpoint)} if req.checkpoint else {}
@@ -80,7 +83,7 @@ def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
         write_features(
             out, ext.feats, parts=ext.parts,
             camids=np.array([s.camid for s in rows], dtype=np.int64),
-            pids=np.array([s.pid for s in rows], dtype=np.int64),
+            pids=np.array(pids, dtype=np.int64),
             paths=[s.relpath for s in rows], split=split_names,
             params=params, inputs=inputs, seed=req.seed,
             attrs={"skipped_images": len(ext.bad), "sources": {"data": str(req.data), "dataset": ds.name, "dataset_root": str(ds.root)}},

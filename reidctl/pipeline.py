@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 from reidctl.artifacts import file_digest, read_ground_truth, read_meta, read_state_arrays
 from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.stage import ClusterParams, run_cluster
-from reidctl.configfile import CONFIG_NAME, write_config
+from reidctl.configfile import CONFIG_NAME, dumps, write_config
 from reidctl.data.base import Dataset
 from reidctl.data.datasets import load_dataset
 from reidctl.data.fingerprint import split_fingerprint
@@ -73,11 +73,11 @@ class LoopConfig:
     data: str
     run_dir: Path
     method: str = "cc"
-    epochs: int = 50
+    epochs: int | None = None  # None: the method's official number (``Method.run_defaults``)
     dataset: str | None = None
     model: ModelSpec = field(default_factory=ModelSpec)
     options: Mapping[str, Any] = field(default_factory=dict)
-    eval_every: int = 10
+    eval_every: int | None = None  # None: the method's official cadence (CC 10, PPLR 5, ...)
     eval_init: bool = True
     extract_batch_size: int | None = None  # None: reidctl.device.resolve_extract_batch
     workers: int | None = None  # None: reidctl.device.resolve_workers
@@ -164,7 +164,7 @@ class _Loop:
                 self.given[p.feeds] = str(self.start)
         self.prelude_options = {p.name: self._prelude_options(p, routed.preludes.get(p.name, {}), routed.train)
                                 for p in self.method_cls.preludes}
-        self.model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)
+        self.model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed).resolved()
         if cfg.model.checkpoint is None:
             self.model.model_config()  # a bad architecture or input size fails before the run folder is made
         self.model_key = model_key(self.model)
@@ -429,6 +429,14 @@ class _Loop:
         return result
 
 
+def with_run_defaults(cfg: LoopConfig) -> LoopConfig:
+    """``cfg`` with the epochs and evaluation cadence of the method's official command where the
+    user left them unset."""
+    official = get_method(cfg.method).run_defaults
+    return dataclasses.replace(cfg, epochs=official.epochs if cfg.epochs is None else cfg.epochs,
+                               eval_every=official.eval_every if cfg.eval_every is None else cfg.eval_every)
+
+
 def check_config(cfg: LoopConfig, ds: Dataset) -> None:
     """Refuse a loop that cannot work before its first stage runs (and before the run folder
     is made): bad numbers, an unknown method, a split without training images, a test split
@@ -459,15 +467,30 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None 
     ``notice(message)`` receives what the run folder reports (a changed artifact re-run, an
     unreadable stage record); by default it goes to the ``reidctl`` logger.
     """
-    ds = load_dataset(cfg.data, cfg.dataset)
-    check_config(cfg, ds)
-    method_cls = get_method(cfg.method)
+    loop = plan_loop(cfg)  # resolves and checks every option before the run folder is made
+    if cfg.model.checkpoint is None:
+        loop.model.check_start()  # ImageNet weights fetched now (into torch's cache), or refused in one line
+    method_cls = loop.method_cls
     force_from = "prelude" if cfg.force_from in {p.name for p in method_cls.preludes} else cfg.force_from
     run_dir = RunDir(cfg.run_dir, stages=STAGES, force_from=force_from, notice=notice)
-    loop = _Loop(cfg, ds)  # resolves and checks every option before the run folder is made
     with run_dir as run:
         write_config(run.root / CONFIG_NAME, loop.resolved_config(), header=_config_header())
         return loop.epochs(run, on_epoch)
+
+
+def plan_loop(cfg: LoopConfig) -> _Loop:
+    """The loop ``cfg`` describes, every option resolved (the method's official values where the
+    user gave none) and checked, without running or writing anything: its
+    :meth:`~_Loop.resolved_config` is what the run records in ``config.toml``."""
+    ds = load_dataset(cfg.data, cfg.dataset)
+    cfg = with_run_defaults(cfg)
+    check_config(cfg, ds)
+    return _Loop(cfg, ds)
+
+
+def resolved_config_text(cfg: LoopConfig) -> str:
+    """The ``config.toml`` a run of ``cfg`` would write (``loop --dry-run``)."""
+    return dumps(plan_loop(cfg).resolved_config(), header=_config_header())
 
 
 def _config_header() -> str:

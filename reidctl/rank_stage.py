@@ -44,9 +44,9 @@ class RankRequest(ModelSpec):
     device: str = "auto"
     extraction_flags: str = ""  # the extraction options the user gave ("--arch, --workers"), for errors
 
-    def has_model(self) -> bool:
-        """A model to extract images with was chosen (a random network is never used here)."""
-        return self.checkpoint is not None or self.weights is not None or self.pretrained != "none"
+    def model_chosen(self) -> bool:
+        """A model option was given (without one, images are extracted by a fresh ImageNet model)."""
+        return self.checkpoint is not None or self.weights is not None or self.pretrained is not None
 
 
 @dataclass
@@ -65,10 +65,7 @@ def run_rank(req: RankRequest) -> tuple[Ranking, dict[str, Any]]:
         raise ReidctlError(f"--queries must be at least 1 (got {req.queries})")
     raw = {role: _open_side(getattr(req, role), role) for role in ROLES}
     images = [role for role in ROLES if isinstance(raw[role], _Images)]
-    if images and not req.has_model():
-        raise ReidctlError(f"{getattr(req, images[0])} holds images: give the model that extracts their features "
-                           "(--checkpoint, --weights or --pretrained imagenet), or give a features file")
-    if not images and (req.has_model() or req.extraction_flags):
+    if not images and (req.model_chosen() or req.extraction_flags):
         given = req.extraction_flags or "the model options"
         raise ReidctlError(f"{given}: these choose how images are extracted, but both sides are features files, "
                            "which are ranked as they are (drop them)")
@@ -163,7 +160,7 @@ def _extract_side(model: Any, side: _Images, norm: Norm, req: RankRequest) -> Ra
     from reidctl.progress import progress_bar
 
     check_loader_options(req.batch_size, req.workers)
-    with progress_bar(f"extract {side.source}", len(side.samples)) as advance:
+    with progress_bar(f"extract {side.source}", len(side.samples), unit="img") as advance:
         ext = extract_features(model, side.samples, batch_size=req.batch_size, workers=req.workers,
                                device=resolve_device(req.device), progress=advance, norm=norm)
     pids = np.array([s.pid for s in side.samples], dtype=np.int64)

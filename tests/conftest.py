@@ -34,3 +34,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_imagenet():
+    """No test downloads anything: fetching torchvision's ImageNet weights fails as it does offline
+    (a test that wants a random start says ``--pretrained none``; one that checks the ImageNet
+    start patches ``reidctl.models.weights.fetch_imagenet`` itself). Session-wide, so module
+    fixtures are covered too."""
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("network disabled in the tests")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+        yield

@@ -16,7 +16,7 @@ from reidctl.cli import app
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour_market
 
-FAST = ["--arch", "resnet18", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
+FAST = ["--arch", "resnet18", "--pretrained", "none", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_evaluate_model_directly_matches_file(tiny, tmp_path):
     feats = tmp_path / "test.h5"
     run_ok("extract", "--data", tiny, "--split", "test", "--out", feats, "--seed", "5", *FAST)
     from_file = json.loads(run_ok("evaluate", feats, "--json").stdout)
-    direct = run_ok("evaluate", "--data", tiny, "--seed", "5", "--random-init", "--json", *FAST)
+    direct = run_ok("evaluate", "--data", tiny, "--seed", "5", "--json", *FAST)
     assert json.loads(direct.stdout)["mAP"] == pytest.approx(from_file["mAP"], abs=1e-6)
 
 

@@ -29,7 +29,8 @@ def trained(tmp_path_factory):
     """One cc epoch on a colour market: (dataset root, checkpoint), ImageNet normalisation."""
     root = tmp_path_factory.mktemp("deploy")
     data = colour_market(root / "market", train_ids=4, test_ids=2)
-    run_ok("loop", "--data", data, "--run-dir", root / "run", "--epochs", "1", "--arch", "resnet18", "--height", "64",
+    run_ok("loop", "--data", data, "--run-dir", root / "run", "--epochs", "1", "--arch", "resnet18", "--pretrained", "none",
+           "--height", "64",
            "--width", "32", "--k1", "6", "--k2", "2", "--eps", "0.5", "--min-samples", "3", "--iters", "1",
            "--batch-size", "8", "--num-instances", "4", "--bn-chunks", "2", "--eval-every", "0", *RUN)
     return data, root / "run" / "epoch_000" / "model.pt"
@@ -91,7 +92,7 @@ def test_a_dataset_normalised_model_exports_its_training_statistics(trained, tmp
     data, _ = trained
     out = tmp_path / "norm.pt"
     run_ok("train-epoch", "--data", data, "--out", out, "--method", "mar", "--aux-data", data, "--arch", "resnet18",
-           "--height", "64", "--width", "32", "--batch-size", "16", "--bn-chunks", "2", *RUN)
+           "--pretrained", "none", "--height", "64", "--width", "32", "--batch-size", "16", "--bn-chunks", "2", *RUN)
     recorded = load_checkpoint(out)["provenance"]["norm"]
     assert reidctl.load_model(out).preprocessing["mean"] == recorded["mean"] != list(IMAGENET_MEAN)
 

@@ -18,7 +18,7 @@ from reidctl.methods.icrefine import (
 )
 from tests.clitools import run_error, run_ok
 
-FAST = ["--arch", "resnet18", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
+FAST = ["--arch", "resnet18", "--pretrained", "none", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
 TINY_TRAIN = ["--batch-size", "8", "--num-instances", "4", "--bn-chunks", "2", "--k1", "5", "--k2", "2"]
 
 
@@ -221,7 +221,7 @@ def test_cli_refine_icrefine_cosine(feats_file, tmp_path):
     assert "per-camera clustering" in r.output and "information nodes" in r.output
     lab = read_labels(out)
     g, mask = lab.extra["global_labels"], lab.extra["discard_mask"]
-    assert len(set(g.tolist())) == 108 // 5  # 800 capped at N/5 for this small file
+    assert len(set(g.tolist())) == 108 // 5  # 1200 capped at N/5 for this small file
     assert lab.labels.tolist() == np.where(mask, -1, g).tolist()
     assert len(lab.extra["info_nodes"]) > 0 and lab.extra["discarded_by"][mask].min() >= 0
     with h5py.File(out) as f:

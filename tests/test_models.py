@@ -4,6 +4,7 @@ import torchvision
 
 from reidctl.errors import ReidctlError
 from reidctl.models import ModelConfig, build_model
+from reidctl.models.weights import init_description
 from reidctl.models.reid import GeneralizedMeanPooling
 from tests.conftest import shared_path
 
@@ -11,7 +12,7 @@ from tests.conftest import shared_path
 @pytest.mark.parametrize("arch,channels", [("mobilenet_v2", 1280), ("resnet18", 512)])
 @pytest.mark.parametrize("last_stride,rows", [(1, 8), (2, 4)])
 def test_feature_map_and_outputs(arch, channels, last_stride, rows):
-    model = build_model(ModelConfig(arch=arch, parts=3, last_stride=last_stride, height=128, width=64)).eval()
+    model = build_model(ModelConfig(arch=arch, parts=3, last_stride=last_stride, height=128, width=64), pretrained="none").eval()
     x = torch.randn(2, 3, 128, 64)
     assert model.backbone(x).shape[1:] == (channels, rows, rows // 2)
     out = model.embed(x)
@@ -21,7 +22,7 @@ def test_feature_map_and_outputs(arch, channels, last_stride, rows):
 
 
 def test_neck_bias_frozen_and_gem_is_learnable():
-    model = build_model(ModelConfig(arch="resnet18", pooling="gem", height=64, width=32))
+    model = build_model(ModelConfig(arch="resnet18", pooling="gem", height=64, width=32), pretrained="none")
     assert not model.neck.bias.requires_grad and model.neck.weight.requires_grad
     assert model.pool.p.requires_grad and float(model.pool.p.detach()) == 3.0
 
@@ -43,7 +44,7 @@ def test_gem_formula_and_stripes():
 
 
 def test_too_many_parts_for_the_map_is_a_clear_error():
-    model = build_model(ModelConfig(arch="resnet18", parts=3, last_stride=2, height=32, width=16))
+    model = build_model(ModelConfig(arch="resnet18", parts=3, last_stride=2, height=32, width=16), pretrained="none")
     with pytest.raises(ReidctlError, match="rows"):
         model(torch.randn(2, 3, 32, 16))
 
@@ -72,17 +73,44 @@ def test_bad_weights_files(tmp_path):
         build_model(ModelConfig(arch="resnet18"), weights=tmp_path / "junk.pth")
     with pytest.raises(ReidctlError, match="not found"):
         build_model(ModelConfig(arch="resnet18"), weights=tmp_path / "missing.pth")
-    with pytest.raises(ReidctlError, match="not both"):
+    with pytest.raises(ReidctlError, match=r"--weights FILE and --pretrained imagenet both choose the start"):
         build_model(ModelConfig(arch="resnet18"), weights=tmp_path / "r18.pth", pretrained="imagenet")
+    with pytest.raises(ReidctlError, match=r"--weights FILE and --pretrained none both choose the start"):
+        build_model(ModelConfig(arch="resnet18"), weights=tmp_path / "r18.pth", pretrained="none")
 
 
-def test_imagenet_offline_suggests_weights(monkeypatch):
+def test_imagenet_offline_names_both_ways_out(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
-    with pytest.raises(ReidctlError, match="--weights FILE"):
-        build_model(ModelConfig(arch="resnet18"), pretrained="imagenet")
+    for pretrained in ("imagenet", None):  # None: not chosen, so ImageNet
+        with pytest.raises(ReidctlError, match=r"^could not fetch torchvision's ImageNet weights for resnet18 \(OSError: "
+                           r"Name or service not known\); .*--weights FILE, .*--pretrained none$"):
+            build_model(ModelConfig(arch="resnet18"), pretrained=pretrained)
+
+
+def test_a_fresh_model_starts_from_imagenet_unless_told_otherwise(monkeypatch, tmp_path):
+    reference = torchvision.models.resnet18()
+    fetched = []
+
+    def fetch(arch):
+        fetched.append(arch)
+        return reference.state_dict()
+
+    monkeypatch.setattr("reidctl.models.weights.fetch_imagenet", fetch)
+    config = ModelConfig(arch="resnet18", height=64, width=32)
+    model = build_model(config)
+    assert fetched == ["resnet18"] and torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
+    assert init_description(None, None) == "imagenet"
+    torch.manual_seed(0)
+    random_start = build_model(config, pretrained="none")
+    assert fetched == ["resnet18"] and not torch.equal(random_start.backbone.conv1.weight, reference.conv1.weight)
+    assert init_description("none", None) == "random"
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    assert init_description(None, tmp_path / "r18.pth") == "weights:r18.pth"
+    with pytest.raises(ReidctlError, match=r"^unknown --pretrained 'imagenet21k' \(choose imagenet or none\)$"):
+        build_model(config, pretrained="imagenet21k")
 
 
 def test_bad_config_values():

@@ -394,7 +394,7 @@ def test_refine_cli_stores_neighbour_sets_and_refuses_foreign_options(tmp_path, 
     assert summary["neighbour_pairs"] == lab.extra["neighbors"].nnz > 0
     assert lab.extra["neighbors"].data.max() <= 0.3
     run_error("refine", "--method", "cc", small_features, "--out", tmp_path / "x.h5", "--eps-neighbor", "0.3",
-              match=r"--eps-neighbor .*\(an option of ncplr\)")
+              match=r"--eps-neighbor .*\(an option of gl-ncplr, ncplr\)")
     with pytest.raises(ReidctlError, match="choose one of official, paper, mean"):
         get_method("ncplr").resolve_params(None, {"neighbor_weight": "closest"})
 

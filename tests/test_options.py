@@ -39,9 +39,9 @@ def test_every_field_is_an_option_with_help(cls):
 
 def test_a_subclass_changes_a_default_and_keeps_the_help():
     iters = {f.key: f for f in train_flags()}["iters"]
-    assert iters.help() == "Iterations per epoch (MSMT17: cc 400). (cc 200, pplr 400, icrefine 200, ncplr 200)"
+    assert iters.help() == "Iterations per epoch (MSMT17: cc 400). (cc 200, pplr 400, icrefine 200, ncplr 200, gl-ncplr 200)"
     eps = {f.key: f for f in loop_flags()}["eps"]
-    assert eps.help().endswith("(cc 0.6, pplr 0.5, icrefine 0.5, ncplr 0.5)")
+    assert eps.help().endswith("(cc 0.6, pplr 0.5, icrefine 0.5, ncplr 0.5, gl-ncplr 0.5)")
 
 
 def test_one_declaration_serves_every_command():
@@ -56,7 +56,7 @@ def test_one_declaration_serves_every_command():
     assert {"epoch", "epochs", "intra", "k", "decay"} <= {f.key for f in refine_flags()}
     assert {f.key for f in model_flags(by_method=True)} == {f.key for f in model_flags()}
     pooling = {f.key: f for f in model_flags(by_method=True)}["pooling"]
-    assert pooling.help().endswith("(cc gem, pplr avg, icrefine gem, ncplr gem, mar avg)")
+    assert pooling.help().endswith("(cc gem, pplr avg, icrefine gem, ncplr gem, gl-ncplr gem, mar avg)")
 
 
 def test_booleans_are_switch_pairs_and_aliases_are_kept():

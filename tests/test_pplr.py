@@ -263,7 +263,7 @@ def test_refine_command_stores_the_agreement(tiny, tmp_path):
               match="no part features")
 
 
-FAST = ["--arch", "resnet18", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
+FAST = ["--arch", "resnet18", "--pretrained", "none", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
 SMALL = ["--iters", "2", "--batch-size", "8", "--num-instances", "4", "--bn-chunks", "2"]
 
 
@@ -279,7 +279,8 @@ def test_train_epoch_command(tiny, tmp_path):
     assert res["clusters"] == 6 and math.isfinite(res["loss"]) and res["logs"]["aals"] is False
     assert {"global_ce", "part_ce", "triplet", "camera"} <= set(res["logs"])
     assert res["params"]["camera_proxies"] is True and res["params"]["batch_size"] == 8
-    r = run_ok("train-epoch", *common, "--labels", refined, "--out", e1, "--checkpoint", e0, "--no-pglr",
+    continued = [a for a in common if a not in ("--pretrained", "none")]  # the checkpoint is the start
+    r = run_ok("train-epoch", *continued, "--labels", refined, "--out", e1, "--checkpoint", e0, "--no-pglr",
                "--aals-epoch", "1", "--json")
     res = json.loads(r.stdout)
     assert res["epoch"] == 1 and res["logs"]["aals"] is True

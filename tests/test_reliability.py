@@ -34,7 +34,7 @@ from tests.looptools import CLI_ARGS, loop_config, read_log
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = ["--arch", "resnet18", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
+FAST = ["--arch", "resnet18", "--pretrained", "none", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
 @pytest.fixture(scope="module")
 def market(tmp_path_factory):
     return colour_market(tmp_path_factory.mktemp("rel") / "market", train_ids=6, test_ids=3)
@@ -228,7 +228,7 @@ def test_6_outputs_that_would_destroy_data_are_refused(market, tmp_path):
               match="'reidctl/features' artifact")
 
 
-LOOP_CLI = [*CLI_ARGS, "--epochs", "2", "--json"]
+LOOP_CLI = [*CLI_ARGS, "--epochs", "2", "--json", "--quiet"]  # stderr: nothing but what a kill makes it say
 
 
 def _interrupted_run(cmd, run_dir, sig, env):
@@ -241,7 +241,8 @@ def _interrupted_run(cmd, run_dir, sig, env):
     deadline = time.time() + 120
     log = run_dir / "log.jsonl"
     while time.time() < deadline and proc.poll() is None:
-        if log.exists() and any(json.loads(x).get("stage") == "train" for x in log.read_text().splitlines()):
+        if log.exists() and any(r.get("stage") == "train" and "progress" not in r  # the stage finished
+                                for r in map(json.loads, log.read_text().splitlines())):
             break
         time.sleep(0.05)
     # frozen while a second loop on the same folder, in this process, is refused: the run cannot
@@ -412,7 +413,7 @@ def test_12_features_of_another_model_are_refused_up_front(market, tmp_path):
     own, feats, labels = tmp_path / "own.h5", tmp_path / "feats.h5", tmp_path / "labels.h5"
     run_ok("extract", "--data", market, "--out", own, *FAST)  # labels made with the model being trained
     run_ok("cluster", own, "--out", labels, "--k1", "4", "--k2", "2", "--min-samples", "2")
-    run_ok("extract", "--data", market, "--out", feats, "--arch", "mobilenet_v2", "--height", "64", "--width",
+    run_ok("extract", "--data", market, "--out", feats, "--arch", "mobilenet_v2", "--pretrained", "none", "--height", "64", "--width",
            "32", "--workers", "0", "--device", "cpu")  # but 1280-d centroid features of another model
     run_error("train-epoch", "--data", market, "--labels", labels, "--features", feats, "--out", tmp_path / "m.pt",
               "--iters", "1", "--batch-size", "8", "--num-instances", "4", "--bn-chunks", "2", *FAST,
@@ -487,7 +488,7 @@ def test_zero_batch_size_is_one_error_line(market, tmp_path):
               match="--extract-batch-size must be at least 1")
     run_error("train-epoch", *common, "--labels", tmp_path / "l.h5", "--out", tmp_path / "m.pt",
               "--extract-batch-size", "0", match="--extract-batch-size must be at least 1")
-    run_error("evaluate", "--data", market, "--random-init", "--batch-size", "0", *FAST,
+    run_error("evaluate", "--data", market, "--batch-size", "0", *FAST,
               match="--batch-size must be at least 1")
     assert list(tmp_path.iterdir()) == []
 
@@ -521,9 +522,12 @@ def test_14_evaluate_refuses_options_it_would_ignore(market, tmp_path):
     run_error("evaluate", feats, "--arch", "resnet50", "--device", "cpu",
               match="--arch, --device: these choose the model that `evaluate --data` extracts")
     run_error("evaluate", feats, "--checkpoint", tmp_path / "m.pt", match="--checkpoint: these choose")
-    run_error("evaluate", "--data", market, *FAST, match="evaluate --data needs a model: --checkpoint, --weights")
-    r = run_ok("evaluate", "--data", market, "--random-init", "--json", *FAST)
-    assert json.loads(r.stdout)["queries"] == 3
+    # no model option: a fresh model starts from ImageNet, as everywhere (offline here: one error line)
+    unstarted = [a for a in FAST if a not in ("--pretrained", "none")]
+    run_error("evaluate", "--data", market, *unstarted,
+              match=r"could not fetch torchvision's ImageNet weights for resnet18 .*--weights FILE.*--pretrained none")
+    r = run_ok("evaluate", "--data", market, "--json", *FAST)
+    assert json.loads(r.stdout)["queries"] == 3 and json.loads(r.stdout)["init"] == "random"
 
 
 def test_14_train_epoch_refuses_model_options_that_differ_from_the_checkpoint(market, tmp_path):

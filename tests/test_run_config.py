@@ -15,7 +15,7 @@ from tests.clitools import run_error, run_ok
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--data", "synthetic:tiny", "--epochs", "1", "--arch", "resnet18", "--height", "64", "--width", "32",
+TINY = ["--data", "synthetic:tiny", "--epochs", "1", "--arch", "resnet18", "--pretrained", "none", "--height", "64", "--width", "32",
         "--iters", "2", "--batch-size", "16", "--num-instances", "4", "--eval-every", "1", "--device", "cpu",
         "--k1", "6", "--k2", "2", "--eps", "0.5", "--min-samples", "3", "--workers", "0", "--deterministic"]
 
@@ -68,7 +68,7 @@ def test_no_run_folder_when_validation_fails(tmp_path, bad):
 def test_artifacts_follow_the_umask(tmp_path, umask):
     old = os.umask(umask)
     try:
-        run_ok("extract", "--data", "synthetic:tiny", "--arch", "resnet18", "--height", "64", "--width", "32",
+        run_ok("extract", "--data", "synthetic:tiny", "--arch", "resnet18", "--pretrained", "none", "--height", "64", "--width", "32",
                "--out", tmp_path / "f.h5", "--device", "cpu", "--workers", "0")
         run_ok("cluster", tmp_path / "f.h5", "--out", tmp_path / "l.h5", "--k1", "6", "--k2", "2", "--eps", "0.5",
                "--min-samples", "3", "--device", "cpu")

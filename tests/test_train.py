@@ -32,7 +32,7 @@ from tests.clitools import run_error, run_ok
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-FAST = ["--arch", "mobilenet_v2", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
+FAST = ["--arch", "mobilenet_v2", "--pretrained", "none", "--height", "64", "--width", "32", "--workers", "0", "--device", "cpu"]
 SMALL = ["--iters", "2", "--batch-size", "8", "--num-instances", "4", "--bn-chunks", "2"]
 
 
@@ -308,7 +308,8 @@ def labelled(market, tmp_path):
 
 
 def _request(market, labels_path, feats_path, **kw):
-    base = dict(data=str(market), labels=labels_path, features=feats_path, arch="mobilenet_v2", height=64, width=32,
+    base = dict(data=str(market), labels=labels_path, features=feats_path, arch="mobilenet_v2", pretrained="none",
+                height=64, width=32,
                 workers=0, device="cpu", deterministic=True,
                 overrides={"iters": 2, "batch_size": 8, "num_instances": 4, "bn_chunks": 2})
     base.update(kw)

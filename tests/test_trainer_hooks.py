@@ -28,7 +28,7 @@ from tests.toy_method import Toy, ToyParams, is_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MODEL = ModelSpec(arch="resnet18", height=64, width=32)
+MODEL = ModelSpec(arch="resnet18", height=64, width=32, pretrained="none")
 SMALL = {"iters": 3, "batch_size": 8, "num_instances": 4, "bn_chunks": 2}
 LR, DECAY = 0.01, 0.5
 TRAIN = Path(__file__).resolve().parents[1] / "reidctl" / "train"
@@ -77,8 +77,8 @@ def epoch_inputs(target, tmp_path):
 
 def request(target, tmp_path, source, **kw) -> TrainEpochRequest:
     base = dict(data=str(target), labels=tmp_path / "labels.h5", features=tmp_path / "feats.h5", method="toy",
-                arch="resnet18", height=64, width=32, workers=0, device="cpu", deterministic=True,
-                overrides=toy_params(source))
+                arch="resnet18", pretrained="none", height=64, width=32, workers=0, device="cpu",
+                deterministic=True, overrides=toy_params(source))
     return TrainEpochRequest(**{**base, **kw})
 
 

@@ -22,12 +22,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "clustering."),
     "pretrain": ("pretrain", "Train a fresh model with a normalised softmax over a labelled dataset's identities; its "
                  "classifier rows are MAR's agents, and the checkpoint starts any method (`loop --checkpoint`)."),
-    "refine": ("refine", "Refine pseudo labels with a method: cc, pplr, icrefine, ncplr, mar."),
+    "refine": ("refine", "Refine pseudo labels with a method: cc, pplr, icrefine, ncplr, gl-ncplr, mar."),
     "train-epoch": ("train_epoch", "Train one epoch on pseudo labels (run under torchrun for several GPUs/processes)."),
     "loop": ("loop", "Extract → cluster → refine → train-epoch each epoch; re-running resumes where it stopped."),
     "report": ("report", "Draw runs per epoch: (a) mAP and rank-1, (b) pseudo-label F and NMI against ground truth, "
                "(c) clusters, outliers and multi-camera clusters, (d) the training loss per iteration."),
-    "evaluate": ("evaluate", "Evaluate a features file, or a model (--checkpoint, --weights or --pretrained) on --data."),
+    "evaluate": ("evaluate", "Evaluate a features file, or a model on --data (a --checkpoint, or a fresh model: ImageNet by default)."),
     "rank": ("rank", "Rank GALLERY for every QUERY image: the --top-k nearest, with distances (no identities needed)."),
     "export": ("export", "Export the model: a normalised image batch → L2-normalised features; the preprocessing "
                "(input size, mean, std) goes to OUT.json beside it."),

@@ -18,10 +18,10 @@ from reidctl.models.spec import ModelSpec
 
 #: Options that only matter when `evaluate` extracts features itself (--data).
 MODEL_OPTIONS = {"checkpoint", "dataset", "arch", "pooling", "last_stride", "parts", "height", "width", "weights",
-                 "pretrained", "batch_size", "workers", "device", "seed", "random_init"}
+                 "pretrained", "batch_size", "workers", "device", "seed"}
 
 
-@command("evaluate", run=runtime_flags("batch_size", "workers", "device", "seed", "json"), model=model_flags())
+@command("evaluate", run=runtime_flags("batch_size", "workers", "device", "seed", "json", "quiet"), model=model_flags())
 def evaluate(
     ctx: typer.Context,
     features: Annotated[Optional[Path], typer.Argument(help="Features file holding query and gallery rows.")] = None,
@@ -37,11 +37,8 @@ def evaluate(
     top_k: Annotated[int, typer.Option("--top-k", help="Matches per row on the --sheet.")] = 10,
     model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
     run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
-    random_init: Annotated[bool, typer.Option(
-        "--random-init", help="With --data and no --checkpoint/--weights/--pretrained: evaluate a randomly "
-        "initialised network on purpose (a baseline).")] = False,
 ) -> None:
-    """Evaluate a features file, or a model (--checkpoint, --weights or --pretrained) on --data."""
+    """Evaluate a features file, or a model on --data (a --checkpoint, or a fresh model: ImageNet by default)."""
     given = given_options(ctx)
     if sheet is None and given & {"queries", "top_k"}:
         raise ReidctlError(f"{flags(ctx, given & {'queries', 'top_k'})}: these shape the --sheet; give --sheet FILE.png too")
@@ -59,10 +56,10 @@ def evaluate(
         spec = ModelSpec(checkpoint=checkpoint, **model, seed=run["seed"])
         spec.check_given(given)
         result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs, batch_size=run["batch_size"],
-                                workers=run["workers"], device=run["device"], random_init=random_init, sheet=worst)
-        source = f"{checkpoint or 'model'} on {data}"
+                                workers=run["workers"], device=run["device"], sheet=worst)
+        source = f"{checkpoint or 'a fresh ' + spec.arch + ' (' + result['init'] + ')'} on {data}"
     else:
-        raise ReidctlError("nothing to evaluate: give a features file, or --data with --checkpoint/--weights")
+        raise ReidctlError("nothing to evaluate: give a features file, or --data (with --checkpoint, or a fresh model)")
     if run["json"]:
         print_json(result)
         return

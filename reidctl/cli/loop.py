@@ -9,31 +9,33 @@ import typer
 from rich import box
 from rich.table import Table
 
+from reidctl import progress
 from reidctl.cli import options as o
-from reidctl.cli.method_options import loop_flags, model_flags, runtime_flags
+from reidctl.cli.method_options import loop_flags, model_flags, run_default_text, runtime_flags
 from reidctl.cli.common import (command, err_console, error, given_options, multi_camera_cell, notice, out_console,
                                 print_json, settings, warn_single_camera)
 from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
 from reidctl.methods import get_method
-from reidctl.pipeline import STAGES, LoopConfig, run_loop
+from reidctl.pipeline import STAGES, LoopConfig, resolved_config_text, run_loop
 
 Opt = typer.Option
 
 
 @command("loop", options=loop_flags(), model=model_flags(by_method=True),
          run=runtime_flags("extract_batch_size", "workers", "device", "amp", "deterministic", "skip_bad_images", "seed",
-                           "json"))
+                           "json", "quiet"))
 def loop(
     ctx: typer.Context,
     data: o.Data,
     run_dir: Annotated[Path, Opt("--run-dir", help="Folder for the run's artifacts (epoch_XXX/), log and summary.")],
     method: Annotated[str, Opt("--method", help="Method (see `reidctl refine --help`).")] = "cc",
-    epochs: Annotated[int, Opt("--epochs", help="Number of epochs.")] = 50,
+    epochs: Annotated[Optional[int], Opt("--epochs", help="Number of epochs " + run_default_text("epochs") + ".")] = None,
     dataset: o.DatasetName = None,
     model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
     options: dict = None,  # clustering, refine, training and prelude options (reidctl.cli.method_options)
-    eval_every: Annotated[int, Opt("--eval-every", help="Evaluate every N epochs and at the end (0 = never).")] = 10,
+    eval_every: Annotated[Optional[int], Opt("--eval-every", help=(
+        "Evaluate every N epochs and after the last one (0 = never) " + run_default_text("eval_every") + "."))] = None,
     no_eval_init: Annotated[bool, Opt("--no-eval-init", help="Skip evaluating the initial model.")] = False,
     force_from: Annotated[Optional[str], Opt("--force-from", help="Re-run this stage and later ones: " + ", ".join(STAGES) + ".")] = None,
     checkpoint: Annotated[Optional[Path], Opt("--checkpoint", help=(
@@ -46,6 +48,9 @@ def loop(
     config: Annotated[Optional[Path], Opt(
         "--config", is_eager=True, callback=lambda ctx, value: _load_config(ctx, value),
         help="A TOML file of loop options (a run's config.toml); options given on the command line override it.")] = None,
+    dry_run: Annotated[bool, Opt("--dry-run", help=(
+        "Print the config.toml this run would write (every option resolved: the method's official values where "
+        "none is given) and exit; nothing is run, fetched or written."))] = False,
 ) -> None:
     """Extract → cluster → refine → train-epoch each epoch; re-running resumes where it stopped."""
     spec = ModelSpec(**{**model, **get_method(method).model_settings(model, options)}, checkpoint=checkpoint,
@@ -56,7 +61,11 @@ def loop(
         options=options,
         eval_every=eval_every, eval_init=not no_eval_init, force_from=force_from, keep=keep, **settings(run, "json"),
     )
-    result = run_loop(cfg, on_epoch=None if run["json"] else _print_epoch, notice=notice)
+    if dry_run:
+        out_console.print(resolved_config_text(cfg), end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    quiet = progress.is_quiet()  # --quiet: no line per epoch either, only the table at the end
+    result = run_loop(cfg, on_epoch=None if run["json"] or quiet else _print_epoch, notice=notice)
     if run["json"]:
         print_json(result)
     else:

@@ -149,6 +149,11 @@ def model_flags(*, by_method: bool = False) -> list[Flag]:
     return list(table.values())
 
 
+def run_default_text(name: str) -> str:
+    """Each method's official ``epochs`` or ``eval_every`` for a help text: "(cc 50, pplr 50, ...)"."""
+    return default_text({m.name: getattr(m.run_defaults, name) for m in METHODS.values()})
+
+
 def runtime_flags(*names: str) -> list[Flag]:
     """Options of how a command runs (:class:`reidctl.cli.options.Runtime`), in the order named."""
     table: dict[str, Flag] = {}

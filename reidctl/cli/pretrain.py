@@ -14,16 +14,19 @@ from reidctl.cli.method_options import mar_model_flags, pretrain_flags, runtime_
 from reidctl.methods.mar import MAR, PretrainRequest, run_pretrain
 from reidctl.methods.mar.pretrain import PretrainParams
 from reidctl.options import resolve
+from reidctl.methods.mar.source import DEFAULT_SOURCE_SPLITS
 
 
 @command("pretrain", options=pretrain_flags(), model=mar_model_flags(),
-         run=runtime_flags("workers", "device", "amp", "deterministic", "seed", "force", "json"))
+         run=runtime_flags("workers", "device", "amp", "deterministic", "seed", "force", "json",
+                           "quiet"))
 def pretrain(
     data: o.Data,
     out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.pt): the model and its agents.")],
     splits: Annotated[str, typer.Option(
-        "--splits", help="train, or train,test to learn every identity of the dataset (as MAR uses all of MSMT17).")
-    ] = "train",
+        "--splits", help="train,test: every identity of the dataset, as MAR learns all of MSMT17's (test identities "
+        "are numbered after the train ones, so the two splits never share an agent); or train.")
+    ] = DEFAULT_SOURCE_SPLITS,
     dataset: o.DatasetName = None,
     options: dict = None,  # PretrainParams (reidctl.cli.method_options)
     model: dict = None,  # ModelSpec options, MAR's model by default

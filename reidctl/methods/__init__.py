@@ -10,7 +10,7 @@ from reidctl.methods.base import Batch, EpochData, Method, Refined, TrainParams
 from reidctl.methods.cc import CCParams, ClusterContrast
 from reidctl.methods.icrefine import Icrefine, IcrefineParams
 from reidctl.methods.mar import MAR, MARParams
-from reidctl.methods.ncplr import NCPLR, NCPLRParams
+from reidctl.methods.ncplr import GLNCPLR, NCPLR, NCPLRParams
 from reidctl.methods.pplr import PPLR, PPLRParams
 
 METHODS: dict[str, type[Method]] = {
@@ -18,6 +18,7 @@ METHODS: dict[str, type[Method]] = {
     "pplr": PPLR,
     "icrefine": Icrefine,
     "ncplr": NCPLR,
+    "gl-ncplr": GLNCPLR,
     "mar": MAR,
 }
 

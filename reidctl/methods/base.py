@@ -12,7 +12,13 @@ Beyond the training hooks, a method declares
 * ``refine(features, labels, extra, options, seed=)``: clustering labels → refined labels,
   with ``refine_context`` naming what it reads from the loop (the epoch, the number of epochs);
 * ``preludes``: stages run once before epoch 0 (:class:`reidctl.stages.Prelude`);
-* ``model_defaults``: the official model settings that differ from CC's.
+* ``model_defaults``: the official model settings that differ from CC's;
+* ``run_defaults``: how many epochs the official command trains and how often it evaluates.
+
+Together with ``Params`` and ``RefineOptions`` these are the method's official command, in one
+place per method; ``reidctl loop --method NAME --dry-run`` prints what they resolve to, and
+``docs/methods.md`` sets them beside the official scripts' values (checked by
+``tests/test_official_defaults.py``).
 
 Adding a method is one package under ``reidctl/methods/`` and one line in the registry.
 """
@@ -30,7 +36,8 @@ from reidctl.options import not_applicable, option_fields, resolve
 from reidctl.stages import Prelude
 from reidctl.train.contract import Batch, EpochData, TrainingMethod, TrainParams
 
-__all__ = ["Batch", "EpochData", "Method", "NoOptions", "Refined", "Routed", "TrainParams", "TrainingMethod"]
+__all__ = ["Batch", "EpochData", "Method", "NoOptions", "Refined", "Routed", "RunDefaults", "TrainParams",
+           "TrainingMethod"]
 
 
 @dataclass
@@ -45,6 +52,15 @@ class Refined:
     #: Row pairs the method claims show one person (MAR's agreement pairs): reported against
     #: ground truth by ``run_refine`` when it is known, never stored as labels.
     pairs: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """How long the official command trains and how often it evaluates (ALGORITHMS.md §2.3, §9):
+    ``loop``'s ``--epochs`` and ``--eval-every`` when the user gives neither."""
+
+    epochs: int = 50
+    eval_every: int = 10  # every N epochs and after the last one
 
 
 @dataclass
@@ -84,6 +100,8 @@ class Method(TrainingMethod):
     #: used for a fresh model when the user leaves them unset (PPLR: 3 average-pooled stripes
     #: at 384×128).
     model_defaults: ClassVar[dict[str, Any]] = {}
+    #: The official run's length and evaluation cadence (CC: 50 epochs, evaluated every 10).
+    run_defaults: ClassVar[RunDefaults] = RunDefaults()
     #: Training options that ``loop`` sets from its own values unless given (MAR's schedule
     #: follows the run's length: ``{"schedule_epochs": "epochs"}``); part of the train key.
     train_context: ClassVar[dict[str, str]] = {}

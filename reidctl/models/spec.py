@@ -6,7 +6,7 @@ takes a :class:`ModelSpec`; the ``loop`` keys its stages on it (:func:`reidctl.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,7 +15,8 @@ import torch
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.options import option
-from reidctl.models.weights import build_model, init_description
+from reidctl.models.weights import (build_model, imagenet_state_dict, init_description, read_weights_file,
+                                    resolve_start)
 from reidctl.train.checkpoint import (
     load_checkpoint,
     model_from_payload,
@@ -50,8 +51,9 @@ class ModelSpec:
         "the dataset the images come from, as MAR)."))
     weights: Path | None = field(default=None, metadata=option(
         "Backbone weights file: a torchvision state dict or its 'features' part."))
-    pretrained: str = field(default="none", metadata=option(
-        "imagenet (torchvision weights API; needs internet once) or none."))
+    pretrained: str | None = field(default=None, metadata=option(
+        "Start of a fresh model: imagenet (torchvision's weights, as the official commands; fetched once into "
+        "torch's cache) or none (random weights, on purpose). Default: imagenet, unless --weights FILE is given."))
     seed: int = 1
 
     def check_given(self, given: Iterable[str]) -> None:
@@ -61,7 +63,7 @@ class ModelSpec:
         if self.checkpoint is None:
             return
         given = set(given)
-        if "weights" in given or ("pretrained" in given and self.pretrained != "none"):
+        if "weights" in given or "pretrained" in given:
             raise ReidctlError("--weights and --pretrained choose the start of a fresh model; with --checkpoint the "
                                "weights come from the checkpoint (drop one of them)")
         recorded = read_model_config(self.checkpoint)
@@ -70,6 +72,28 @@ class ModelSpec:
         if differ:
             raise ReidctlError(f"{self.checkpoint}: the model's structure comes from the checkpoint, but "
                                f"{', '.join(differ)}; drop those options")
+
+    @property
+    def start(self) -> str:
+        """How a fresh model starts: ``weights`` (the file), ``imagenet`` or ``none`` (random)."""
+        return resolve_start(self.pretrained, self.weights)
+
+    def resolved(self) -> ModelSpec:
+        """The same spec with the start written out (``pretrained`` imagenet or none; None beside a
+        weights file): what a run records and keys its stages on."""
+        return replace(self, pretrained=None if self.start == "weights" else self.start)
+
+    def check_start(self) -> None:
+        """Fail now, in one line, when a fresh model could not get its start (ImageNet weights
+        neither in torch's cache nor downloadable, a missing weights file): before a run folder
+        is made or an hour of work is done. Fetches ImageNet weights into torch's cache."""
+        if self.checkpoint is not None:
+            return
+        start = self.start
+        if start == "imagenet":
+            imagenet_state_dict(self.arch)
+        elif start == "weights":
+            read_weights_file(self.weights)
 
     def model_config(self) -> ModelConfig:
         """The structure of a fresh model from these options; a bad value fails here, cheaply."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from pathlib import Path
 
 import torch
@@ -15,16 +18,50 @@ from reidctl.models.reid import ModelConfig, ReidModel
 _HEAD_PREFIXES = ("fc.", "classifier.")
 
 
+#: ``--pretrained`` values: torchvision's ImageNet weights (the official commands' start) or none
+#: (random weights, chosen on purpose).
+PRETRAINED = ("imagenet", "none")
+
+
+def fetch_imagenet(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet state dict of ``arch``: read from torch's cache, downloaded into it
+    the first time. The one place reidctl touches the network (tests replace it)."""
+    weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[arch])
+    return weights.get_state_dict(progress=False)
+
+
 def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet weights (downloaded once into the torch hub cache)."""
+    """:func:`fetch_imagenet`, with one user error naming both ways out when it fails. torch prints
+    its "Downloading: ..." line on stdout, where ``--json`` output goes: it is moved to stderr, and
+    shown only when the download works."""
+    said = io.StringIO()
     try:
-        weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[arch])
-        return weights.get_state_dict(progress=False)
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            state = fetch_imagenet(arch)
+        sys.stderr.write(said.getvalue())
+        return state
     except Exception as exc:  # URLError, socket errors, hash mismatches ...
         raise ReidctlError(
-            f"could not fetch torchvision's ImageNet weights for {arch} ({type(exc).__name__}: {exc}); "
-            "without internet, pass a local file with --weights FILE instead of --pretrained imagenet"
+            f"could not fetch torchvision's ImageNet weights for {arch} ({type(exc).__name__}: {exc}); a fresh "
+            "model starts from them by default: give a local copy with --weights FILE, or start from random "
+            "weights on purpose with --pretrained none"
         ) from None
+
+
+def resolve_start(pretrained: str | None, weights: str | Path | None) -> str:
+    """How a fresh model starts: ``"weights"`` (a file), ``"imagenet"`` or ``"none"`` (random).
+
+    ``pretrained`` None means "not chosen": ImageNet, as every official command starts, unless a
+    weights file is given. A weights file together with an explicit ``--pretrained`` is refused.
+    """
+    if pretrained is not None and pretrained not in PRETRAINED:
+        raise ReidctlError(f"unknown --pretrained '{pretrained}' (choose imagenet or none)")
+    if weights is not None:
+        if pretrained is not None:
+            raise ReidctlError(f"--weights FILE and --pretrained {pretrained} both choose the start of a fresh model; "
+                               "give one of them")
+        return "weights"
+    return pretrained or "imagenet"
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -69,22 +106,21 @@ def load_backbone_weights(model: ReidModel, state: dict[str, torch.Tensor], sour
     model.backbone.load_state_dict(state)
 
 
-def build_model(config: ModelConfig, *, pretrained: str = "none", weights: str | Path | None = None) -> ReidModel:
-    """A fresh model initialised from ``weights`` (a file), ``pretrained='imagenet'`` or randomly."""
-    if weights is not None and pretrained not in ("none", ""):
-        raise ReidctlError("give either --weights FILE or --pretrained imagenet, not both")
+def build_model(config: ModelConfig, *, pretrained: str | None = None, weights: str | Path | None = None) -> ReidModel:
+    """A fresh model initialised from ``weights`` (a file), ImageNet (the default) or randomly
+    (``pretrained='none'``); see :func:`resolve_start`."""
+    start = resolve_start(pretrained, weights)
     model = ReidModel(config)
-    if weights is not None:
+    if start == "weights":
         load_backbone_weights(model, read_weights_file(weights), str(weights))
-    elif pretrained == "imagenet":
+    elif start == "imagenet":
         load_backbone_weights(model, imagenet_state_dict(config.arch), f"torchvision {config.arch} weights")
-    elif pretrained not in ("none", ""):
-        raise ReidctlError(f"unknown --pretrained '{pretrained}' (choose imagenet or none)")
     return model
 
 
-def init_description(pretrained: str, weights: str | Path | None) -> str:
-    """How a model was initialised, for provenance."""
-    if weights is not None:
+def init_description(pretrained: str | None, weights: str | Path | None) -> str:
+    """How a model was initialised, for provenance: ``weights:NAME``, ``imagenet`` or ``random``."""
+    start = resolve_start(pretrained, weights)
+    if start == "weights":
         return f"weights:{Path(weights).name}"
-    return "imagenet" if pretrained == "imagenet" else "random"
+    return "imagenet" if start == "imagenet" else "random"

@@ -2,7 +2,9 @@
 
 MAR's official code (ALGORITHMS.md §6.4) trains with SGD whose BatchNorm parameters get no weight
 decay, and a ``MultiStepLR`` at 5/8 and 7/8 of the run that is stepped at the *start* of each
-epoch, so with PyTorch ≥ 1.1 every decay lands one epoch earlier than the milestone says.
+epoch. Under the authors' PyTorch 1.0.0 the lr dropped at the milestones themselves (epochs 12
+and 17 of 20: their published numbers); with PyTorch ≥ 1.1 the same code drops each one epoch
+earlier (11 and 16). :data:`LR_DROPS` names the two.
 """
 
 from __future__ import annotations
@@ -36,8 +38,18 @@ def official_milestones(epochs: int) -> list[int]:
     return [int(epochs / 8 * 5), int(epochs / 8 * 7)]
 
 
+#: When a start-of-epoch MultiStepLR drops the lr: ``milestones`` (at each milestone epoch, as
+#: PyTorch 1.0.0 ran MAR's loop) or ``early`` (one epoch before, as PyTorch ≥ 1.1 runs it).
+LR_DROPS = ("milestones", "early")
+
+
 def multistep_at_epoch_start(optimizer: torch.optim.Optimizer, epoch: int, milestones: list[int],
-                             gamma: float) -> LRScheduler:
-    """The lr of ``epoch`` under a MultiStepLR that is stepped once at the start of every epoch
-    (positioned ``epoch + 1`` steps in), as MAR's training loop steps it."""
-    return positioned(MultiStepLR(optimizer, milestones=milestones, gamma=gamma), epoch + 1)
+                             gamma: float, drops: str = "early") -> LRScheduler:
+    """The lr of ``epoch`` under a MultiStepLR that is stepped once at the start of every epoch, as
+    MAR's training loop steps it: positioned ``epoch + 1`` steps in (``drops="early"``, PyTorch
+    ≥ 1.1), or ``epoch`` steps (``"milestones"``: the lr of epoch e has dropped once for each
+    milestone ≤ e, as under PyTorch 1.0.0, whose scheduler started one step behind)."""
+    if drops not in LR_DROPS:
+        raise ValueError(f"drops must be one of {LR_DROPS}, not {drops!r}")
+    return positioned(MultiStepLR(optimizer, milestones=milestones, gamma=gamma),
+                      epoch + 1 if drops == "early" else epoch)

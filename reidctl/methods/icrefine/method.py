@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from reidctl.errors import ReidctlError
-from reidctl.methods.base import Refined
+from reidctl.methods.base import Refined, RunDefaults
 from reidctl.methods.cc import CCParams, ClusterContrast
 from reidctl.methods.icrefine.decay import DECAYS, discard_probability
 from reidctl.methods.icrefine.discard import discard
@@ -28,9 +28,10 @@ from reidctl.methods.icrefine.intra import DEFAULT_CLUSTERS, cluster_per_camera,
 from reidctl.methods.icrefine.prelude import INTRA_CAMERA
 from reidctl.options import option, resolve
 
-#: Global clusters when --n-clusters is not given: the paper's Market-1501 value (the released
-#: MSMT17 script hard-codes 1200), capped at N/5 so that small datasets still cluster.
-DEFAULT_GLOBAL_CLUSTERS = 800
+#: Global clusters when --n-clusters is not given: the released ``train_global.py`` hard-codes
+#: 1200 for every dataset (the paper's Market-1501 value is 800: ``--n-clusters 800``), capped at
+#: N/5 so that small datasets still cluster.
+DEFAULT_GLOBAL_CLUSTERS = 1200
 
 
 @dataclass
@@ -101,13 +102,14 @@ class Icrefine(ClusterContrast):
     # average linkage into --n-clusters clusters; eps is ICSR's argparse default, used only
     # with --global-clustering dbscan (its commented-out DBSCAN path)
     cluster_defaults: ClassVar[dict[str, Any]] = {"algo": "agglomerative", "eps": 0.5}
+    run_defaults = RunDefaults(epochs=50, eval_every=1)
     RefineOptions = IcrefineOptions
     refine_context = ("epoch", "epochs")  # p(e) needs them
     preludes = (INTRA_CAMERA,)  # stage 1: its labels reach refine as its option `intra`
 
     @classmethod
     def resolve_clustering(cls, params: Any, n_samples: int) -> Any:
-        """Fill in the number of global clusters: 800, or N/5 when that is smaller."""
+        """Fill in the number of global clusters: 1200, or N/5 when that is smaller."""
         if params.algo == "agglomerative" and params.n_clusters is None:
             params = dataclasses.replace(params, n_clusters=max(1, min(DEFAULT_GLOBAL_CLUSTERS, n_samples // 5)))
         return params

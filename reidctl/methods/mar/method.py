@@ -26,12 +26,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reidctl.errors import ReidctlError
-from reidctl.methods.base import EpochData, Method, Refined, TrainParams
+from reidctl.methods.base import EpochData, Method, Refined, RunDefaults, TrainParams
 from reidctl.methods.mar import losses as L
 from reidctl.methods.mar.agents import AgentClassifier
 from reidctl.methods.mar.pretrain import PRETRAIN, AgentTraining
+from reidctl.train.optim import LR_DROPS
 from reidctl.methods.mar.refine import MARRefineOptions, refine_mar
-from reidctl.methods.mar.source import SOURCE_SPLITS, SourceData, load_source, mar_transform
+from reidctl.methods.mar.source import DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, SourceData, load_source, mar_transform
 from reidctl.options import option, resolve, unused
 from reidctl.train.contract import Forward, StepResult, StreamContext
 from reidctl.train.streams import labelled_stream, zip_streams
@@ -52,14 +53,17 @@ class MARParams(TrainParams):
     sampler_anchor: str = field(default="first", metadata=unused())
     momentum: float = field(default=0.9, metadata=option("SGD momentum."))
     gamma: float = field(default=0.1, metadata=option("MultiStep lr factor (at 5/8 and 7/8 of the run)."))
+    lr_drops: str = field(default="milestones", metadata=option(
+        "MAR: when the lr drops: milestones (at epochs 12 and 17 of 20, as the authors' PyTorch 1.0.0 ran the "
+        "code: the published numbers) or early (one epoch before each, as the same code runs on PyTorch ≥ 1.1)."))
     schedule_epochs: int = field(default=20, metadata=option(
         "MAR: the run length its MultiStep schedule is laid out for (decays at 5/8 and 7/8 of it, stepped at the "
         "start of each epoch); `loop` sets it to --epochs."))
     aux_data: str = field(default="", metadata=option("MAR: the labelled source dataset (its identities are the agents)."))
     aux_dataset: str | None = field(default=None, metadata=option("MAR: force the source's layout."))
-    aux_splits: str = field(default="train", metadata=option(
-        "MAR: the source splits whose identities are agents: train, or train,test (every identity, as MAR uses "
-        "all of MSMT17)."))
+    aux_splits: str = field(default=DEFAULT_SOURCE_SPLITS, metadata=option(
+        "MAR: the source splits whose identities are agents: train,test (every identity: MAR's 4,101 of MSMT17, "
+        "test identities numbered after the train ones) or train."))
     scale: float = field(default=30.0, metadata=option("MAR: scale of the agent softmax (scala_ce)."))
     margin: float = field(default=1.0, metadata=option("MAR: L_RJ margin (an agent is hard above cos 1 − margin/2)."))
     cml_weight: float = field(default=2e-4, metadata=option("MAR: λ1, the weight of L_CML."))
@@ -76,6 +80,8 @@ class MARParams(TrainParams):
         if self.batch_size % 2 or self.batch_size < 4:
             raise ReidctlError(f"--batch-size {self.batch_size}: MAR splits a batch in a source and a target half, "
                                "so it must be even (and at least 4)")
+        if self.lr_drops not in LR_DROPS:
+            raise ReidctlError(f"--lr-drops {self.lr_drops}: choose one of {', '.join(LR_DROPS)}")
         if self.aux_splits not in SOURCE_SPLITS:
             raise ReidctlError(f"--aux-splits {self.aux_splits}: choose train or train,test")
         if self.scale <= 0 or self.margin <= 0 or self.schedule_epochs < 1 or self.mdl_from_epoch < 0:
@@ -118,6 +124,8 @@ class MAR(AgentTraining, Method):
     RefineOptions = MARRefineOptions
     model_defaults = {"pooling": "avg", "neck": "none", "last_stride": 2, "last_relu": False,
                       "input_norm": "dataset", "height": 384, "width": 128}
+    #: 20 epochs, evaluated once, after the last (main.py: no model selection).
+    run_defaults = RunDefaults(epochs=20, eval_every=20)
 
     @classmethod
     def refine_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:

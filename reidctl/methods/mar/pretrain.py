@@ -26,14 +26,14 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from reidctl import dist
+from reidctl import dist, progress
 from reidctl.artifacts import check_output
 from reidctl.data.stats import input_norm
 from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
 from reidctl.methods.mar.agents import AgentClassifier
 from reidctl.methods.mar.losses import agent_learning_loss, normalized_agents
-from reidctl.methods.mar.source import SOURCE_SPLITS, SourceData, load_source, mar_transform
+from reidctl.methods.mar.source import DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, SourceData, load_source, mar_transform
 from reidctl.models.reid import ReidModel
 from reidctl.models.spec import ModelSpec
 from reidctl.options import option, resolve, unused
@@ -42,7 +42,7 @@ from reidctl.progress import progress_bar
 from reidctl.stages import Prelude, RunContext
 from reidctl.train.checkpoint import CHECKPOINT_SCHEMA, checkpoint_digest, load_checkpoint
 from reidctl.train.contract import Batch, EpochData, StreamContext, TrainingMethod, TrainParams
-from reidctl.train.optim import multistep_at_epoch_start, official_milestones, sgd_no_bn_decay
+from reidctl.train.optim import LR_DROPS, multistep_at_epoch_start, official_milestones, sgd_no_bn_decay
 from reidctl.train.streams import labelled_stream
 from reidctl.train.trainer import TrainSession, prepare_determinism, train_epoch
 
@@ -62,6 +62,9 @@ class PretrainParams(TrainParams):
     weight_decay: float = field(default=5e-4, metadata=option("Weight decay (none on BatchNorm parameters)."))
     momentum: float = field(default=0.9, metadata=option("SGD momentum."))
     gamma: float = field(default=0.1, metadata=option("MultiStep lr factor (at 5/8 and 7/8 of the run)."))
+    lr_drops: str = field(default="early", metadata=option(
+        "When the lr drops: early (one epoch before 5/8 and 7/8 of the run, reidctl's pretraining recipe) or "
+        "milestones (at them, as MAR's authors ran their schedule)."))
     scale: float = field(default=30.0, metadata=option("Normalised softmax scale (MAR's scala_ce)."))
     bn_chunks: int = field(default=1, metadata=option("BatchNorm statistics per chunk of the batch (1 = plain)."))
 
@@ -69,6 +72,8 @@ class PretrainParams(TrainParams):
         super().check()
         if self.epochs < 1:
             raise ReidctlError("--epochs must be at least 1")
+        if self.lr_drops not in LR_DROPS:
+            raise ReidctlError(f"--lr-drops {self.lr_drops}: choose one of {', '.join(LR_DROPS)}")
         if self.momentum < 0 or self.scale <= 0:
             raise ReidctlError("--momentum must not be negative and --scale must be positive")
 
@@ -95,7 +100,7 @@ class AgentTraining:
 
     def configure_scheduler(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> LRScheduler:
         return multistep_at_epoch_start(optimizer, epoch, official_milestones(self.schedule_length()),
-                                        self.params.gamma)
+                                        self.params.gamma, self.params.lr_drops)
 
 
 class SourcePretraining(AgentTraining, TrainingMethod):
@@ -138,7 +143,7 @@ class PretrainRequest(ModelSpec):
 
     data: str = ""
     dataset: str | None = None
-    splits: str = "train"
+    splits: str = DEFAULT_SOURCE_SPLITS
     params: PretrainParams = field(default_factory=PretrainParams)
     workers: int | None = None
     device: str = "auto"
@@ -175,6 +180,8 @@ def run_pretrain(req: PretrainRequest, out: str | Path) -> dict[str, Any]:
                 stats = train_epoch(session, source.samples, data, epoch=epoch, workers=req.workers,
                                     deterministic=req.deterministic, progress=adv, norm=norm)
             history.append({"epoch": epoch, "loss": stats.loss, **stats.logs, "lr": stats.lr})
+            if dist.is_main():
+                _epoch_line(history[-1], p.epochs, stats.seconds, time.perf_counter() - start)
         if dist.is_main():
             session.save(out, provenance={**provenance, "data": str(req.data), "splits": req.splits,
                                           "source_images": n, "source_identities": source.identities,
@@ -183,6 +190,21 @@ def run_pretrain(req: PretrainRequest, out: str | Path) -> dict[str, Any]:
     return {"out": str(out), "images": n, "identities": source.identities, "splits": req.splits,
             "epochs": p.epochs, "seconds": round(time.perf_counter() - start, 1), "history": history,
             "params": p.to_dict(), "norm": {"mean": norm.mean, "std": norm.std}}
+
+
+def _epoch_line(h: Mapping[str, Any], epochs: int, seconds: float, elapsed: float) -> None:
+    """The line of a finished epoch (stderr, and a run folder's log.jsonl as a progress record):
+    ``pretrain epoch 3: loss 2.345, accuracy 45.6%, lr 0.00035, 61.2 s; 4/20 epochs done, ETA 16:19``."""
+    done, accuracy = h["epoch"] + 1, h.get("accuracy")
+    eta = elapsed / done * (epochs - done)
+    event = {"step": "pretrain", "epoch": h["epoch"], "done": done, "total": epochs, "unit": "epoch",
+             "loss": float(f"{h['loss']:.6g}"), "accuracy": None if accuracy is None else float(f"{accuracy:.6g}"),
+             "lr": float(f"{h['lr']:.6g}"), "seconds": round(seconds, 1), "eta_s": round(eta, 1), "elapsed_s": round(elapsed, 1)}
+    line = (f"pretrain epoch {h['epoch']}: loss {h['loss']:.3f}"
+            + ("" if accuracy is None else f", accuracy {100 * accuracy:.1f}%")
+            + f", lr {h['lr']:.3g}, {seconds:.1f} s; {done}/{epochs} epochs done"
+            + (f", ETA {progress.format_clock(eta)}" if done < epochs else ""))
+    progress.report(line, event)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,14 +218,14 @@ class PretrainOptions(PretrainParams):
 
     data: str = ""
     dataset: str | None = None
-    splits: str = "train"
+    splits: str = DEFAULT_SOURCE_SPLITS
 
 
 def _resolve(given: Mapping[str, Any], train: Mapping[str, Any]) -> PretrainOptions:
     options = resolve(PretrainOptions, given, what="the pretrain stage")
     options.data = str(train.get("aux_data") or "")
     options.dataset = train.get("aux_dataset")
-    options.splits = str(train.get("aux_splits") or "train")
+    options.splits = str(train.get("aux_splits") or DEFAULT_SOURCE_SPLITS)
     if options.splits not in SOURCE_SPLITS:
         raise ReidctlError(f"--aux-splits {options.splits}: choose train or train,test")
     return options

@@ -3,6 +3,11 @@
 Its identities are the agents: row k of the agent classifier belongs to the k-th smallest pid of
 the chosen splits, so a pretraining and a MAR run that read the same dataset and splits agree on
 which row is whose; the checkpoint stores the pids, and a mismatch is refused.
+
+The pids are keyed by split (``Dataset.labelled``): a train pid stays, a test pid is shifted past
+the train identities (MSMT17: + 1,041, as MAR's ``construct_dataset_MSMT17.m``), so ``train,test``
+never merges two people. MSMT17's list_val rows are left out, as in MAR's source (list_train +
+test, 124,068 images, 4,101 identities).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from reidctl.errors import ReidctlError
 
 #: ``--aux-splits`` values: the train split, or every identity (MAR uses all 4,101 of MSMT17).
 SOURCE_SPLITS = ("train", "train,test")
+#: The source MAR's official code learns its agents from: every identity (MSMT17: list_train +
+#: test, 4,101 identities), the default of ``--aux-splits`` and ``pretrain --splits``.
+DEFAULT_SOURCE_SPLITS = "train,test"
 
 
 @dataclass
@@ -28,7 +36,7 @@ class SourceData:
 
     samples: list[Sample]
     labels: np.ndarray  # int64
-    pids: np.ndarray  # K int64: the pid of each agent row
+    pids: np.ndarray  # K int64: the pid of each agent row, keyed by split (test pids shifted)
     root: str
     train: list[Sample]  # the source's train split (its normalisation statistics)
 
@@ -40,17 +48,16 @@ class SourceData:
         return split_fingerprint(self.samples)
 
 
-def load_source(data: str, dataset: str | None = None, splits: str = "train") -> SourceData:
-    """The labelled images of ``splits`` of ``data``. Junk (pid −1) and, in the query and
-    gallery, Market-style distractors (pid 0) have no identity and are left out."""
+def load_source(data: str, dataset: str | None = None, splits: str = DEFAULT_SOURCE_SPLITS) -> SourceData:
+    """The labelled images of ``splits`` of ``data``, identities keyed by split. Junk (pid −1)
+    and the layout's distractors (Market-style pid 0 in the query and gallery) have no identity
+    and are left out; so are the train rows of a validation list (MSMT17's list_val)."""
     if not data:
         raise ReidctlError("--aux-data is required: a labelled source dataset whose identities become the agents")
     if splits not in SOURCE_SPLITS:
         raise ReidctlError(f"--aux-splits {splits}: choose train or train,test")
     ds = load_dataset(data, dataset)
-    samples = [s for s in ds.train if s.pid >= 0]
-    if splits == "train,test":
-        samples += [s for s in ds.samples("test") if s.pid > 0]
+    samples = ds.labelled(splits, validation=False)
     if not samples:
         raise ReidctlError(f"{ds.root}: no labelled images in its {splits} split(s) to learn source identities from")
     pids, labels = np.unique([s.pid for s in samples], return_inverse=True)

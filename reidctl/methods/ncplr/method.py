@@ -9,9 +9,10 @@ arXiv 2211.16847), as the official code ``haichuntai/NCPLR-ReID`` runs it (ALGOR
   target mixes its one-hot label with the prediction of its neighbours *in the same batch*
   (:mod:`.targets`). Under DDP the neighbours are looked up in the whole global batch.
 
-``--method ncplr`` is plain NCPLR; ``--method ncplr --global-local`` is GL-NCPLR, the official
-``train.sh`` command (the model then has an up and a down half, each with its own GeM, BN neck
-and classifier, split at H//2 without overlap).
+``--method gl-ncplr`` is the released ``train.sh`` command, GL-NCPLR (the model has an up and a
+down half, each with its own GeM, BN neck and classifier, split at H//2 without overlap);
+``--method ncplr`` is plain NCPLR, the README's other row: the same command without
+``--use-part`` (global branch only). ``--global-local`` / ``--global-only`` switch either one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from reidctl import dist
 from reidctl.errors import ReidctlError
-from reidctl.methods.base import Batch, EpochData, Method, Refined
+from reidctl.methods.base import Batch, EpochData, Method, Refined, RunDefaults
 from reidctl.methods.cc import CCParams
 from reidctl.methods.ncplr import neighbours as nb
 from reidctl.methods.ncplr import targets as tg
@@ -42,7 +43,8 @@ HALVES = 2
 
 @dataclass
 class NCPLRParams(CCParams):
-    """The official ``train.sh`` values (ALGORITHMS.md §7, §7.7). Inherited from :class:`CCParams`
+    """Plain NCPLR: the official ``train.sh`` values without ``--use-part`` (ALGORITHMS.md §7,
+    §7.7; :class:`GLNCPLRParams` is ``train.sh`` itself). Inherited from :class:`CCParams`
     with CC's values, which are also NCPLR's: batch 256 = 16 identities × 16, 200 iterations,
     Adam 3.5e-4 / 5e-4, StepLR 20 × 0.1, the cluster memories' momentum 0.1, τ 0.05 and
     per-sample update. Clustering: DBSCAN eps 0.5 (``NCPLR.cluster_defaults``);
@@ -105,9 +107,12 @@ def mixture(lambda1: float) -> str:
     return f"global={1 - 2 * lambda1:g},part0={lambda1:g},part1={lambda1:g}"
 
 
-def _global_local(options: Mapping[str, Any]) -> bool:
-    value = options.get("global_local")
-    return NCPLRParams.global_local if value is None else bool(value)
+@dataclass
+class GLNCPLRParams(NCPLRParams):
+    """GL-NCPLR, the released ``train.sh`` (``--use-part --use-mixdistneighbbor``): the global
+    branch plus an up and a down half; every other value is :class:`NCPLRParams`'."""
+
+    global_local: bool = True
 
 
 @dataclass
@@ -129,21 +134,28 @@ class NCPLR(Method):
     label_arrays = ("neighbors",)
     cluster_defaults = {"eps": 0.5}
     model_defaults = {"pooling": "gem", "height": 320, "width": 128}
+    run_defaults = RunDefaults(epochs=50, eval_every=1)
 
     @property  # type: ignore[override]
     def uses_parts(self) -> bool:
         return self.params.global_local
 
     @classmethod
+    def _global_local(cls, options: Mapping[str, Any]) -> bool:
+        """Whether the given flat ``options`` run the global-local variant (else the method's default)."""
+        value = options.get("global_local")
+        return cls.Params.global_local if value is None else bool(value)
+
+    @classmethod
     def official_model(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        return {**cls.model_defaults, "parts": HALVES if _global_local(options) else 0}
+        return {**cls.model_defaults, "parts": HALVES if cls._global_local(options) else 0}
 
     @classmethod
     def official_clustering(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        if not _global_local(options):
+        if not cls._global_local(options):
             return dict(cls.cluster_defaults)
         lambda1 = options.get("lambda1")
-        return {**cls.cluster_defaults, "branches": mixture(NCPLRParams.lambda1 if lambda1 is None else lambda1)}
+        return {**cls.cluster_defaults, "branches": mixture(cls.Params.lambda1 if lambda1 is None else lambda1)}
 
     # ---- refine stage
 
@@ -245,3 +257,11 @@ class NCPLR(Method):
     def epoch_summary(self, state: NCPLRState) -> dict[str, Any]:
         sizes = np.diff(state.neighbours.indptr)
         return {"memory_size": len(state.memories[0]), "neighbours_mean": float(sizes.mean()) if len(sizes) else 0.0}
+
+
+class GLNCPLR(NCPLR):
+    """``gl-ncplr``: NCPLR with the up and down halves, the released ``train.sh``."""
+
+    name = "gl-ncplr"
+    Params = GLNCPLRParams
+    params: GLNCPLRParams

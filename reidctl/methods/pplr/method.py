@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reidctl.errors import ReidctlError
-from reidctl.methods.base import Batch, EpochData, Method, Refined, TrainParams
+from reidctl.methods.base import Batch, EpochData, Method, Refined, RunDefaults, TrainParams
 from reidctl.models.reid import ReidModel
 from reidctl.options import option
 from reidctl.search import knn
@@ -161,6 +161,7 @@ class PPLR(Method):
     label_arrays = ("agreement",)
     cluster_defaults = {"eps": 0.5}
     model_defaults = {"parts": 3, "pooling": "avg", "height": 384, "width": 128}
+    run_defaults = RunDefaults(epochs=50, eval_every=5)
 
     # ---- refine stage
 
