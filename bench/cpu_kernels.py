@@ -43,30 +43,28 @@ from tests import pins  # noqa: E402
 #: Environment settings that make this machine pick the kernels another CPU would.
 KERNELS: dict[str, dict[str, str]] = {
     "here": {},
-    "threads-2": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
+    "threads-1": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},  # the quick start runs on 2
+    "threads-2": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},  # the pins run on 1
+    "threads-4": {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"},  # more threads than cores here
+
     "aten-default": {"ATEN_CPU_CAPABILITY": "default"},  # ATen's scalar (non-vectorised) kernels
     "onednn-sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41"},  # oneDNN convolutions without AVX
     "mkl-sse42": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "MKL_CBWR": "COMPATIBLE"},  # MKL GEMMs without AVX
     "no-avx": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
                "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "MKL_CBWR": "COMPATIBLE"},  # an old CPU: all three
 }
-#: The setting `.ci/run` runs the whole suite under a second time.
-CI_OTHER_CPU = "no-avx"
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet_features.pth"
 SAFETY = 3.0
 
 
 def quickstart_args() -> list[str]:
-    """README command 1 in its offline form (the shared ImageNet MobileNetV2 weights)."""
-    from tests.test_quickstart import readme_command
+    """README command 1 in its offline form (the shared ImageNet MobileNetV2 weights), without
+    its ``--run-dir`` and the leading ``loop``."""
+    from tests.test_quickstart import offline_command
 
-    args = readme_command()
-    if "--pretrained" in args:
-        i = args.index("--pretrained")
-        del args[i : i + 2]
+    args = offline_command(SHARED_WEIGHTS)
     j = args.index("--run-dir")
-    del args[j : j + 2]
-    return args[1:] + ["--weights", str(SHARED_WEIGHTS), "--json"]  # without the leading "loop"
+    return args[1:j] + args[j + 2:]
 
 
 def command(run: str) -> tuple[list[str], str]:
@@ -77,14 +75,32 @@ def command(run: str) -> tuple[list[str], str]:
 
 
 def run_once(run: str, kernel: dict[str, str], extra: list[str], where: Path, cache: Path) -> dict[str, Any]:
+    """A pinned run's full-label fingerprint, or the quick start's printed table (row → column → text)."""
     args, threads = command(run)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "REIDCTL_CACHE": str(cache),
-           **kernel}
+           "COLUMNS": "80", **kernel}
     cmd = [sys.executable, "-m", "reidctl", "loop", *args, *extra, "--run-dir", str(where)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{run} failed under {kernel} {extra}:\n{proc.stderr[-3000:]}")
+    if run == "quickstart":
+        from tests.test_quickstart import cells
+
+        return {"table": cells(proc.stdout.splitlines()), "stdout": proc.stdout}
     return pins.fingerprint(where, json.loads(proc.stdout), full_labels=True)
+
+
+def table_deviations(ref: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
+    """The quick start's table: per cell, how far the printed number moved (printed units)."""
+    out = {}
+    for row, cols in ref["table"].items():
+        for col, text in cols.items():
+            theirs = other["table"].get(row, {}).get(col)
+            try:
+                out[f"{row} | {col}"] = abs(float(theirs) - float(text))
+            except (TypeError, ValueError):
+                out[f"{row} | {col}"] = 0.0 if theirs == text else float("inf")
+    return out
 
 
 def label_flips(a: list[int], b: list[int]) -> int:
@@ -172,6 +188,12 @@ def main() -> None:
                 prints[f"change {change}"] = run_once(run, KERNELS[kernels[0]], shlex.split(f"{args.extra} {change}"),
                                                       Path(tmp) / f"{run}-change-{len(prints)}", cache)
             ref = prints[kernels[0]]
+            if run == "quickstart":
+                devs = {name: table_deviations(ref, fp) for name, fp in prints.items() if name != kernels[0]}
+                report[run] = {"tables": {n: fp["table"] for n, fp in prints.items()}, "deviations": devs,
+                               "reference": ref["stdout"]}
+                print_quickstart(kernels[0], ref, devs)
+                continue
             devs = {name: deviations(ref, fp) for name, fp in prints.items() if name != kernels[0]}
             settings = [d for name, d in devs.items() if not name.startswith("change")]
             tol = tolerances(settings, ref) if settings else stored.get(run, {}).get("tolerance")
@@ -200,6 +222,17 @@ def print_table(run: str, ref: str, devs: dict[str, dict[str, float]], tol: dict
         for name in names:
             if name.startswith("change"):
                 print(f"{name}: outside the tolerance: {caught(devs[name], tol)}")
+
+
+def print_quickstart(ref_name: str, ref: dict[str, Any], devs: dict[str, dict[str, float]]) -> None:
+    """The reference's printed table, then per cell the largest move of any setting (printed units)."""
+    print(f"\nquickstart under '{ref_name}':\n{ref['stdout']}")
+    names = [n for n in devs if not n.startswith("change")]
+    print("largest move of each cell under " + ", ".join(names) + " (printed units; changes separately):")
+    for key in next(iter(devs.values())):
+        worst = max(devs[n][key] for n in names) if names else 0.0
+        changes = "  ".join(f"{n}: {devs[n][key]:g}" for n in devs if n.startswith("change"))
+        print(f"  {key:<22} {worst:>8g}  {changes}")
 
 
 def _is_float(key: str) -> bool:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# NCPLR ablation: cc, ncplr, ncplr --global-local (GL-NCPLR, the official train.sh) and GL-NCPLR
+# NCPLR ablation: cc, ncplr, gl-ncplr (GL-NCPLR, the official train.sh) and GL-NCPLR
 # --no-refine-loss, each a `reidctl loop` run, then one table: mAP per epoch, the pseudo labels'
 # pairwise F and the clusters that span two or more cameras (examples/ablation_table.py).
 #
@@ -15,7 +15,7 @@
 # script resumes and prints the table again.
 #
 # Examples:
-#   examples/ncplr_ablation.sh ./Market-1501-v15.09.15 runs/ncplr --epochs 50 --eval-every 1 --pretrained imagenet
+#   examples/ncplr_ablation.sh ./Market-1501-v15.09.15 runs/ncplr   # the official runs: 50 epochs, ImageNet start
 #   examples/ncplr_ablation.sh synthetic:small /tmp/ncplr --epochs 4 --iters 50 --batch-size 32 \
 #       --num-instances 4 --arch mobilenet_v2 --weights W.pth --height 128 --width 64 --eval-every 1
 set -euo pipefail
@@ -37,8 +37,8 @@ run cc --method cc "$@"
 # shellcheck disable=SC2086
 run ncplr --method ncplr $NCPLR_ARGS "$@"
 # shellcheck disable=SC2086
-run gl_ncplr --method ncplr --global-local $NCPLR_ARGS "$@"
+run gl_ncplr --method gl-ncplr $NCPLR_ARGS "$@"
 # shellcheck disable=SC2086
-run gl_ncplr_no_refine --method ncplr --global-local --no-refine-loss $NCPLR_ARGS "$@"
+run gl_ncplr_no_refine --method gl-ncplr --no-refine-loss $NCPLR_ARGS "$@"
 
 "$PYTHON" "$HERE/ablation_table.py" "$OUT" cc ncplr gl_ncplr gl_ncplr_no_refine

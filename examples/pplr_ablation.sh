@@ -15,7 +15,7 @@
 # `reidctl loop`: re-running the script resumes and only prints the table again.
 #
 # Examples:
-#   examples/pplr_ablation.sh ./Market-1501-v15.09.15 runs/ablation --epochs 50 --eval-every 5 --pretrained imagenet
+#   examples/pplr_ablation.sh ./Market-1501-v15.09.15 runs/ablation   # the official runs: 50 epochs, ImageNet start
 #   PPLR_ARGS="--parts 3 --pooling avg --k 10" examples/pplr_ablation.sh synthetic:tiny /tmp/ablation \
 #       --epochs 2 --iters 2 --batch-size 8 --num-instances 4 --bn-chunks 2 --k1 10 \
 #       --arch resnet18 --height 64 --width 32 --workers 0 --device cpu --no-eval-init --eval-every 1

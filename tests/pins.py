@@ -132,7 +132,7 @@ def run(method: str, run_dir: Path, extra: tuple[str, ...] = (), **kwargs: Any) 
     """Run one pinned loop in-process (the CLI, as a user types it) and fingerprint it."""
     from typer.testing import CliRunner
 
-    from reidctl.cli.common import app
+    from reidctl.cli import app
 
     res = CliRunner().invoke(app, ["loop", *COMMON, *RUNS[method], *extra, "--run-dir", str(run_dir)])
     if res.exit_code != 0 or res.exception is not None:
