@@ -164,8 +164,9 @@ class _Loop:
                 self.given[p.feeds] = str(self.start)
         self.prelude_options = {p.name: self._prelude_options(p, routed.preludes.get(p.name, {}), routed.train)
                                 for p in self.method_cls.preludes}
-        self.model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed).resolved()
-        if cfg.model.checkpoint is None:
+        self.model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)
+        if cfg.model.checkpoint is None:  # a fresh model: its start is recorded (ImageNet unless told otherwise)
+            self.model = self.model.resolved()
             self.model.model_config()  # a bad architecture or input size fails before the run folder is made
         self.model_key = model_key(self.model)
         self.data = {"train": split_fingerprint(ds.train), "test": split_fingerprint(ds.samples("test"))}
