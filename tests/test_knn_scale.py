@@ -115,8 +115,14 @@ def test_auto_switches_beyond_the_budget_and_says_so(tmp_path, monkeypatch):
     np.testing.assert_array_equal(lab.extra["knn_index"], i)
 
 
+#: How far a distance of the sharded search may differ from one process's: the GEMM of a block of
+#: rows may round differently from the GEMM of all of them. Bit-equal with MKL's AVX2 code; under
+#: MKL_ENABLE_INSTRUCTIONS=SSE4_2 MKL_CBWR=COMPATIBLE (.ci/run's second pass) 3.6e-7 measured.
+SHARDED_DISTANCE_TOL = 2e-6
+
+
 @pytest.mark.slow
-def test_cluster_under_torchrun_equals_one_process(tmp_path):
+def test_cluster_under_torchrun_equals_one_process(tmp_path, one_thread):
     x, pid = _blobs(n=900)
     f = _features_file(tmp_path / "f.h5", x, pid)
     common = ["--k1", "10", "--k2", "3", "--device", "cpu", "--json"]
@@ -129,9 +135,10 @@ def test_cluster_under_torchrun_equals_one_process(tmp_path):
     run_ok("cluster", f, "--out", tmp_path / "one.h5", *common)
     one, two = read_labels(tmp_path / "one.h5"), read_labels(tmp_path / "two.h5")
     np.testing.assert_array_equal(one.labels, two.labels)
-    for name in ("knn_index", "knn_dist"):
-        np.testing.assert_array_equal(one.extra[name], two.extra[name])
-    assert (one.extra["jaccard"] != two.extra["jaccard"]).nnz == 0
+    np.testing.assert_array_equal(one.extra["knn_index"], two.extra["knn_index"])
+    np.testing.assert_allclose(one.extra["knn_dist"], two.extra["knn_dist"], rtol=0, atol=SHARDED_DISTANCE_TOL)
+    np.testing.assert_allclose(_dense(one.extra["jaccard"]), _dense(two.extra["jaccard"]), rtol=0,
+                               atol=SHARDED_DISTANCE_TOL)
 
 
 def _dense(j) -> np.ndarray:
