@@ -30,11 +30,11 @@ from reidctl.methods.base import EpochData, Method, Refined, RunDefaults, TrainP
 from reidctl.methods.mar import losses as L
 from reidctl.methods.mar.agents import AgentClassifier
 from reidctl.methods.mar.pretrain import PRETRAIN, AgentTraining
-from reidctl.train.optim import LR_DROPS
 from reidctl.methods.mar.refine import MARRefineOptions, refine_mar
 from reidctl.methods.mar.source import DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, SourceData, load_source, mar_transform
 from reidctl.options import option, resolve, unused
 from reidctl.train.contract import Forward, StepResult, StreamContext
+from reidctl.train.optim import LR_DROPS
 from reidctl.train.streams import labelled_stream, zip_streams
 
 
