@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidctl.artifacts import read_features, read_ground_truth
+from reidctl.artifacts import SHEET, check_output, read_features, read_ground_truth
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
 from reidctl.evaluation import count_valid_queries, evaluate_features, protocol_masks
 from reidctl.extraction import extract_split
 from reidctl.models.spec import ModelSpec
 from reidctl.progress import callback, progress_bar
-from reidctl.rank_stage import sheet_rows, source_files
-from reidctl.ranking import RankSide, rank_gallery
+from reidctl.rank_stage import features_model, match_tile, sheet_rows, source_files, under_each
+from reidctl.ranking import Ranking, RankSide, rank_gallery
 from reidctl.sheet import draw_sheet
 
 AP_CHOICES = ("sklearn", "trapezoid")
@@ -49,13 +49,22 @@ class WorstSheet:
     out: Path
     queries: int = 10
     top_k: int = 10
+    force: bool = False  # replace an existing file that is not a reidctl sheet
+
+    def check(self, *inputs: str | Path | None) -> None:
+        """Refuse, before any work, a sheet that would overwrite one of ``inputs`` (the features
+        file, the checkpoint, the weights, an image of the dataset folder) or, without ``force``,
+        an existing file that is not a reidctl sheet."""
+        check_output(self.out, schema=SHEET, inputs=inputs, force=self.force, flag="--sheet")
 
 
 def evaluate_arrays(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, split: list[str], *,
                     ap: str = "sklearn", rerank: bool = False, pairs: str = "market", source: str = "",
-                    files: list[Path] | None = None, sheet: WorstSheet | None = None) -> dict[str, Any]:
+                    files: list[Path] | None = None, sheet: WorstSheet | None = None,
+                    model: str = "") -> dict[str, Any]:
     """Evaluate the query rows against the gallery rows of one feature matrix; with ``sheet``,
-    also draw the worst queries' rankings from the image ``files`` of the rows."""
+    also draw the worst queries' rankings from the image ``files`` of the rows (``model``: the
+    words its title names the model by)."""
     _check(ap, pairs)
     split_arr = np.asarray(split)
     q, g = np.flatnonzero(split_arr == "query"), np.flatnonzero(split_arr == "gallery")
@@ -78,42 +87,66 @@ def evaluate_arrays(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, spl
     if sheet is not None:
         sides = [RankSide(feats[r], [f"row {i}" for i in r], None if files is None else [files[i] for i in r],
                           camids[r], pids[r], source) for r in (q, g)]
-        summary["sheet"] = draw_worst(*sides, result["ap_per_query"], sheet, pairs=pairs, rerank=rerank)
+        summary["sheet"] = draw_worst(*sides, result["ap_per_query"], sheet, pairs=pairs, rerank=rerank, ap=ap,
+                                      model=model)
     return summary
 
 
 def draw_worst(query: RankSide, gallery: RankSide, ap_per_query: np.ndarray, sheet: WorstSheet, *,
-               pairs: str = "market", rerank: bool = False) -> dict[str, Any]:
+               pairs: str = "market", rerank: bool = False, ap: str = "sklearn", model: str = "") -> dict[str, Any]:
     """Draw the queries with the lowest AP (ties by query order) and their top matches, ranked
-    as the protocol ranks them (``pairs``: the gallery items it ignores are left out)."""
+    as the protocol ranks them (``pairs``: the gallery items it ignores are left out), then each
+    query's first right match with its rank: a bad AP says little until one sees how far down
+    the right person went."""
     if sheet.queries < 1 or sheet.top_k < 1:
         raise ReidctlError("--queries and --top-k must be at least 1")
     scored = np.flatnonzero(~np.isnan(ap_per_query))
     worst = scored[np.argsort(ap_per_query[scored], kind="stable")[: sheet.queries]]
+    ranking, chosen = _protocol_ranking(query, gallery, worst, pairs, rerank)
+    rows = sheet_rows(ranking, chosen, [f"AP {100 * ap_per_query[i]:.1f} %" for i in worst], columns=sheet.top_k)
+    match = ranking.matches()
+    first = first_right(match[chosen])
+    for row, qi, j in zip(rows, chosen, first):
+        row.first_right = None if j is None else match_tile(ranking, match, qi, j)
+    how = f"{ap} AP, --pairs {pairs}" + (", re-ranked" if rerank else "")
+    title = [f"reidctl evaluate: the {len(worst)} queries with the lowest AP ({how}), their top {sheet.top_k} as the "
+             "protocol ranks them, then their first right match" + (f"; model: {model}" if model else "")
+             + f"; from {query.source}", under_each(rerank)]
+    layout = draw_sheet(rows, sheet.out, title)
+    return {"out": str(sheet.out), "queries": [int(i) for i in worst],
+            "ap": [float(ap_per_query[i]) for i in worst],
+            "first_right_rank": [None if j is None else j + 1 for j in first], "size": list(layout.size)}
 
+
+def _protocol_ranking(query: RankSide, gallery: RankSide, worst: np.ndarray, pairs: str,
+                      rerank: bool) -> tuple[Ranking, np.ndarray]:
+    """The whole gallery ranked for the ``worst`` queries as the protocol ranks it (to find each
+    one's first right match, however far down), and their rows in that ranking."""
     def ignored(s: int, e: int) -> torch.Tensor:
         rows = worst[s:e] if not rerank else np.arange(s, e)
         valid, _ = protocol_masks(query.pids[rows], query.camids[rows], gallery.pids, gallery.camids, pairs)
         return torch.from_numpy(~valid)
 
     if rerank:  # re-ranked distances depend on every query: rank them all, draw the worst
-        ranking = rank_gallery(query, gallery, sheet.top_k, rerank=True, same_image=True, exclude=ignored)
-        chosen = worst
-    else:
-        ranking = rank_gallery(query.subset(worst), gallery, sheet.top_k, same_image=True, exclude=ignored)
-        chosen = np.arange(len(worst))
-    captions = [f"AP {100 * ap_per_query[i]:.1f}%" for i in worst]
-    size = draw_sheet(sheet_rows(ranking, chosen, captions), sheet.out)
-    return {"out": str(sheet.out), "queries": [int(i) for i in worst],
-            "ap": [float(ap_per_query[i]) for i in worst], "size": list(size)}
+        return rank_gallery(query, gallery, len(gallery), rerank=True, same_image=True, exclude=ignored), worst
+    ranking = rank_gallery(query.subset(worst), gallery, len(gallery), same_image=True, exclude=ignored)
+    return ranking, np.arange(len(worst))
+
+
+def first_right(match: np.ndarray) -> list[int | None]:
+    """The 0-based rank of the first right match in each row of a ``Ranking.matches()`` array
+    (None: no right match ranked)."""
+    return [int(np.argmax(m == 1)) if np.any(m == 1) else None for m in match]
 
 
 def evaluate_feature_file(path: str | Path, *, ap: str = "sklearn", rerank: bool = False,
                           pairs: str = "market", sheet: WorstSheet | None = None) -> dict[str, Any]:
+    if sheet is not None:
+        sheet.check(path)
     feats = read_features(path)
     pids = read_ground_truth(path)
     return evaluate_arrays(feats.feats, pids, feats.camids, feats.split, ap=ap, rerank=rerank, pairs=pairs,
-                           source=str(path), files=source_files(feats), sheet=sheet)
+                           source=str(path), files=source_files(feats), sheet=sheet, model=features_model(feats))
 
 
 def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap: str = "sklearn",
@@ -124,11 +157,21 @@ def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap
     Without a checkpoint the model is a fresh one, started as every other command starts it
     (ImageNet unless ``--weights`` or ``--pretrained none``); the result's ``init`` says which."""
     _check(ap, pairs)
+    if sheet is not None:
+        sheet.check(data, spec.checkpoint, spec.weights)
     ds = load_dataset(data, dataset)
     model, provenance = spec.build()
     ext, rows = extract_split(model, ds, "test", batch_size=batch_size, workers=workers, device=device)
     pids = np.array([s.pid for s in rows])
     camids = np.array([s.camid for s in rows])
     result = evaluate_arrays(ext.feats, pids, camids, ds.split_of("test"), ap=ap, rerank=rerank, pairs=pairs,
-                             source=str(data), files=[s.path for s in rows], sheet=sheet)
+                             source=str(data), files=[s.path for s in rows], sheet=sheet,
+                             model=_spec_words(spec, provenance))
     return {**result, "init": provenance["init"]}
+
+
+def _spec_words(spec: ModelSpec, provenance: dict[str, Any]) -> str:
+    """The model ``evaluate --checkpoint``/``--weights`` ran, as the worst-queries sheet names it."""
+    if spec.checkpoint is not None:
+        return f"checkpoint {spec.checkpoint}"
+    return f"{spec.arch}, {provenance.get('init') or 'fresh'}"

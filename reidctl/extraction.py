@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from reidctl import dist
 from reidctl.artifacts import FEATURES, check_output, write_features
-from reidctl.data.base import SPLIT_CHOICES, Dataset
+from reidctl.data.base import SPLIT_CHOICES, Dataset, Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import input_norm
 from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
 from reidctl.features import Extracted, extract_features
 from reidctl.models.spec import ModelSpec
+from reidctl.models.weights import model_digest
 from reidctl.precision import DEFAULT_AMP, precision_name
+from reidctl.processes import check_process_count
 from reidctl.models.reid import ReidModel
 from reidctl.progress import progress_bar
 from reidctl.train.checkpoint import checkpoint_digest
@@ -36,11 +38,13 @@ class ExtractRequest(ModelSpec):
 
 
 def check_loader_options(batch_size: int | None, workers: int | None, *, batch_flag: str = "--batch-size") -> None:
-    """Refuse a batch size below 1 or a negative worker count (one ``error:`` line, not a usage box)."""
+    """Refuse a batch size below 1, a negative worker count or more workers than the machine can
+    use (one ``error:`` line, not a usage box)."""
     if batch_size is not None and batch_size < 1:
         raise ReidctlError(f"{batch_flag} must be at least 1 (got {batch_size})")
     if workers is not None and workers < 0:
         raise ReidctlError(f"--workers must be 0 (load in the main process) or more (got {workers})")
+    check_process_count(workers, "--workers")
 
 
 def extract_split(
@@ -59,7 +63,24 @@ def extract_split(
     with progress_bar(f"extract {split}", len(samples), unit="img") as advance:
         ext = extract_features(model, samples, batch_size=batch_size, workers=workers, device=dev, amp=amp,
                                skip_bad_images=skip_bad_images, progress=advance, norm=norm)
-    return ext, [s for s, k in zip(samples, ext.keep) if k]
+    rows = [s for s, k in zip(samples, ext.keep) if k]
+    check_finite_features(ext, rows)
+    return ext, rows
+
+
+def check_finite_features(ext: Extracted, rows: Sequence[Sample]) -> None:
+    """Refuse features that are not finite instead of writing them (with exit 0): NaN or Inf in
+    a row poisons every distance it enters. The weights were checked before extraction
+    (:func:`reidctl.models.weights.check_weights`), so what is left is a forward pass that
+    overflows: weights too large to use."""
+    finite = np.isfinite(ext.feats).all(axis=1)
+    if ext.parts is not None:
+        finite &= np.isfinite(ext.parts).all(axis=(1, 2))
+    if not finite.all():
+        first = rows[int(np.argmin(finite))].relpath
+        raise ReidctlError(f"the model gives features that are not finite (NaN or Inf) for {int((~finite).sum())} of "
+                           f"{len(finite)} images (e.g. {first}); its weights are unusable (they overflow the "
+                           "forward pass)")
 
 
 def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
@@ -77,7 +98,8 @@ def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
     # ground truth: `all` joins train and test, whose identities are keyed by split (Dataset.pids)
     pids = [p for p, k in zip(ds.pids(req.split), ext.keep) if k]
     params = {**provenance, "layout": ds.layout, "split": req.split, "skip_bad_images": req.skip_bad_images,
-              "precision": precision_name(req.amp, device)}
+              "precision": precision_name(req.amp, device),
+              "weights_digest": model_digest(model)}  # the model's identity (``rank`` compares it)
     inputs = {"checkpoint": checkpoint_digest(req.checkpoint)} if req.checkpoint else {}
     if main:
         write_features(

@@ -12,6 +12,7 @@ spelled out twice.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -31,15 +32,16 @@ class OptionInfo:
     loop: bool = True  # False: `loop` supplies the value itself (the epoch, a prelude's output)
     off: str | None = None  # a boolean's "off" spelling (default: --no-<name>)
     unused: bool = False  # an inherited option this class does not use: no flag, refused when given
+    path: bool = False  # a file or folder: a run's config.toml records it absolute (reidctl.configfile)
 
 
 def option(help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), loop: bool = True,
-           off: str | None = None) -> dict[str, OptionInfo]:
+           off: str | None = None, path: bool = False) -> dict[str, OptionInfo]:
     """Field metadata that makes a dataclass field an option: ``field(default=..., metadata=option("..."))``.
 
     ``off``: the spelling that sets a boolean to False, when ``--no-<name>`` reads badly
     (``--global-local/--global-only``)."""
-    return {KEY: OptionInfo(help, flag, aliases, loop, off)}
+    return {KEY: OptionInfo(help, flag, aliases, loop, off, path=path)}
 
 
 def unused() -> dict[str, OptionInfo]:
@@ -56,10 +58,17 @@ def flag_of(name: str) -> str:
 
 def option_info(cls: type, name: str) -> OptionInfo | None:
     """The :class:`OptionInfo` of field ``name``, from the nearest class that declared it with metadata."""
+    klass = declaring_class(cls, name)
+    return None if klass is None else klass.__dataclass_fields__[name].metadata[KEY]
+
+
+def declaring_class(cls: type, name: str) -> type | None:
+    """The nearest class of ``cls``'s hierarchy that declares field ``name`` as an option (where
+    its help and spelling come from): where the option belongs, for its help panel."""
     for klass in cls.__mro__:
         fields = getattr(klass, "__dataclass_fields__", {})
         if name in fields and KEY in fields[name].metadata:
-            return fields[name].metadata[KEY]
+            return klass
     return None
 
 
@@ -83,17 +92,35 @@ def _plain_type(annotation: Any) -> type:
     return args[0] if args else annotation
 
 
-def resolve(cls: type, given: Mapping[str, Any] | None, *, what: str, base: Mapping[str, Any] | None = None) -> Any:
+def resolve(cls: type, given: Mapping[str, Any] | None, *, what: str, base: Mapping[str, Any] | None = None,
+            prefix: str = "") -> Any:
     """An instance of dataclass ``cls``: its defaults, then ``base`` (known names only), then the
     ``given`` values that are not None. A given name ``cls`` lacks is a user error naming ``what``
-    (e.g. "--method cc"); ``check()`` runs when the class has one."""
+    (e.g. "--method cc"); a number that is NaN or infinite is one too (:func:`check_finite`);
+    then ``check()`` runs when the class has one. ``prefix``: how the options are spelled where
+    they are a prelude's (``pretrain_`` → ``--pretrain-lr``), for the messages."""
     names = resolve_names(cls, given or {}, what=what)
     values = {k: v for k, v in (base or {}).items() if k in names}
     values.update({k: v for k, v in (given or {}).items() if v is not None})
     obj = cls(**values)
+    check_finite(obj, prefix)
     if hasattr(obj, "check"):
         obj.check()
     return obj
+
+
+def check_finite(obj: Any, prefix: str = "") -> None:
+    """Refuse a NaN or infinite number in any field of dataclass ``obj``, in one line.
+
+    Why here, for every option at once: a range check such as ``lr <= 0`` lets NaN through (every
+    comparison with NaN is false), and a loop would then extract, cluster and refine before the
+    optimiser or a diverged loss stopped it. Resolving happens before any stage runs."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            info = option_info(type(obj), f.name)
+            flag = (info.flag if info is not None and info.flag and not prefix else None) or flag_of(prefix + f.name)
+            raise ReidctlError(f"{flag} {value}: must be a finite number")
 
 
 def resolve_names(cls: type, given: Mapping[str, Any], *, what: str) -> set[str]:

@@ -16,11 +16,19 @@ the same command skips every stage whose record matches and whose output is inta
 killed half-way left no artifact (writes are atomic) and no record, so it simply runs again.
 ``--force-from STAGE`` re-runs that stage and all later ones. The run folder is locked while a
 process works in it.
+
+A run always has a model to use: ``RUN/last.pt`` (the last finished epoch's checkpoint) and
+``RUN/best.pt`` (the best evaluated model; when no trained epoch beats the initial model, the
+initial model, saved as ``epoch_init/model.pt``), and ``summary.json``'s ``models`` says which
+file is best and why. ``config.toml`` is written once every check has passed, just before the
+first stage that does work (or at the end, when every stage came from the cache): a refused
+run leaves the config of the results the folder holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -28,13 +36,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
-from reidctl.artifacts import file_digest, read_ground_truth, read_meta, read_state_arrays
+from reidctl.artifacts import atomic_path, file_digest, read_ground_truth, read_meta, read_state_arrays
 from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.stage import ClusterParams, run_cluster
 from reidctl.configfile import CONFIG_NAME, dumps, write_config
+from reidctl.data.stats import input_norm
 from reidctl.data.base import Dataset
 from reidctl.data.datasets import load_dataset
-from reidctl.data.fingerprint import split_fingerprint
+from reidctl.data.fingerprint import split_fingerprint, verifying
 from reidctl.device import resolve_device
 from reidctl.errors import ReidctlError
 from reidctl.evaluation import count_valid_queries
@@ -45,14 +54,15 @@ from reidctl.models.spec import ModelSpec
 from reidctl.options import flag_of, option_fields
 from reidctl.precision import DEFAULT_AMP, precision_name
 from reidctl.refine import default_cluster_params, run_refine
-from reidctl.rundir import Notice, RunDir, StageResult, refuse_pruned, stage_key, write_json
+from reidctl.rundir import (BEST_MODEL, LAST_MODEL, Notice, RunDir, StageResult, refuse_pruned, stage_key,
+                            write_json)
 from reidctl.stages import Prelude, RunContext
-from reidctl.train.checkpoint import checkpoint_digest, method_arrays_path
+from reidctl.train.checkpoint import checkpoint_digest, method_arrays_path, save_checkpoint
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 
+#: ``RUN/best.pt``: the best evaluated model's checkpoint (a symbolic link; a copy where links fail).
+BEST_LINK = BEST_MODEL
 #: What ``--force-from`` accepts, in run order ("prelude": every stage a method runs before epoch 0).
-#: ``RUN/best.pt``: the best evaluated epoch's checkpoint (a symbolic link).
-BEST_LINK = "best.pt"
 STAGES = ("prelude", "extract", "cluster", "refine", "train", "evaluate")
 #: How the loop's evaluation ranks (recorded in the evaluate stage's key): mAP with the sklearn
 #: AP of the CC family, and ``mAP_trapezoid`` beside it (MAR's convention, ALGORITHMS.md §2.2).
@@ -88,6 +98,7 @@ class LoopConfig:
     force_from: str | None = None
     seed: int = 1
     keep: int | None = None  # keep the artifacts of the last N epochs (and the best); None: all
+    verify: bool = False  # re-hash every input and output instead of trusting size + mtime (``--verify``)
 
 
 def artifact_digest(path: Path) -> str:
@@ -98,6 +109,22 @@ def artifact_digest(path: Path) -> str:
     if path.suffix == ".pt":
         return checkpoint_digest(path)
     return file_digest(path)
+
+
+def given_digest(path: Path, checked: str) -> str:
+    """The identity of a file a user hands ``loop`` in place of a stage (``--intra FILE``, MAR's
+    ``--checkpoint``): the digest its reader computed while checking it (``checked``) together
+    with the sha256 of its bytes, so a file edited in place, its recorded digest attribute kept,
+    is a new input and the stages that read it run again."""
+    return stage_key("given", {"checked": checked, "bytes": file_digest(path)})
+
+
+def location(value: Any) -> Any:
+    """A path option as ``config.toml`` records it: absolute, so the file means the same run from
+    any folder; a dataset name (``synthetic:tiny``) or an unset value stays as it is."""
+    if value is None or value == "" or str(value).startswith("synthetic:"):
+        return value
+    return str(Path(value).expanduser().absolute())
 
 
 def model_key(spec: ModelSpec) -> dict[str, Any]:
@@ -136,6 +163,7 @@ class _Loop:
     def __init__(self, cfg: LoopConfig, ds: Dataset) -> None:
         self.cfg, self.ds = cfg, ds
         self.run: RunDir  # set by :meth:`epochs`
+        self.config_saved = False  # config.toml is written once every check has passed (:meth:`save_config`)
         self.stages_done: list[dict[str, Any]] = []  # each stage this invocation ran or reused, in order
         self.method_cls: type[Method] = get_method(cfg.method)
         routed = self.method_cls.route(cfg.options)
@@ -173,16 +201,20 @@ class _Loop:
 
     def resolved_config(self) -> dict[str, dict[str, Any]]:
         """Every option this run resolved to, by its ``loop`` option name, grouped for reading
-        (:mod:`reidctl.configfile`): ``loop --config`` with it re-creates the same stages."""
+        (:mod:`reidctl.configfile`): ``loop --config`` with it re-creates the same stages, from
+        any working directory (paths are absolute; :func:`run_loop` writes ``run_dir`` relative
+        to the file)."""
         cfg, m = self.cfg, self.method_cls
-        start = None if cfg.model.checkpoint is None else str(cfg.model.checkpoint)
+        start = location(cfg.model.checkpoint)
         sections: dict[str, dict[str, Any]] = {
-            "run": {"data": str(cfg.data), "dataset": cfg.dataset, "run_dir": str(cfg.run_dir), "method": cfg.method,
+            "run": {"data": location(cfg.data), "dataset": cfg.dataset, "run_dir": location(cfg.run_dir),
+                    "method": cfg.method,
                     "epochs": cfg.epochs, "eval_every": cfg.eval_every, "no_eval_init": not cfg.eval_init,
                     "checkpoint": start, "seed": cfg.seed, "keep": cfg.keep},
             "runtime": {k: getattr(cfg, k) for k in ("extract_batch_size", "workers", "device", "amp", "deterministic",
                                                      "skip_bad_images")},
-            "model": {name: getattr(self.model, name) for name, _, _ in option_fields(ModelSpec)},
+            "model": {name: location(getattr(self.model, name)) if name == "weights" else getattr(self.model, name)
+                      for name, _, _ in option_fields(ModelSpec)},
         }
         if m.clusters:
             sections["clustering"] = {name: getattr(self.cluster_params, name)
@@ -191,14 +223,16 @@ class _Loop:
             refine = {**dataclasses.asdict(m.RefineOptions()), **self.refine_given}
             sections["refine"] = {name: refine.get(name) for name, _, info in option_fields(m.RefineOptions)
                                   if info.loop and name not in fed}
-        sections["training"] = {name: self.train_params.get(name) for name, _, _ in option_fields(m.Params)}
+        training = self.train_params
+        sections["training"] = {name: location(training.get(name)) if info.path else training.get(name)
+                                for name, _, info in option_fields(m.Params)}
         for p in m.preludes:
             given = self.given.get(p.feeds)
             opts = self.prelude_options.get(p.name)
             values = {} if opts is None else {f"{p.name}_{name}": getattr(opts, name)
                                               for name, _, info in option_fields(p.Options) if info.loop}
             if given is not None and p.feeds != "checkpoint":
-                values[p.feeds] = str(given)
+                values[p.feeds] = location(given)
             sections[f"prelude.{p.name}"] = values
         return sections
 
@@ -223,6 +257,7 @@ class _Loop:
     def stage(self, call: StageCall, epoch: int | str) -> StageResult:
         def run(out: Path) -> dict[str, Any]:
             refuse_pruned(call.inputs, call.stage)
+            self.save_config()  # the first stage that does work: the folder now holds this config's results
             return call.run(out)
 
         result = self.run.stage(call.folder, call.stage, call.output, call.key(), run, artifact_digest, epoch,
@@ -242,7 +277,7 @@ class _Loop:
         """A method's stage before epoch 0, into ``RUN/<name>/`` (or the user's ready-made file)."""
         cfg, given = self.cfg, self.given.get(prelude.feeds)
         if given is not None:
-            digest = prelude.read_given(Path(given), self.ds)
+            digest = given_digest(Path(given), prelude.read_given(Path(given), self.ds))
             return StageResult(Path(given).absolute(), digest, {"file": str(given)}, cached=True)
         options = self.prelude_options[prelude.name]
         ctx = RunContext(data=cfg.data, dataset=cfg.dataset, model=self.model, seed=cfg.seed, workers=cfg.workers,
@@ -302,7 +337,7 @@ class _Loop:
         seed = cfg.seed + epoch
         call = StageCall("refine", folder, "refined.h5",
                          lambda out: run_refine(cfg.method, feats.path, out, labels_path=clus.path,
-                                                options={**options, **fed}, seed=seed),
+                                                options={**options, **fed}, seed=seed, borrow=True),
                          options={"method": cfg.method, **resolved}, seed=seed,
                          inputs={"features": feats, "labels": clus, **preludes})
         return self.stage(call, epoch)
@@ -349,21 +384,61 @@ class _Loop:
         if self.start is None:
             return None
         path = Path(self.start)
-        return StageResult(path.absolute(), checkpoint_digest(path), {"file": str(path)}, cached=True)
+        return StageResult(path.absolute(), checkpoint_digest(path, arrays=True), {"file": str(path)}, cached=True)
+
+    def init_model(self, start: StageResult | None) -> StageResult:
+        """The initial model as a checkpoint inside the run folder, for ``best.pt`` when no trained
+        epoch beats it: the start checkpoint where it lies in the run already (MAR's
+        pretraining), else ``epoch_init/model.pt``: a copy of the user's ``--checkpoint``, or the
+        fresh model saved, built as the first stages built it (same options, same seed)."""
+        if start is not None and start.path.is_relative_to(self.run.root):
+            return start
+        if start is not None:
+            call = StageCall("init_model", "epoch_init", "model.pt", lambda out: _copy_checkpoint(start.path, out),
+                             options={"copy": "checkpoint"}, inputs={"checkpoint": start}, group="extract")
+        else:
+            call = StageCall("init_model", "epoch_init", "model.pt", self._save_fresh_model,
+                             options={"save": "fresh model"}, seed=self.cfg.seed, group="extract",
+                             reads={**self.images("train"), "model": self.model_key})
+        return self.stage(call, "init")
+
+    def _save_fresh_model(self, out: Path) -> dict[str, Any]:
+        model, provenance = self.model.build()
+        norm = input_norm(model.config, self.ds.train)
+        digest = save_checkpoint(out, model, provenance={
+            **provenance, "data": str(self.cfg.data), "dataset": self.ds.name,
+            "norm": {"mean": list(norm.mean), "std": list(norm.std)},  # the deployed model's preprocessing
+            "note": "the initial model of the run (before epoch 0)"})
+        return {"init": provenance["init"], "digest": digest}
 
     # ---------------------------------------------------------------------------- run folder
 
-    def point_best(self, ckpt: StageResult) -> None:
-        """``RUN/best.pt``: a link to the best epoch's checkpoint (a copy where links are not allowed)."""
-        best = self.run.root / BEST_LINK
-        target = ckpt.path.relative_to(self.run.root)
-        tmp = best.with_name(f".{BEST_LINK}.{os.getpid()}.tmp")
+    def save_config(self) -> None:
+        """``RUN/config.toml``, once per invocation: called when the first stage that does work
+        has passed its checks (and at the end), never by a run refused before that."""
+        if not self.config_saved:
+            write_config(self.run.root / CONFIG_NAME, self.resolved_config(), header=_config_header(),
+                         relative=("run_dir",))
+            self.config_saved = True
+
+    def point(self, name: str, ckpt: StageResult) -> None:
+        """``RUN/<name>`` (``best.pt``, ``last.pt``): a link to ``ckpt`` inside the run folder (a
+        copy where links are not allowed); removed while ``ckpt`` is absent (``--keep``)."""
+        link = self.run.root / name
+        if not ckpt.path.is_file():
+            link.unlink(missing_ok=True)
+            return
+        tmp = link.with_name(f".{name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         try:
-            os.symlink(target, tmp)
+            os.symlink(os.path.relpath(ckpt.path, self.run.root), tmp)
         except OSError:
             shutil.copy2(ckpt.path, tmp)
-        os.replace(tmp, best)
+        os.replace(tmp, link)  # replaces a link or file there, never writes through it
+
+    def point_best(self, ckpt: StageResult) -> None:
+        """``RUN/best.pt``: the best evaluated model's checkpoint."""
+        self.point(BEST_MODEL, ckpt)
 
     def prune_old(self, epoch: int, best: dict[str, Any] | None) -> None:
         """``--keep N``: delete the artifacts of epochs before the last N, except the best one's."""
@@ -377,14 +452,34 @@ class _Loop:
                 self.run.prune(folder)
 
     def files(self, best: dict[str, Any] | None) -> dict[str, str | None]:
-        """Where the run's summary, log, config and best checkpoint lie (printed at the end)."""
+        """Where the run's summary, log, config and models lie (printed at the end)."""
         root = self.run.root
-        link = root / BEST_LINK
-        has_best = best is not None and best["epoch"] != "init" and link.exists()
-        if not has_best:
-            link.unlink(missing_ok=True)  # a link left by an earlier run with other options
+        best_link, last_link = root / BEST_MODEL, root / LAST_MODEL
+        if best is None:
+            best_link.unlink(missing_ok=True)  # a link left by an earlier run with other options
         return {"summary": str(root / "summary.json"), "log": str(root / "log.jsonl"),
-                "config": str(root / CONFIG_NAME), "best": str(link) if has_best else None}
+                "config": str(root / CONFIG_NAME), "best": str(best_link) if best_link.exists() else None,
+                "last": str(last_link) if last_link.exists() else None}
+
+    def models(self, best: dict[str, Any] | None, best_ckpt: StageResult | None, last: StageResult | None,
+               last_epoch: int | None, evaluated: int) -> dict[str, Any]:
+        """``summary.json``'s ``models``: which file is the best model and why, and the last one."""
+        def rel(result: StageResult | None) -> str | None:
+            return None if result is None else os.path.relpath(result.path, self.run.root)
+
+        if best is None:
+            best_entry = {"file": None, "why": "no model was evaluated (--eval-every 0, or the data has no query and "
+                                               "gallery images): use last.pt"}
+        elif best["epoch"] == "init":
+            best_entry = {"file": BEST_MODEL, "epoch": "init", "checkpoint": rel(best_ckpt), "mAP": best["mAP"],
+                          "why": f"no trained epoch beat the initial model (mAP {100 * best['mAP']:.2f} %), so the "
+                                 "best model is the initial one"}
+        else:
+            best_entry = {"file": BEST_MODEL, "epoch": best["epoch"], "checkpoint": rel(best_ckpt), "mAP": best["mAP"],
+                          "why": f"the highest mAP ({100 * best['mAP']:.2f} %) of the {evaluated} evaluated models"}
+        last_entry = None if last is None else {"file": LAST_MODEL, "epoch": last_epoch, "checkpoint": rel(last),
+                                                "why": "the last finished epoch's checkpoint"}
+        return {"best": best_entry, "last": last_entry}
 
     # ------------------------------------------------------------------------------------ loop
 
@@ -393,6 +488,7 @@ class _Loop:
         evaluating = bool(cfg.eval_every) and bool(self.ds.query and self.ds.gallery)
         preludes = {p.name: self.prelude(p) for p in self.method_cls.preludes}
         ckpt = self.start_checkpoint(preludes)
+        start, best_ckpt = ckpt, None
         history: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
         if evaluating and cfg.eval_init:
@@ -409,23 +505,31 @@ class _Loop:
                 ref = self.refine(folder, feats, clus, preludes, epoch)
                 record.update(cluster=clus.summary, refine=ref.summary)
             ckpt = self.train(folder, ckpt, feats, ref, epoch)
+            self.point(LAST_MODEL, ckpt)
             record["train"] = ckpt.summary
             last = epoch == cfg.epochs - 1
             if evaluating and ((epoch + 1) % cfg.eval_every == 0 or last):
                 record["eval"] = self.evaluate(folder, ckpt, epoch)
                 if best is None or record["eval"]["mAP"] > best["mAP"]:
-                    best = {"epoch": epoch, **record["eval"]}
+                    best, best_ckpt = {"epoch": epoch, **record["eval"]}, ckpt
                     self.point_best(ckpt)
             history.append(record)
             self.prune_old(epoch, best)
             if on_epoch is not None:
                 on_epoch(record)
+        if best is not None and best["epoch"] == "init":
+            best_ckpt = self.init_model(start)
+            self.point_best(best_ckpt)
+        self.save_config()  # every stage came from the cache, or the run went through
         evals = [h for h in history if "eval" in h]
         result = {"run_dir": str(self.run.root), "method": cfg.method, "epochs": history,
                   "last": {"epoch": evals[-1]["epoch"], **evals[-1]["eval"]} if evals else None,
                   "best": best, "checkpoint": str(ckpt.path.relative_to(self.run.root)) if ckpt else None,
+                  "models": self.models(best, best_ckpt, ckpt, cfg.epochs - 1, len(evals)),
                   "stages": self.stages_done, "files": self.files(best)}
         result.update({name: r.summary for name, r in preludes.items()})
+        # the log's size now: a log that grew since tells `report` that a later run did not finish
+        result["log_bytes"] = self.run.log_path.stat().st_size if self.run.log_path.exists() else 0
         write_json(self.run.root / "summary.json", result)
         return result
 
@@ -469,14 +573,15 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None 
     unreadable stage record); by default it goes to the ``reidctl`` logger.
     """
     loop = plan_loop(cfg)  # resolves and checks every option before the run folder is made
+    for note in loop.method_cls.loop_notes(loop.train_params, cfg.data):
+        (notice or logging.getLogger("reidctl").warning)(note)
     if cfg.model.checkpoint is None:
         loop.model.check_start()  # ImageNet weights fetched now (into torch's cache), or refused in one line
     method_cls = loop.method_cls
     force_from = "prelude" if cfg.force_from in {p.name for p in method_cls.preludes} else cfg.force_from
-    run_dir = RunDir(cfg.run_dir, stages=STAGES, force_from=force_from, notice=notice)
+    run_dir = RunDir(cfg.run_dir, stages=STAGES, force_from=force_from, notice=notice, verify=cfg.verify)
     with run_dir as run:
-        write_config(run.root / CONFIG_NAME, loop.resolved_config(), header=_config_header())
-        return loop.epochs(run, on_epoch)
+        return loop.epochs(run, on_epoch)  # config.toml: written once every check has passed
 
 
 def plan_loop(cfg: LoopConfig) -> _Loop:
@@ -486,12 +591,20 @@ def plan_loop(cfg: LoopConfig) -> _Loop:
     ds = load_dataset(cfg.data, cfg.dataset)
     cfg = with_run_defaults(cfg)
     check_config(cfg, ds)
-    return _Loop(cfg, ds)
+    with verifying(cfg.verify):  # --verify: every split's images re-hashed (the target's, a source's)
+        return _Loop(cfg, ds)
 
 
 def resolved_config_text(cfg: LoopConfig) -> str:
     """The ``config.toml`` a run of ``cfg`` would write (``loop --dry-run``)."""
     return dumps(plan_loop(cfg).resolved_config(), header=_config_header())
+
+
+def _copy_checkpoint(source: Path, out: Path) -> dict[str, Any]:
+    """A copy of the checkpoint a run started from, inside the run (a link could break)."""
+    with atomic_path(out, replace_link=True) as tmp:
+        shutil.copyfile(source, tmp)
+    return {"copied_from": str(source)}
 
 
 def _config_header() -> str:

@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from reidctl.artifacts import FEATURES, Features, existing_schema, read_features, read_ground_truth
+from reidctl.artifacts import (FEATURES, RANKING_CSV, SHEET, Features, check_output, existing_schema, read_features,
+                               read_ground_truth, same_file)
 from reidctl.data.base import Dataset, Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import Norm, input_norm
 from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
-from reidctl.ranking import Ranking, RankSide, csv_text, rank_gallery, write_text
-from reidctl.sheet import SheetRow, draw_sheet
+from reidctl.ranking import MEASURES, Ranking, RankSide, csv_text, rank_gallery, write_text
+from reidctl.sheet import SheetRow, Tile, draw_sheet, identity_line
 
 ROLES = ("query", "gallery")
 
@@ -39,6 +40,7 @@ class RankRequest(ModelSpec):
     out: Path | None = None  # CSV file; None: the caller prints the CSV
     sheet: Path | None = None
     queries: int = 20  # rows of the sheet
+    force: bool = False  # replace an existing --out / --sheet that is not reidctl's CSV / sheet
     batch_size: int | None = None
     workers: int | None = None
     device: str = "auto"
@@ -63,6 +65,7 @@ def run_rank(req: RankRequest) -> tuple[Ranking, dict[str, Any]]:
     ``req.sheet`` (PNG) when given. Returns the ranking and a summary of what was done."""
     if req.queries < 1:
         raise ReidctlError(f"--queries must be at least 1 (got {req.queries})")
+    check_rank_outputs(req)
     raw = {role: _open_side(getattr(req, role), role) for role in ROLES}
     images = [role for role in ROLES if isinstance(raw[role], _Images)]
     if not images and (req.model_chosen() or req.extraction_flags):
@@ -70,7 +73,7 @@ def run_rank(req: RankRequest) -> tuple[Ranking, dict[str, Any]]:
         raise ReidctlError(f"{given}: these choose how images are extracted, but both sides are features files, "
                            "which are ranked as they are (drop them)")
     sides, identities = _materialise(raw, req)
-    if len({json.dumps(i, sort_keys=True) for i in identities.values()}) > 1:
+    if not same_model(identities["query"], identities["gallery"]):
         q, g = identities["query"], identities["gallery"]
         raise ReidctlError(f"{req.query} and {req.gallery} come from different models ({_describe(q)} vs "
                            f"{_describe(g)}); extract both with the same model")
@@ -82,9 +85,24 @@ def run_rank(req: RankRequest) -> tuple[Ranking, dict[str, Any]]:
         write_text(csv_text(ranking), req.out)
         summary["out"] = str(req.out)
     if req.sheet is not None:
-        rows = sheet_rows(ranking, np.arange(min(req.queries, len(ranking.query))))
-        summary["sheet"], summary["sheet_size"] = str(req.sheet), draw_sheet(rows, req.sheet)
+        shown = min(req.queries, len(ranking.query))
+        title = sheet_title(req, ranking, shown, model_words(req, raw))
+        layout = draw_sheet(sheet_rows(ranking, np.arange(shown)), req.sheet, title)
+        summary["sheet"], summary["sheet_size"] = str(req.sheet), layout.size
     return ranking, summary
+
+
+def check_rank_outputs(req: RankRequest) -> None:
+    """Refuse, before any work, an ``--out`` or ``--sheet`` that would overwrite one of the
+    inputs (QUERY, GALLERY, an image inside either folder, the checkpoint or weights), each
+    other, or an existing file that is not a ranking CSV / picture sheet (without ``--force``)."""
+    inputs = (req.query, req.gallery, req.checkpoint, req.weights)
+    if req.out is not None:
+        check_output(req.out, schema=RANKING_CSV, inputs=inputs, force=req.force, flag="--out")
+    if req.sheet is not None:
+        if req.out is not None and same_file(req.sheet, req.out):
+            raise ReidctlError(f"--sheet {req.sheet} and --out {req.out} name the same file; give two files")
+        check_output(req.sheet, schema=SHEET, inputs=inputs, force=req.force, flag="--sheet")
 
 
 # ------------------------------------------------------------------------------------- sides
@@ -123,7 +141,7 @@ def _materialise(raw: dict[str, Features | _Images], req: RankRequest) -> tuple[
             model, provenance = req.build()
         norm = _norm_for(model, raw, role)
         sides[role] = _extract_side(model, item, norm, req)
-        identities[role] = _run_identity(req, provenance)
+        identities[role] = _run_identity(req, provenance, model)
     return sides, identities
 
 
@@ -155,7 +173,7 @@ def source_files(feats: Features) -> list[Path] | None:
 
 def _extract_side(model: Any, side: _Images, norm: Norm, req: RankRequest) -> RankSide:
     from reidctl.device import resolve_device
-    from reidctl.extraction import check_loader_options
+    from reidctl.extraction import check_finite_features, check_loader_options
     from reidctl.features import extract_features
     from reidctl.progress import progress_bar
 
@@ -163,6 +181,7 @@ def _extract_side(model: Any, side: _Images, norm: Norm, req: RankRequest) -> Ra
     with progress_bar(f"extract {side.source}", len(side.samples), unit="img") as advance:
         ext = extract_features(model, side.samples, batch_size=req.batch_size, workers=req.workers,
                                device=resolve_device(req.device), progress=advance, norm=norm)
+    check_finite_features(ext, side.samples)
     pids = np.array([s.pid for s in side.samples], dtype=np.int64)
     return RankSide(ext.feats, [str(s.path) for s in side.samples], [s.path for s in side.samples],
                     np.array([s.camid for s in side.samples], dtype=np.int64),
@@ -186,31 +205,52 @@ def _norm_for(model: Any, raw: dict[str, Features | _Images], role: str) -> Norm
 
 
 def _file_identity(feats: Features) -> dict:
+    """A features file's model: the content digest of its weights (``weights``), and what files
+    written before reidctl recorded it kept (``legacy``: the checkpoint's digest, or the
+    architecture and its start)."""
     digest = feats.meta.inputs.get("checkpoint")
-    if digest:
-        return {"checkpoint": digest}
-    return {"model": feats.meta.params.get("model"), "init": feats.meta.params.get("init")}
+    legacy = {"checkpoint": digest} if digest else {"model": feats.meta.params.get("model"),
+                                                    "init": feats.meta.params.get("init")}
+    return {"weights": feats.meta.params.get("weights_digest"), "legacy": legacy}
 
 
-def _run_identity(req: RankRequest, provenance: dict[str, Any]) -> dict:
+def _run_identity(req: RankRequest, provenance: dict[str, Any], model: Any) -> dict:
+    from reidctl.models.weights import model_digest
+
     if req.checkpoint is not None:
         from reidctl.train.checkpoint import checkpoint_digest
 
-        return {"checkpoint": checkpoint_digest(req.checkpoint)}
-    return {"model": provenance.get("model"), "init": provenance.get("init")}
+        legacy = {"checkpoint": checkpoint_digest(req.checkpoint)}
+    else:
+        legacy = {"model": provenance.get("model"), "init": provenance.get("init")}
+    return {"weights": model_digest(model), "legacy": legacy}
+
+
+def same_model(a: dict, b: dict) -> bool:
+    """Whether two sides' features come from one model: by the weights' content digest where both
+    record it; else (a file written before it was recorded) by what both record."""
+    if a.get("weights") and b.get("weights"):
+        return a["weights"] == b["weights"]
+    return json.dumps(a.get("legacy"), sort_keys=True) == json.dumps(b.get("legacy"), sort_keys=True)
 
 
 def _describe(identity: dict) -> str:
-    if "checkpoint" in identity:
-        return f"checkpoint {identity['checkpoint'][:12]}"
-    return f"{(identity.get('model') or {}).get('arch', '?')} from {identity.get('init') or '?'}"
+    if identity.get("weights"):
+        return f"weights {identity['weights'][:12]}"
+    legacy = identity.get("legacy") or {}
+    if "checkpoint" in legacy:
+        return f"checkpoint {legacy['checkpoint'][:12]}"
+    return f"{(legacy.get('model') or {}).get('arch', '?')} from {legacy.get('init') or '?'}"
 
 
 # ------------------------------------------------------------------------------------- sheets
 
 
-def sheet_rows(ranking: Ranking, queries: np.ndarray, captions: list[str] | None = None) -> list[SheetRow]:
-    """Sheet rows for the given query rows: the query, then its matches with their distances."""
+def sheet_rows(ranking: Ranking, queries: np.ndarray, captions: list[str] | None = None,
+               columns: int | None = None) -> list[SheetRow]:
+    """Sheet rows for the given query rows: the query, then its first ``columns`` matches (all
+    ranked ones by default), each captioned with its rank and distance, identity and camera,
+    and file name."""
     q, g = ranking.query, ranking.gallery
     for side in (q, g):
         if side.files is None:
@@ -219,8 +259,57 @@ def sheet_rows(ranking: Ranking, queries: np.ndarray, captions: list[str] | None
     match = ranking.matches()
     rows = []
     for n, qi in enumerate(queries):
-        items = [(g.files[gi], f"{ranking.dist[qi, j]:.3f}", None if match[qi, j] < 0 else bool(match[qi, j]))
-                 for j, gi in enumerate(ranking.idx[qi]) if gi >= 0]
+        items = [match_tile(ranking, match, qi, j) for j, gi in enumerate(ranking.idx[qi, :columns]) if gi >= 0]
         caption = captions[n] if captions else "query"
-        rows.append(SheetRow(q.files[qi], caption, items))
+        rows.append(SheetRow(Tile(q.files[qi], (caption, *_about(q, qi)), query=True), items))
     return rows
+
+
+def match_tile(ranking: Ranking, match: np.ndarray, qi: int, j: int) -> Tile:
+    """The tile of query row ``qi``'s match at rank ``j`` (0-based): "#rank  distance" first."""
+    gi = int(ranking.idx[qi, j])
+    right = None if match[qi, j] < 0 else bool(match[qi, j])
+    return Tile(ranking.gallery.files[gi], (f"#{j + 1}   {ranking.dist[qi, j]:.3f}", *_about(ranking.gallery, gi)),
+                right)
+
+
+def _about(side: RankSide, i: int) -> tuple[str, str]:
+    """A row's identity and camera as far as known, and its file name."""
+    pid = None if side.pids is None else int(side.pids[i])
+    return identity_line(pid, int(side.camids[i])), Path(side.files[i]).name
+
+
+def sheet_title(req: RankRequest, ranking: Ranking, shown: int, model: str) -> list[str]:
+    """What a rank sheet shows, in words: which queries against which gallery, by which model,
+    which cameras (the headline), and what the numbers under the images are (the note)."""
+    q, g = ranking.query, ranking.gallery
+    cameras = "other cameras only (--cross-camera-only)" if req.cross_camera_only else "all cameras"
+    sources = f"both from {q.source}" if q.source == g.source else f"queries from {q.source}, gallery from {g.source}"
+    return [f"reidctl rank, {cameras}: {shown} of {len(q)} queries against {len(g)} gallery images; model: {model}; "
+            f"{sources}", under_each(ranking.rerank)]
+
+
+def under_each(rerank: bool) -> str:
+    """A sheet's note on what its captions say."""
+    return (f"Under each image: its rank and distance ({MEASURES[rerank]}; smaller is closer), "
+            "identity and camera id where known, file name.")
+
+
+def model_words(req: RankRequest, raw: dict[str, Any]) -> str:
+    """The model that made the features, as a sheet's title names it: the checkpoint given, or
+    what a features file records (architecture and start), or the fresh model's options."""
+    if req.checkpoint is not None:
+        return f"checkpoint {req.checkpoint}"
+    for item in raw.values():
+        if isinstance(item, Features):
+            return features_model(item)
+    start = req.weights or req.pretrained or "imagenet"
+    return f"{req.arch} from {start}"
+
+
+def features_model(feats: Features) -> str:
+    """The model a features file records: "mobilenet_v2, checkpoint:model.pt (epoch 1)"."""
+    params = feats.meta.params
+    arch = (params.get("model") or {}).get("arch", "?")
+    epoch = f" (epoch {params['epoch']})" if "epoch" in params else ""
+    return f"{arch}, {params.get('init') or 'unknown start'}{epoch}"

@@ -53,9 +53,16 @@ def run_refine(
     options: Mapping[str, Any] | None = None,
     seed: int = 1,
     force: bool = False,
+    borrow: bool = False,
 ) -> dict[str, Any]:
     """Refine the labels of ``labels_path`` (or of the method's default clustering) and write ``out``
-    (never over one of its inputs, nor over a file other than a labels artifact unless ``force``)."""
+    (never over one of its inputs, nor over a file other than a labels artifact unless ``force``).
+
+    With ``borrow`` (a `loop` epoch folder, which keeps, prunes and re-makes the two files
+    together) and ``out`` beside ``labels_path``, the arrays the method leaves unchanged (for
+    ``cc`` all of them) are not copied: ``out`` records their digests and is read through them
+    (:func:`reidctl.artifacts.write_labels`). Without it the file stands alone, so that a later
+    ``cluster --out labels.h5`` cannot leave it dangling."""
     method_cls = get_method(method)
     method_cls.refine_options(options or {})  # another method's options fail before any work
     fed = [(options or {}).get(p.feeds) for p in method_cls.preludes]  # files the method reads as options
@@ -63,6 +70,7 @@ def run_refine(
     fe = read_features(features_path)
     inputs = {"features": fe.meta.digest}
     searched: dict[str, Any] = {}  # the kNN backend, when this stage clusters
+    given = None  # the labels file read, whose unchanged arrays the output borrows instead of copying
     if not method_cls.clusters:
         if labels_path is not None or cluster:
             raise ReidctlError(f"--method {method} does not cluster: --labels and clustering options do not apply")
@@ -70,9 +78,9 @@ def run_refine(
     elif labels_path is not None:
         if cluster:
             raise ReidctlError("clustering options apply only without --labels (the labels are already clustered)")
-        lab = read_labels(labels_path, expect_paths=fe.paths)
-        labels, extra, cluster_info = lab.labels, lab.extra, {"labels": "given"}
-        inputs["labels"] = lab.meta.digest
+        given = read_labels(labels_path, expect_paths=fe.paths)
+        labels, extra, cluster_info = given.labels, given.extra, {"labels": "given"}
+        inputs["labels"] = given.meta.digest
     else:
         params = default_cluster_params(method, n_samples=len(fe), options=options, **(cluster or {}))
         res = cluster_features(fe.feats, params, parts=fe.parts)
@@ -96,5 +104,6 @@ def run_refine(
         params={"stage": "refine", "method": method, **cluster_info, "options": refined.options},
         inputs=inputs, seed=seed, attrs={"summary": summary, **refined.attrs,
                                          "sources": {"features": str(features_path), "labels": str(labels_path)}},
+        borrow_from=given if borrow else None,
     )
     return summary

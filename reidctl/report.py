@@ -27,7 +27,7 @@ from pathlib import Path
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from reidctl.artifacts import atomic_path
+from reidctl.artifacts import PNG_KIND_KEY, REPORT, atomic_path, check_output, html_kind_tag
 from reidctl.errors import ReidctlError
 
 #: The x position of the evaluation before training ("init") on per-epoch axes.
@@ -97,6 +97,7 @@ class LossCurve:
     loss: list[float] = field(default_factory=list)
     measured: list[bool] = field(default_factory=list)
     spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # epoch -> [first, end) iteration
+    level: list[float] = field(default_factory=list)  # each iteration's epoch mean (the summary's "loss")
 
     @property
     def boundaries(self) -> list[int]:
@@ -123,6 +124,7 @@ class RunRecord:
     rows: list[EpochRow]
     loss: LossCurve
     clusters: bool  # the method has a cluster stage (MAR has none)
+    notes: list[str] = field(default_factory=list)  # what the reader should know (a stale summary)
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(x, values) of one column over the epochs that measured it (x of init = :data:`INIT_X`)."""
@@ -152,8 +154,35 @@ def read_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
         loss = loss_curve(records)
     except (TypeError, ValueError):
         raise ReidctlError(f"{root / 'summary.json'}: a train record's step_losses are not a list of numbers") from None
+    note = stale_summary_note(root, summary)
     return RunRecord(path=root, label=label or _name(root), method=str(summary.get("method", "?")),
-                     rows=rows, loss=loss, clusters=clusters)
+                     rows=rows, loss=loss, clusters=clusters, notes=[note] if note else [])
+
+
+def stale_summary_note(root: Path, summary: dict[str, Any]) -> str | None:
+    """A sentence when ``summary.json`` is older than the run's log, else None.
+
+    Why: ``loop`` writes summary.json last, so a later ``loop`` in the folder that was killed,
+    failed or still runs leaves the previous run's summary in place; drawn without a word, it
+    looks like the state of the run. The summary records the log's size when it was written
+    (``log_bytes``); a log that grew since is newer. Summaries of older reidctl versions lack
+    it, and then the files' modification times decide (a copy that kept them, ``cp -a``)."""
+    summary_file, log = root / "summary.json", root / "log.jsonl"
+    try:
+        log_stat, summary_stat = log.stat(), summary_file.stat()
+    except OSError:
+        return None
+    recorded = summary.get("log_bytes")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        newer = log_stat.st_size > recorded
+    else:
+        newer = log_stat.st_mtime > summary_stat.st_mtime
+    if not newer:
+        return None
+    epochs = [rec["epoch"] for rec in summary["epochs"] if isinstance(rec["epoch"], int)]
+    last = f"epoch {max(epochs)}" if epochs else "the initial evaluation"
+    return (f"{summary_file} is older than {log}: a later `loop` in this folder did not finish (stopped, failed "
+            f"or still running); the report shows the epochs of the last finished run, up to {last}")
 
 
 def read_runs(paths: Sequence[str | os.PathLike]) -> list[RunRecord]:
@@ -245,7 +274,8 @@ def _dig(node: Any, path: Iterable[str]) -> float | None:
 
 def loss_curve(records: Sequence[dict[str, Any]]) -> LossCurve:
     """The per-iteration loss of every trained epoch in order; where an epoch has no
-    ``step_losses`` (runs older than the field), its mean loss over its iterations."""
+    ``step_losses`` (runs older than the field), its mean loss over its iterations. ``level``
+    holds each epoch's mean at each of its iterations, for every epoch."""
     curve = LossCurve()
     for rec in records:
         train = rec.get("train")
@@ -260,6 +290,7 @@ def loss_curve(records: Sequence[dict[str, Any]]) -> LossCurve:
         curve.iteration.extend(range(start, start + n))
         curve.loss.extend(steps or [mean] * n)
         curve.measured.extend([bool(steps)] * n)
+        curve.level.extend([mean if mean is not None else sum(steps) / n] * n)
         curve.spans[rec["epoch"]] = (start, start + n)
     return curve
 
@@ -271,18 +302,23 @@ def report_size() -> tuple[int, int]:
     return round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI)
 
 
-def output_path(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None) -> Path:
+def output_path(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None, *,
+                force: bool = False) -> Path:
     """Where the report goes: ``out``, or ``RUN_DIR/report.png`` for a single run. Several runs
-    have no obvious home, so they need ``out``; a suffix other than .png/.html is refused."""
+    have no obvious home, so they need ``out``; a suffix other than .png/.html is refused, and so
+    is a file the report would destroy: a run's own record, or (without ``force``) an existing
+    file that is not a reidctl report (:func:`reidctl.artifacts.check_output`)."""
     if out is None:
         if len(run_dirs) != 1:
             raise ReidctlError(f"{len(run_dirs)} runs: give --out FILE.png or FILE.html "
                                "(a report of one run goes into its folder by default)")
-        return Path(run_dirs[0]) / "report.png"
-    path = Path(out)
-    if path.suffix.lower() not in FORMATS:
-        raise ReidctlError(f"--out {path}: the name must end in .png or .html")
-    return path
+        path = Path(run_dirs[0]) / "report.png"
+    else:
+        path = Path(out)
+        if path.suffix.lower() not in FORMATS:
+            raise ReidctlError(f"--out {path}: the name must end in .png or .html")
+    read = [Path(d) / name for d in run_dirs for name in ("summary.json", "log.jsonl")]
+    return check_output(path, schema=REPORT, inputs=read, force=force)
 
 
 def write_report(runs: Sequence[RunRecord], out: str | os.PathLike) -> dict[str, Any]:
@@ -300,7 +336,7 @@ def write_report(runs: Sequence[RunRecord], out: str | os.PathLike) -> dict[str,
 def render_png(runs: Sequence[RunRecord]) -> bytes:
     """The report figure as PNG bytes (:data:`FIGSIZE` at :data:`DPI`)."""
     buf = io.BytesIO()
-    draw_figure(runs).savefig(buf, format="png", dpi=DPI)
+    draw_figure(runs).savefig(buf, format="png", dpi=DPI, metadata={PNG_KIND_KEY: REPORT})  # ours to replace
     return buf.getvalue()
 
 
@@ -308,7 +344,7 @@ def html_page(runs: Sequence[RunRecord], png: bytes) -> str:
     """A self-contained page: the figure embedded as base64 PNG, then each run's table."""
     image = base64.b64encode(png).decode("ascii")
     title = "reidctl report: " + ", ".join(r.label for r in runs)
-    parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+    parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{html_kind_tag(REPORT)}<title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<img alt=\"report figure\" src=\"data:image/png;base64,{image}\">"]
     parts += [_html_table(run) for run in runs]
@@ -385,6 +421,7 @@ def _panel_eval(ax: Any, runs: Sequence[RunRecord], colours: list[Any]) -> None:
     _per_epoch(ax, runs, colours, ("mAP", "rank1"))
     ax.set_title("(a) mAP and rank-1 on the test split")
     ax.set_ylabel("%")
+    honest_ylim(ax, _drawn(runs, ("mAP", "rank1")), zero=True)
     _note(ax, [f"not evaluated: {r.label}" for r in runs if not r.has("mAP")])
     if not any(r.has("mAP") for r in runs):
         _empty(ax, "no evaluation (--eval-every 0, or no query/gallery split)")
@@ -394,6 +431,7 @@ def _panel_quality(ax: Any, runs: Sequence[RunRecord], colours: list[Any]) -> No
     _per_epoch(ax, runs, colours, ("f_score", "nmi"))
     ax.set_title("(b) pseudo labels vs ground truth (reported only)")
     ax.set_ylabel("%")
+    honest_ylim(ax, _drawn(runs, ("f_score", "nmi")), zero=True)
     _note(ax, [f"no cluster stage: {r.label}" if not r.clusters else f"no ground truth: {r.label}"
                for r in runs if not r.has("f_score")])
     if not any(r.has("f_score") for r in runs):
@@ -403,14 +441,44 @@ def _panel_quality(ax: Any, runs: Sequence[RunRecord], colours: list[Any]) -> No
 def _panel_counts(ax: Any, runs: Sequence[RunRecord], colours: list[Any]) -> None:
     from matplotlib.ticker import FuncFormatter
 
-    _per_epoch(ax, runs, colours, ("clusters", "outliers", "multi_camera_clusters"))
+    keys = ("clusters", "outliers", "multi_camera_clusters")
+    _per_epoch(ax, runs, colours, keys)
     ax.set_title("(c) pseudo labels: clusters, outliers, multi-camera clusters")
     ax.set_yscale("symlog", linthresh=1)  # outliers outnumber clusters 10-100×; 0 must show
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_ylabel("count (symlog)")
+    if _drawn(runs, keys):
+        ax.set_ylim(bottom=0)  # counts start at 0, so a count of 0 (no multi-camera cluster) shows
     _note(ax, [f"no cluster stage: {r.label}" for r in runs if not r.clusters])
     if not any(r.clusters for r in runs):
         _empty(ax, "no cluster stage")
+
+
+def _drawn(runs: Sequence[RunRecord], keys: Sequence[str]) -> list[float]:
+    """Every value of columns ``keys`` a panel draws."""
+    return [v for run in runs for key in keys for v in run.series(key)[1]]
+
+
+#: The smallest y span of a panel whose values may be negative, as a share of its largest
+#: magnitude: a 2.42 → 2.40 change is drawn as the 1 % change it is, not stretched across the panel.
+MIN_RELATIVE_SPAN = 0.5
+
+
+def honest_ylim(ax: Any, values: Sequence[float], *, zero: bool) -> None:
+    """Y limits that do not exaggerate small changes: from 0 when ``zero`` and no value is
+    negative (percentages, losses), else at least :data:`MIN_RELATIVE_SPAN` of the largest
+    magnitude around the values. Left to matplotlib when there is nothing to draw."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    if not finite:
+        return
+    lo, hi = min(finite), max(finite)
+    if zero and lo >= 0:
+        ax.set_ylim(0, hi * 1.06 if hi > 0 else 1.0)
+        return
+    span = MIN_RELATIVE_SPAN * max(abs(lo), abs(hi))
+    if hi - lo < span:
+        middle = (lo + hi) / 2
+        ax.set_ylim(middle - span / 2, middle + span / 2)
 
 
 def _per_epoch(ax: Any, runs: Sequence[RunRecord], colours: list[Any], keys: Sequence[str]) -> None:
@@ -421,40 +489,55 @@ def _per_epoch(ax: Any, runs: Sequence[RunRecord], colours: list[Any], keys: Seq
     for run, colour in zip(runs, colours):
         for key in keys:
             xs, ys = run.series(key)
+            if not xs:
+                continue  # nothing measured (an empty unclipped line would break the layout)
             ls, marker = STYLES[key]
-            ax.plot(xs, ys, color=colour, linestyle=ls, marker=marker, markersize=4)
+            # unclipped: a point at 0 (no multi-camera cluster) sits on the axis and must show whole
+            ax.plot(xs, ys, color=colour, linestyle=ls, marker=marker, markersize=4, clip_on=False)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "init" if round(v) == INIT_X else f"{v:.0f}"))
     ax.set_xlabel("epoch (init = before training)")
     ax.grid(alpha=0.3)
-    ax.legend(handles=[Line2D([], [], color="0.3", linestyle=STYLES[k][0], marker=STYLES[k][1], markersize=4,
-                              label=NAMES[k]) for k in keys], fontsize=8, loc="best")
+    _legend_outside(ax, [Line2D([], [], color="0.3", linestyle=STYLES[k][0], marker=STYLES[k][1], markersize=4,
+                                label=NAMES[k]) for k in keys])
+
+
+def _legend_outside(ax: Any, handles: list[Any]) -> None:
+    """A panel's legend to the right of its axes, where no data point can hide under it; the
+    handles long enough to show a dashed or dotted line's pattern."""
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              handlelength=3.2)
 
 
 def _panel_loss(ax: Any, runs: Sequence[RunRecord], colours: list[Any]) -> None:
-    """Loss against the global iteration; an epoch's start is a dotted line in the run's colour.
-    Epochs known only by their mean loss (older runs) are drawn dashed, at that mean."""
+    """Loss against the global iteration, thin, and each epoch's mean loss over its iterations,
+    thick dashed; an epoch's start is a dotted line in the run's colour. Epochs known only by
+    their mean loss (older runs) have only the dashed level."""
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     for run, colour in zip(runs, colours):
         curve = run.loss
         exact = [v if m else math.nan for v, m in zip(curve.loss, curve.measured)]
-        means = [v if not m else math.nan for v, m in zip(curve.loss, curve.measured)]
-        ax.plot(curve.iteration, exact, color=colour, linewidth=0.8)
-        ax.plot(curve.iteration, means, color=colour, linewidth=2, linestyle="--")
+        ax.plot(curve.iteration, exact, color=colour, linewidth=0.8, alpha=0.8)
+        ax.plot(curve.iteration, curve.level, color=colour, linewidth=2, linestyle="--", drawstyle="steps-mid")
         for x in curve.boundaries:
             ax.axvline(x - 0.5, color=colour, linestyle=":", linewidth=0.8, alpha=0.6)
     ax.set_title("(d) training loss per iteration (dotted: epoch starts)")
     ax.set_xlabel("global iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     losses = [v for run in runs for v in run.loss.loss]
     wide = bool(losses) and min(losses) > 0 and max(losses) >= 10 * min(losses)
     if wide:  # methods' losses differ by orders of magnitude (MAR's vs CC's): keep both readable
         ax.set_yscale("log")
+    else:
+        honest_ylim(ax, losses, zero=True)
     ax.set_ylabel("loss (log)" if wide else "loss")
     ax.grid(alpha=0.3)
-    ax.legend(handles=[Line2D([], [], color="0.3", linewidth=0.8, label="per iteration"),
-                       Line2D([], [], color="0.3", linewidth=2, linestyle="--", label="per-epoch mean")],
-              fontsize=8, loc="best")
+    handles = [Line2D([], [], color="0.3", linewidth=2, linestyle="--", label="per-epoch mean")]
+    if any(any(r.loss.measured) for r in runs):
+        handles.insert(0, Line2D([], [], color="0.3", linewidth=0.8, label="per iteration"))
+    _legend_outside(ax, handles)
     _note(ax, [f"{'no' if r.loss.kind == 'per-epoch mean' else 'some epochs without'} per-iteration losses "
                f"recorded, per-epoch mean shown: {r.label}" for r in runs if r.loss.kind in ("per-epoch mean", "mixed")]
           + [f"no training recorded: {r.label}" for r in runs if r.loss.kind == "none"])

@@ -13,7 +13,9 @@ record. The record holds
 
 A stage is skipped only when its record's key matches *and* its output is still what the stage
 wrote: same size and mtime, or else the same sha256 (a copied run folder has new mtimes; the
-hash check then refreshes the record). An output that was changed or removed since is reported
+hash check then refreshes the record). The size+mtime fast path trusts that a file whose size
+and modification time (nanoseconds) are what the record says holds the bytes it held; with
+``verify`` (``loop --verify``) every output is re-hashed instead. An output that was changed or removed since is reported
 and the stage re-runs: the stage can re-create it, and a hand-edited artifact must never be
 taken for the stage's own result. A record that cannot be read is treated as absent (and said
 so). While a process works in a run folder it holds an exclusive lock on ``RUN/.lock``; the
@@ -23,6 +25,11 @@ operating system releases it when the process ends, however it ends.
 (``epoch``, ``stage``, ``cached`` and its summary), a notice (``epoch``, ``stage``, ``notice``),
 and, while a stage runs, its progress (``epoch``, ``stage``, ``progress``: the event of a
 progress line, :mod:`reidctl.progress`).
+
+Every write into a run folder replaces a symbolic link found at its name instead of writing
+through it (records, results, ``summary.json``, ``config.toml``, stage outputs), and the lock
+and the log, which are opened in place, refuse a link: a link planted in a run folder must never
+send reidctl's writes onto a file elsewhere.
 """
 
 from __future__ import annotations
@@ -55,6 +62,13 @@ def summary_notes(summary: Mapping[str, Any]) -> list[str]:
 
 Notice = Callable[[str], None]
 RECORD_VERSION = 2
+#: The run's models, beside its summary: the best evaluated one (the initial model included) and
+#: the last finished epoch's; links to checkpoints inside the run (copies where links fail).
+BEST_MODEL, LAST_MODEL = "best.pt", "last.pt"
+#: What a run folder offers as *its* model, in order of preference (``export RUN_DIR``).
+RUN_MODELS = (BEST_MODEL, LAST_MODEL)
+#: ``os.open`` flag that refuses a symbolic link (0 where the OS has none: then an lstat check).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def stage_key(stage: str, spec: Mapping[str, Any]) -> str:
@@ -79,12 +93,13 @@ def refuse_pruned(inputs: Mapping[str, StageResult | None], stage: str) -> None:
     for result in inputs.values():
         if result is not None and result.pruned:
             raise ReidctlError(f"the {stage} stage must run again, but its input {result.path} was deleted by "
-                               "--keep; re-run those epochs in a new --run-dir (or without --keep)")
+                               "--keep; re-run every epoch with --force-from extract, or use a new --run-dir")
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    """Write ``obj`` as JSON atomically (records, eval.json, summary.json)."""
-    with atomic_path(path) as tmp:
+    """Write ``obj`` as JSON atomically (records, eval.json, summary.json), replacing a link at
+    ``path`` rather than writing through it."""
+    with atomic_path(path, replace_link=True) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, default=str))
     return path
 
@@ -103,7 +118,7 @@ class RunLock:
 
     def acquire(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = open_no_link(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise ReidctlError(f"--run-dir {self.path.parent}: cannot create its lock file ({exc.strerror})") from None
         if not _try_lock(fd):
@@ -121,6 +136,21 @@ class RunLock:
             _unlock(self._fd)
             os.close(self._fd)
             self._fd = None
+
+
+def open_no_link(path: Path, flags: int) -> int:
+    """``os.open(path, flags)`` that refuses a symbolic link at ``path`` (a run folder's lock and
+    log are written in place: through a link they would truncate or grow a file elsewhere)."""
+    if os.path.islink(path):
+        raise ReidctlError(f"{path} is a symbolic link; reidctl does not write through links in a run folder "
+                           "(delete the link)")
+    try:
+        return os.open(path, flags | _NOFOLLOW, 0o666)
+    except OSError as exc:
+        if os.path.islink(path):  # made between the check and the open (ELOOP)
+            raise ReidctlError(f"{path} is a symbolic link; reidctl does not write through links in a run "
+                               "folder (delete the link)") from None
+        raise
 
 
 def _try_lock(fd: int) -> bool:
@@ -165,13 +195,14 @@ class RunDir:
     """The run folder of ``loop``: use as a context manager (it holds the lock inside)."""
 
     def __init__(self, root: str | os.PathLike, *, stages: tuple[str, ...], force_from: str | None = None,
-                 notice: Notice | None = None) -> None:
+                 notice: Notice | None = None, verify: bool = False) -> None:
         if force_from is not None and force_from not in stages:
             raise ReidctlError(f"--force-from {force_from}: choose one of {', '.join(stages)}")
         self.root = Path(root).expanduser().absolute()
         self.forced = set(stages[stages.index(force_from):]) if force_from else set()
         self.log_path = self.root / "log.jsonl"
         self.notice = notice or log.warning
+        self.verify = verify  # re-hash every output instead of trusting its size and mtime
         self._lock = RunLock(self.root)
 
     def __enter__(self) -> RunDir:
@@ -195,7 +226,7 @@ class RunDir:
 
     def log(self, record: Mapping[str, Any]) -> None:
         try:
-            with open(self.log_path, "a") as f:
+            with os.fdopen(open_no_link(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as f:
                 f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}, default=str) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -220,11 +251,12 @@ class RunDir:
             if record.get("pruned") and not out.exists():
                 self.log({"epoch": epoch, "stage": stage, "cached": True, "pruned": True, **record["summary"]})
                 return StageResult(out, record["digest"], record["summary"], cached=True, pruned=True)
-            problem = self._check_output(out, record, record_path)
+            problem = self._check_output(out, record, record_path, verify=self.verify)
             if problem is None:
                 self.log({"epoch": epoch, "stage": stage, "cached": True, **record["summary"]})
                 return StageResult(out, record["digest"], record["summary"], cached=True)
             self._say(f"{out}: {problem}; running the {stage} stage again", epoch, stage)
+        replace_links(out)
         t0 = time.perf_counter()
         # the stage's progress lines (reidctl.progress) go to the log too, as {"progress": {...}}
         with progress_sink(lambda event: self.log({"epoch": epoch, "stage": stage, "progress": event})), \
@@ -271,13 +303,14 @@ class RunDir:
             return None
 
     @staticmethod
-    def _check_output(out: Path, record: dict[str, Any], record_path: Path) -> str | None:
-        """None when ``out`` is what the stage wrote, else what is wrong with it."""
+    def _check_output(out: Path, record: dict[str, Any], record_path: Path, *, verify: bool = False) -> str | None:
+        """None when ``out`` is what the stage wrote, else what is wrong with it (``verify``:
+        its bytes are hashed even when its size and mtime are those of the record)."""
         if not out.is_file():
             return "the output of a finished stage is missing"
         want = record["file"]
         st = out.stat()
-        if st.st_size == want.get("size") and st.st_mtime_ns == want.get("mtime_ns"):
+        if not verify and st.st_size == want.get("size") and st.st_mtime_ns == want.get("mtime_ns"):
             return None
         if file_digest(out) != want.get("sha256"):
             return "changed since the stage wrote it (its sha256 differs from the stage record)"
@@ -285,3 +318,11 @@ class RunDir:
         write_json(record_path, record)
         return None
 
+
+def replace_links(out: Path) -> None:
+    """Remove symbolic links where a stage is about to write ``out`` and its companions
+    (``model.pt``, ``model.state.h5``): the stage then writes files of its own, never through a
+    link onto a file outside the run folder."""
+    for path in (out, *out.parent.glob(f"{out.stem}.*")):
+        if path.is_symlink():
+            path.unlink()

@@ -39,6 +39,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from reidctl.artifacts import LABELS, existing_schema, read_labels
+
 PINS = Path(__file__).parent / "data" / "pins.json"
 #: 1/1000 of the official Adam learning rate (see the module docstring).
 DAMPED_LR = "3.5e-7"
@@ -61,13 +63,20 @@ FLOOR = 1e-6
 
 
 def labels_sha(path: Path, name: str = "labels") -> str:
-    with h5py.File(path, "r") as f:
-        return hashlib.sha256(np.asarray(f[name], dtype=np.int64).tobytes()).hexdigest()[:16]
+    return hashlib.sha256(_labels_array(path, name).tobytes()).hexdigest()[:16]
 
 
 def labels_of(path: Path, name: str = "labels") -> list[int]:
+    return _labels_array(path, name).tolist()
+
+
+def _labels_array(path: Path, name: str) -> np.ndarray:
+    """A labels file's labels through reidctl's reader (a refined.h5 may keep them in the
+    labels.h5 beside it); other files' arrays (intra.h5) as stored."""
+    if name == "labels" and existing_schema(path) == LABELS:
+        return np.asarray(read_labels(path).labels, dtype=np.int64)
     with h5py.File(path, "r") as f:
-        return np.asarray(f[name], dtype=np.int64).tolist()
+        return np.asarray(f[name], dtype=np.int64)
 
 
 def fingerprint(run_dir: Path, result: dict[str, Any], *, full_labels: bool = False) -> dict[str, Any]:

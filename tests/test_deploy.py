@@ -70,7 +70,9 @@ def test_torchscript_export_matches_and_records_its_preprocessing(trained, tmp_p
         warnings.simplefilter("ignore", FutureWarning)  # torch ≥ 2.9 marks the jit API deprecated
         exported = torch.jit.load(str(out))(x)
         assert torch.allclose(exported, module(x), atol=1e-5)
-    run_error("export", ckpt, "--out", out, match="exists; pass --force")
+    run_ok("export", ckpt, "--out", out)  # an earlier export is replaced; anything else needs --force
+    (tmp_path / "notes.ts").write_text("mine")
+    run_error("export", ckpt, "--out", tmp_path / "notes.ts", match="already exists and is not a reidctl artifact.*--force")
     run_error("export", ckpt, "--out", ckpt, "--force", match="is also an input")
 
 

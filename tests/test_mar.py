@@ -89,12 +89,13 @@ def test_without_the_last_relu_features_go_negative_and_weights_keep_their_names
 def test_channel_stats_by_hand_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("REIDCTL_CACHE", str(tmp_path / "cache"))
     paths = []
-    for name, colour in (("a.png", (255, 0, 0)), ("b.png", (0, 0, 255))):
+    for name, colour in (("a.png", (255, 0, 0)), ("b.png", (0, 51, 255))):
         Image.new("RGB", (8, 16), colour).save(tmp_path / name)
         paths.append(Sample(name, tmp_path / name, 1, 0))
-    # half the pixels are 1 and half 0 in R and B, all 0 in G: mean 0.5 / 0 / 0.5, std 0.5 / 0 / 0.5
+    # half the pixels are 1 and half 0 in R and B, half 0 and half 0.2 in G (a channel that is 0
+    # everywhere would be refused: its std is 0): mean 0.5 / 0.1 / 0.5, std 0.5 / 0.1 / 0.5
     norm = channel_stats(paths, 32, 16)
-    assert np.allclose(norm.mean, (0.5, 0.0, 0.5)) and np.allclose(norm.std, (0.5, 0.0, 0.5))
+    assert np.allclose(norm.mean, (0.5, 0.1, 0.5)) and np.allclose(norm.std, (0.5, 0.1, 0.5))
     assert dataset_norm(paths, 32, 16) == norm
     assert len(list((tmp_path / "cache" / "stats").glob("*.json"))) == 1
 

@@ -16,8 +16,7 @@ from reidctl.artifacts import write_features
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
 from reidctl.ranking import CSV_COLUMNS, RankSide, as_json, rank_gallery, records
-from reidctl.sheet import BORDER, CAPTION, CELL_HEIGHT, CELL_WIDTH, GAP, PAD, RIGHT_COLOUR, UNKNOWN_COLOUR, \
-    WRONG_COLOUR, sheet_size
+from reidctl.sheet import RIGHT_COLOUR, UNKNOWN_COLOUR, WRONG_COLOUR, cell_origin, sheet_size
 from tests.clitools import run_error, run_ok
 from tests.conftest import shared_path
 from tests.fakedata import colour_market
@@ -148,8 +147,8 @@ def _pixel(path, xy):
 
 def _match_border(row: int, col: int) -> tuple[int, int]:
     """A pixel inside the border of the ``col``-th match of sheet row ``row``."""
-    cell_w, cell_h = CELL_WIDTH + 2 * BORDER, CELL_HEIGHT + 2 * BORDER + CAPTION
-    return PAD + cell_w + GAP + col * (cell_w + PAD) + 1, PAD + row * (cell_h + PAD) + 1
+    x, y = cell_origin(row, col)
+    return x + 1, y + 1
 
 
 @pytest.fixture
@@ -270,7 +269,7 @@ def test_evaluate_sheet_draws_the_worst_queries(tmp_path):
         aps.append(np.mean([sum(hits[: i + 1]) / (i + 1) for i, h in enumerate(hits) if h]))
     assert sheet["queries"] == list(np.argsort(aps, kind="stable")[:2])
     np.testing.assert_allclose(sheet["ap"], np.sort(aps)[:2])
-    assert tuple(sheet["size"]) == sheet_size(2, 3)
+    assert tuple(sheet["size"]) == sheet_size(2, 3, first_right=True)
     with Image.open(tmp_path / "w.png") as im:
-        assert im.size == sheet_size(2, 3)
+        assert im.size == sheet_size(2, 3, first_right=True)
     run_error("evaluate", f, "--top-k", "3", match=r"--top-k: these shape the --sheet")

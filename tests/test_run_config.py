@@ -32,7 +32,8 @@ def test_config_round_trip_gives_the_same_stages(tmp_path):
     assert values["lr"] == 0.00035 and values["momentum"] == 0.1  # resolved method defaults are written too
     run_ok("loop", "--config", config, "--run-dir", tmp_path / "b")
     a, b = _keys(tmp_path / "a"), _keys(tmp_path / "b")
-    assert len(a) == 8 and a == b  # every stage, the trained epoch's evaluation included
+    init_best = json.loads((tmp_path / "a" / "summary.json").read_text())["best"]["epoch"] == "init"
+    assert len(a) == 8 + init_best and a == b  # every stage, the trained epoch's evaluation (and best.pt's init model)
     assert read_config(tmp_path / "b" / "config.toml") == {**values, "run_dir": str(tmp_path / "b")}
 
 
@@ -93,8 +94,8 @@ def test_keep_prunes_old_epochs_and_best_points_at_the_best(tmp_path):
             assert artifacts == [] and records and all(r["pruned"] for r in records)
             assert (folder / "eval.json").exists()  # results stay
     link = run / "best.pt"
-    if best == "init":
-        assert not link.exists() and first["files"]["best"] is None
+    if best == "init":  # the initial model, saved in the run
+        assert link.resolve() == (run / "epoch_init" / "model.pt").resolve() and first["files"]["best"] == str(link)
     else:
         assert link.resolve() == (run / f"epoch_{best:03d}" / "model.pt").resolve()
     again = json.loads(run_ok("loop", "--config", run / "config.toml", "--json").stdout)

@@ -190,6 +190,16 @@ def test_toy_state_lies_beside_the_checkpoint_and_continues(toy, source, target,
     assert load_checkpoint(tmp_path / "e1.pt")["steps"] == 4
 
 
+def test_a_checkpoint_read_through_a_link_finds_its_state_file(toy, source, target, tmp_path):
+    """``RUN/best.pt`` and ``RUN/last.pt`` are links into an epoch folder: the state file lies
+    beside the file they point at, not beside the link (issue 27)."""
+    (tmp_path / "epoch_000").mkdir()
+    run_train_epoch(request(target, tmp_path, source), tmp_path / "epoch_000" / "model.pt")
+    (tmp_path / "best.pt").symlink_to(tmp_path / "epoch_000" / "model.pt")
+    resumed = open_session(request(target, tmp_path, source, checkpoint=tmp_path / "best.pt"), torch.device("cpu"))
+    assert resumed[0].method.visits.sum() == 16
+
+
 def test_a_missing_or_changed_state_file_is_refused(toy, source, target, tmp_path):
     run_train_epoch(request(target, tmp_path, source), tmp_path / "e0.pt")
     state = tmp_path / "e0.state.h5"

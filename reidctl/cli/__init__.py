@@ -1,10 +1,12 @@
 """Command-line interface: one small module per command, all registered on one Typer app.
 
 Why the table below: importing a command module imports what it runs (torch, torchvision: about
-5 s on a busy 2-core machine), so ``reidctl --help`` and ``reidctl --version`` must not import
-them. :func:`main` imports only the module of the command being run, and prints the top-level
-help from :data:`COMMANDS`; ``tests/test_cli_startup.py`` keeps the table equal to the commands'
-own help. ``reidctl.cli.app`` (what the tests invoke) still has every command registered.
+5 s on a busy 2-core machine), so ``reidctl --help``, ``reidctl --version`` and ``reidctl COMMAND
+--help`` must not import them. :func:`main` imports only the module of the command being run,
+prints the top-level help from :data:`COMMANDS` and a command's help from the help manifest
+(:mod:`reidctl.cli.help`); ``tests/test_cli_startup.py`` and ``tests/test_cli_help.py`` keep both
+equal to the commands' own help. ``reidctl.cli.app`` (what the tests invoke) still has every
+command registered.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rank": ("rank", "Rank GALLERY for every QUERY image: the --top-k nearest, with distances (no identities needed)."),
     "export": ("export", "Export the model: a normalised image batch → L2-normalised features; the preprocessing "
                "(input size, mean, std) goes to OUT.json beside it."),
-    "inspect": ("inspect_cmd", "Print an artifact's schema, datasets (shapes, dtypes) and provenance; for a "
-                "checkpoint its model, method, options, epoch and history."),
+    "inspect": ("inspect_cmd", "Print what a file reidctl wrote holds: an artifact's schema and provenance, a "
+                "checkpoint's model and history, an exported model, a run's summary.json or config.toml."),
 }
 
 
@@ -60,6 +62,11 @@ def main(argv: list[str] | None = None) -> None:
 
         print_top_help()
         return
+    if first in COMMANDS and args[1:] in (["--help"], ["-h"]):
+        from reidctl.cli.help import print_command_help
+
+        if print_command_help(first, args[1]):
+            return
     if first == "--version":
         from reidctl import __version__
 

@@ -18,7 +18,7 @@ from reidctl.rundir import summary_notes
 
 @command("cluster", run=runtime_flags("device", "seed", "force", "json", "quiet"), options=cluster_flags())
 def cluster(
-    features: Annotated[Path, typer.Argument(help="Features file (reidctl extract).")],
+    features: Annotated[Path, typer.Argument(metavar="FEATURES", help="Features file (reidctl extract).")],
     out: Annotated[Path, typer.Option("--out", help="Labels file to write (HDF5).")],
     options: dict = None,  # ClusterParams (reidctl.cli.method_options)
     run: dict = None,  # how it runs (reidctl.cli.options.Runtime)

@@ -9,17 +9,122 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from reidctl.cli.options import panel_rank
 from reidctl.errors import ReidctlError
 
-app = typer.Typer(
-    name="reidctl",
-    help="Unsupervised person re-identification: extract, cluster, refine, train — stage by stage.",  # = help.DESCRIPTION
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+try:  # Typer vendors Click since 0.2x; before, Typer ran on the click package
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException  # type: ignore[no-redef]
+
+#: ``-h`` as well as ``--help``, in every command (a subcommand's context inherits it).
+CONTEXT_SETTINGS = {"help_option_names": ["--help", "-h"]}
+
+
+class _Tidy:
+    """What every reidctl command's help and parsing share, applied where Click's commands are
+    built (not in each declaration): options sorted into their help panels, help text taken
+    literally (rich markup escaped: ``reidctl[faiss]`` stays), a boolean flag shown without a
+    value placeholder, and a usage error ended in one ``error:`` line like every other error."""
+
+    params: list[Any]
+    help: str | None
+
+    def tidy(self) -> None:
+        self.params.sort(key=lambda p: panel_rank(getattr(p, "rich_help_panel", None)))  # stable
+        for param in self.params:
+            _tidy_param(param)
+        if self.help:
+            self.help = escape(self.help)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None and not getattr(option, "_reidctl_tidy", False):
+            _tidy_param(option)
+            option.default = False  # a bool needs no coercion: no pydantic import before the help prints
+            panelled = [p for p in self.params if isinstance(p, TyperOption)]
+            if panelled and all(p.rich_help_panel for p in panelled):  # no "Options" panel of --help alone
+                option.rich_help_panel = panelled[-1].rich_help_panel
+            option._reidctl_tidy = True
+        return option
+
+
+def _tidy_param(param: Any) -> None:
+    if getattr(param, "help", None):
+        param.help = escape(param.help)
+    if getattr(param, "is_flag", False):
+        param.metavar = ""  # a flag takes no value: no <bool> in its help row
+
+
+class ReidctlCommand(_Tidy, TyperCommand):
+    """Every reidctl command (see :class:`_Tidy`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tidy()
+
+
+class ReidctlGroup(_Tidy, TyperGroup):
+    """The ``reidctl`` group: Click's usage errors (an unknown option, a missing argument, a bad
+    value) of the group and of every command end in one ``error:`` line and a hint, exit 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tidy()
+
+    def make_context(self, info_name: str | None, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(info_name, *args, **kwargs)
+        except ClickException as exc:  # UsageError, BadParameter, NoSuchOption ...
+            raise usage_exit(exc, info_name or "reidctl") from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClickException as exc:
+            raise usage_exit(exc, " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))) from None
+
+
+def usage_exit(exc: Exception, where: str) -> BaseException:
+    """Print a Click error as the one ``error:`` line and a ``(see: reidctl CMD --help)`` hint
+    (``where``: the command, when the error does not say); the exception to raise instead (the
+    help that giving no arguments prints passes through)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # the help is already printed
+        return exc
+    error(exc.format_message())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    err_console.print(f"(see: {ctx.command_path if ctx is not None else where} --help)", markup=False,
+                      highlight=False, soft_wrap=True)
+    return typer.Exit(code=getattr(exc, "exit_code", 2))
+
+
+class ReidctlTyper(typer.Typer):
+    """A Typer app whose commands are :class:`ReidctlCommand` unless they ask otherwise."""
+
+    def command(self, name: str | None = None, *, cls: type[TyperCommand] | None = None,
+                **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return super().command(name, cls=cls or ReidctlCommand, **kwargs)
+
+
+def make_app() -> typer.Typer:
+    """A fresh ``reidctl`` app without commands: the one below, and the stand-in that prints a
+    command's help from the help manifest (:mod:`reidctl.cli.help`) — the same settings for both."""
+    new = ReidctlTyper(
+        name="reidctl",
+        help="Unsupervised person re-identification: extract, cluster, refine, train — stage by stage.",  # = help.DESCRIPTION
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        cls=ReidctlGroup,
+        context_settings=CONTEXT_SETTINGS,
+    )
+    new.callback()(_root)
+    return new
+
 
 def _print_version(value: bool) -> None:
     if value:
@@ -29,10 +134,12 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
                                        callback=_print_version)) -> None:
     """Unsupervised person re-identification: extract, cluster, refine, train — stage by stage."""
+
+
+app = make_app()
 
 
 err_console = Console(stderr=True)

@@ -21,12 +21,13 @@ MODEL_OPTIONS = {"checkpoint", "dataset", "arch", "pooling", "last_stride", "par
                  "pretrained", "batch_size", "workers", "device", "seed"}
 
 
-@command("evaluate", run=runtime_flags("batch_size", "workers", "device", "seed", "json", "quiet"), model=model_flags())
+@command("evaluate", run=runtime_flags("batch_size", "workers", "device", "seed", "force", "json", "quiet"), model=model_flags())
 def evaluate(
     ctx: typer.Context,
-    features: Annotated[Optional[Path], typer.Argument(help="Features file holding query and gallery rows.")] = None,
+    features: Annotated[Optional[Path], typer.Argument(metavar="FEATURES", help="Features file holding query and gallery rows.")] = None,
     checkpoint: o.Checkpoint = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to evaluate a --checkpoint or fresh model on.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to evaluate a --checkpoint or fresh model on.",
+                                                                 rich_help_panel=o.DATA)] = None,
     dataset: o.DatasetName = None,
     ap: Annotated[str, typer.Option("--ap", help="sklearn (non-interpolated, CC family) or trapezoid (MAR, Market MATLAB).")] = "sklearn",
     rerank: Annotated[bool, typer.Option("--rerank", help="k-reciprocal re-ranking (k1 20, k2 6, λ 0.3).")] = False,
@@ -42,7 +43,7 @@ def evaluate(
     given = given_options(ctx)
     if sheet is None and given & {"queries", "top_k"}:
         raise ReidctlError(f"{flags(ctx, given & {'queries', 'top_k'})}: these shape the --sheet; give --sheet FILE.png too")
-    worst = None if sheet is None else WorstSheet(sheet, queries, top_k)
+    worst = None if sheet is None else WorstSheet(sheet, queries, top_k, force=run["force"])
     if features is not None and data is not None:
         raise ReidctlError("give either a features file or --data (with a model), not both")
     if features is not None:

@@ -1,4 +1,4 @@
-"""`reidctl inspect`: what an artifact holds."""
+"""`reidctl inspect`: what an artifact, a checkpoint, an exported model or a run's file holds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from reidctl.artifacts import CHECKPOINT, describe, existing_schema
 from reidctl.cli.method_options import runtime_flags
@@ -16,21 +17,29 @@ from reidctl.cli.common import command, out_console, print_json
 
 @command("inspect", run=runtime_flags("json"))
 def inspect(
-    file: Annotated[Path, typer.Argument(help="An HDF5 artifact or a checkpoint (.pt) written by reidctl.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help=(
+        "A file reidctl wrote: an HDF5 artifact, a checkpoint (.pt), an exported model (.ts, .onnx) or its "
+        ".json record, a run's summary.json or config.toml."))],
     run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
 ) -> None:
-    """Print an artifact's schema, datasets (shapes, dtypes) and provenance; for a checkpoint its
-    model, method, options, epoch and history."""
+    """Print what a file reidctl wrote holds: an artifact's schema and provenance, a checkpoint's model and history, an exported model, a run's summary.json or config.toml.
+
+    An artifact shows its datasets (shapes, dtypes); a checkpoint its model, method, options,
+    epoch and history; an exported model its format, input size, mean/std and source checkpoint.
+    Nothing in the file is run (a TorchScript file is read as a zip archive, never loaded)."""
     if existing_schema(file) == CHECKPOINT:
         _checkpoint(file, run["json"])
+        return
+    from reidctl.inspection import describe_file, kind_of
+
+    if kind_of(file) is not None or (file.is_file() and not _is_hdf5(file)):
+        _other(describe_file(file), run["json"])  # an unknown file: one line naming what inspect reads
         return
     info = describe(file)
     if run["json"]:
         print_json(info)
         return
-    table = Table(title=f"{file}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table = _key_value_table(str(file))
     for key in ("schema", "schema_version", "reidctl_version", "created", "seed", "digest"):
         table.add_row(key, str(info[key]))
     for name, desc in info["datasets"].items():
@@ -42,6 +51,36 @@ def inspect(
     out_console.print(table)
 
 
+def _is_hdf5(file: Path) -> bool:
+    import h5py
+
+    try:
+        return bool(h5py.is_hdf5(file))
+    except OSError:
+        return False
+
+
+def _key_value_table(title: str) -> Table:
+    """A two-column table, keys in bold, titled with the file."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    return table
+
+
+def _other(info: dict, as_json: bool) -> None:
+    """An exported model, an export record, a summary or a config: one row per entry."""
+    from reidctl.inspection import table_rows
+
+    if as_json:
+        print_json(info)
+        return
+    table = _key_value_table(f"{info['path']} ({info['kind']})")
+    for label, text in table_rows(info):
+        table.add_row(Text(label), Text(text))  # paths and values as they are, never markup
+    out_console.print(table, highlight=False)
+
+
 def _checkpoint(file: Path, as_json: bool) -> None:
     from reidctl.train.checkpoint import describe_checkpoint
 
@@ -49,9 +88,7 @@ def _checkpoint(file: Path, as_json: bool) -> None:
     if as_json:
         print_json(info)
         return
-    table = Table(title=f"{file}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table = _key_value_table(str(file))
     for key in ("schema", "reidctl_version", "digest", "method", "epoch", "steps", "parameters"):
         table.add_row(key, str(info[key]))
     table.add_row("model", _json.dumps(info["model_config"], sort_keys=True))

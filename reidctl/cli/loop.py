@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -28,29 +29,39 @@ Opt = typer.Option
 def loop(
     ctx: typer.Context,
     data: o.Data,
-    run_dir: Annotated[Path, Opt("--run-dir", help="Folder for the run's artifacts (epoch_XXX/), log and summary.")],
-    method: Annotated[str, Opt("--method", help="Method (see `reidctl refine --help`).")] = "cc",
-    epochs: Annotated[Optional[int], Opt("--epochs", help="Number of epochs " + run_default_text("epochs") + ".")] = None,
+    run_dir: Annotated[Path, Opt("--run-dir", help="Folder for the run's artifacts (epoch_XXX/), log and summary.",
+                                 rich_help_panel=o.RUN)],
+    method: Annotated[str, Opt("--method", help="Method (see `reidctl refine --help`).", rich_help_panel=o.METHOD)] = "cc",
+    epochs: Annotated[Optional[int], Opt("--epochs", help="Number of epochs " + run_default_text("epochs") + ".",
+                                         rich_help_panel=o.RUN)] = None,
     dataset: o.DatasetName = None,
     model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
     options: dict = None,  # clustering, refine, training and prelude options (reidctl.cli.method_options)
     eval_every: Annotated[Optional[int], Opt("--eval-every", help=(
-        "Evaluate every N epochs and after the last one (0 = never) " + run_default_text("eval_every") + "."))] = None,
-    no_eval_init: Annotated[bool, Opt("--no-eval-init", help="Skip evaluating the initial model.")] = False,
-    force_from: Annotated[Optional[str], Opt("--force-from", help="Re-run this stage and later ones: " + ", ".join(STAGES) + ".")] = None,
+        "Evaluate every N epochs and after the last one (0 = never) " + run_default_text("eval_every") + "."),
+        rich_help_panel=o.RUN)] = None,
+    no_eval_init: Annotated[bool, Opt("--no-eval-init", help="Skip evaluating the initial model.",
+                                      rich_help_panel=o.RUN)] = False,
+    force_from: Annotated[Optional[str], Opt("--force-from", help="Re-run this stage and later ones: " + ", ".join(STAGES) + ".",
+                                             rich_help_panel=o.RUN)] = None,
     checkpoint: Annotated[Optional[Path], Opt("--checkpoint", help=(
         "Start epoch 0 from this checkpoint (a `reidctl pretrain` source model, another run's model); "
-        "mar: instead of running its pretrain stage."))] = None,
+        "mar: instead of running its pretrain stage."), rich_help_panel=o.MODEL)] = None,
     keep: Annotated[Optional[int], Opt("--keep", help=(
         "Keep the artifacts (features, labels, checkpoints) of the last N epochs and of the best one; older "
-        "epochs keep only their records and results."))] = None,
+        "epochs keep only their records and results."), rich_help_panel=o.RUN)] = None,
     run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
     config: Annotated[Optional[Path], Opt(
         "--config", is_eager=True, callback=lambda ctx, value: _load_config(ctx, value),
-        help="A TOML file of loop options (a run's config.toml); options given on the command line override it.")] = None,
+        help="A TOML file of loop options (a run's config.toml); options given on the command line override it.",
+        rich_help_panel=o.RUN)] = None,
     dry_run: Annotated[bool, Opt("--dry-run", help=(
         "Print the config.toml this run would write (every option resolved: the method's official values where "
-        "none is given) and exit; nothing is run, fetched or written."))] = False,
+        "none is given) and exit; nothing is run, fetched or written."), rich_help_panel=o.RUN)] = False,
+    verify: Annotated[bool, Opt("--verify", help=(
+        "Re-hash every input (the images, files given in place of a stage) and every cached output, instead of "
+        "trusting a file whose size and modification time are unchanged; slower: reads every image."),
+        rich_help_panel=o.RUN)] = False,
 ) -> None:
     """Extract → cluster → refine → train-epoch each epoch; re-running resumes where it stopped."""
     spec = ModelSpec(**{**model, **get_method(method).model_settings(model, options)}, checkpoint=checkpoint,
@@ -59,7 +70,8 @@ def loop(
     cfg = LoopConfig(
         data=data, run_dir=run_dir, method=method, epochs=epochs, dataset=dataset, model=spec,
         options=options,
-        eval_every=eval_every, eval_init=not no_eval_init, force_from=force_from, keep=keep, **settings(run, "json"),
+        eval_every=eval_every, eval_init=not no_eval_init, force_from=force_from, keep=keep, verify=verify,
+        **settings(run, "json"),
     )
     if dry_run:
         out_console.print(resolved_config_text(cfg), end="", markup=False, highlight=False, soft_wrap=True)
@@ -78,7 +90,7 @@ def _load_config(ctx: typer.Context, path: Optional[Path]) -> None:
     the command line still win; an unknown option is refused in one line."""
     if path is None:
         return
-    from reidctl.configfile import read_config
+    from reidctl.configfile import check_types, read_config
 
     try:
         values = read_config(path)
@@ -86,10 +98,32 @@ def _load_config(ctx: typer.Context, path: Optional[Path]) -> None:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ReidctlError(f"{path}: unknown loop option(s) {', '.join(unknown)}")
+        check_types(path, values, {p.name: kind for p in ctx.command.params if (kind := _value_kind(p))})
     except ReidctlError as exc:
         error(str(exc))
         raise typer.Exit(code=2) from None
     ctx.default_map = {**(ctx.default_map or {}), **values}
+
+
+#: The kind of value a config file gives an option, by the option's Python type (Typer) or its
+#: Click type's name.
+_KINDS: tuple[tuple[type, str], ...] = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"),
+                                        (os.PathLike, "str"))
+_CLICK_KINDS = {"boolean": "bool", "integer": "int", "integer range": "int", "float": "float",
+                "float range": "float", "text": "str", "path": "str", "choice": "str"}
+
+
+def _value_kind(param: Any) -> str | None:
+    """The kind of value a command-line parameter takes from a config file: bool, int, float,
+    str, or None where it takes several values or a type of its own (not checked by kind)."""
+    if getattr(param, "multiple", False) or (getattr(param, "nargs", 1) or 1) != 1:
+        return None
+    if getattr(param, "is_flag", False):
+        return "bool"
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if isinstance(annotation, type):
+        return next((kind for cls, kind in _KINDS if issubclass(annotation, cls)), None)
+    return _CLICK_KINDS.get(getattr(getattr(param, "type", None), "name", ""))
 
 
 def _pct(x: Any) -> str:
@@ -138,15 +172,15 @@ def reuse_line(stages: list[dict[str, Any]]) -> str:
 def print_run_files(result: dict[str, Any]) -> None:
     """The end of a run: what came from the cache, and where its files are."""
     err_console.print(reuse_line(result["stages"]), highlight=False)
-    files, best = result["files"], result.get("best")
+    files, models = result["files"], result.get("models") or {}
     for name in ("summary", "log", "config"):
         err_console.print(f"{name + ':':9}{files[name]}", highlight=False)
-    if files["best"]:
-        err_console.print(f"{'best:':9}{files['best']} → epoch_{best['epoch']:03d}/model.pt (mAP {_pct(best['mAP'])} %)",
-                          highlight=False)
-    elif best:
-        err_console.print(f"{'best:':9}the initial model (mAP {_pct(best['mAP'])} %); no epoch improved on it",
-                          highlight=False)
+    for name in ("best", "last"):  # a run always has a model: best.pt (the initial one included), last.pt
+        entry = models.get(name) or {}
+        if files.get(name) and entry.get("checkpoint"):
+            err_console.print(f"{name + ':':9}{files[name]} → {entry['checkpoint']} ({entry['why']})", highlight=False)
+        elif name == "best" and entry.get("why"):
+            err_console.print(f"{'best:':9}none: {entry['why']}", highlight=False)
 
 
 def summary_table(result: dict[str, Any]) -> Table:

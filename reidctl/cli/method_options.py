@@ -6,6 +6,11 @@ the flags of a command to a Typer function and hands the function the given ones
 ``options`` mapping (flat names, unset options left out), which the library routes to stages.
 A flag is always optional here (unset = the method's default, or a checkpoint's value), and a
 boolean is a ``--name/--no-name`` pair.
+
+Each flag's help panel follows from where it is declared: the model's options under "Model", the
+clustering's under "Clustering", a training option every method shares under "Training", and an
+option that only one method family declares in its own package (or a method's prelude) under
+"Method: NAME" (:attr:`Flag.panel`), so every command that has a flag shows it in the same panel.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ from typing import Annotated, Any, Callable, Iterable, Optional
 
 import typer
 
-from reidctl.cli.options import Runtime
+from reidctl.cli.options import CLUSTERING, METHOD, MODEL, RUNTIME, TRAINING, Runtime, method_panel
 from reidctl.cluster.stage import ClusterParams
 from reidctl.methods import METHODS, Method
 from reidctl.models.spec import ModelSpec
-from reidctl.options import OptionInfo, flag_of, option_fields
+from reidctl.options import OptionInfo, declaring_class, flag_of, option_fields
 from reidctl.stages import Prelude
 
 
@@ -37,6 +42,19 @@ class Flag:
     prefix: str = ""
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)  # method (or "") → default
     plain: bool = False  # a flag with its default value (not "unset"), a boolean a single switch
+    stage_panel: str | None = None  # its panel when no one method family owns it
+    #: method → its package (:func:`_home`) where it declares the flag there, else None
+    own: dict[str, str | None] = dataclasses.field(default_factory=dict)
+
+    @property
+    def panel(self) -> str | None:
+        """"Method: NAME" when the methods that have the flag are one family (one package) that
+        declares it, else the panel of its stage (:data:`reidctl.cli.options.PANELS`): an option
+        that several methods declare, each with its own default (``--lr``), is a training option."""
+        homes = set(self.own.values())
+        if len(homes) == 1 and None not in homes:
+            return method_panel(list(self.own))
+        return self.stage_panel
 
     def flags(self) -> str | tuple[str, ...]:
         main = flag_of(self.key) if self.prefix or self.info.flag is None else self.info.flag
@@ -51,7 +69,7 @@ class Flag:
 
     def parameter(self) -> inspect.Parameter:
         typ = self.type if self.plain else Optional[self.type]
-        annotation = Annotated[typ, typer.Option(*self.flags(), help=self.help())]
+        annotation = Annotated[typ, typer.Option(*self.flags(), help=self.help(), rich_help_panel=self.panel)]
         return inspect.Parameter(self.key, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                  default=self.defaults[""] if self.plain else None, annotation=annotation)
 
@@ -73,18 +91,35 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-def _collect(table: dict[str, Flag], cls: type, owner: str, *, prefix: str = "", loop: bool = False,
-             instance: Any = None, skip: Iterable[str] = ()) -> None:
-    """Add the option fields of dataclass ``cls`` to ``table``, noting ``owner``'s default."""
+def _collect(table: dict[str, Flag], cls: type, owner: str, *, panel: str, method: type[Method] | None = None,
+             prefix: str = "", loop: bool = False, instance: Any = None, skip: Iterable[str] = ()) -> None:
+    """Add the option fields of dataclass ``cls`` to ``table``, noting ``owner``'s default; the
+    flags of a ``method``'s own options go to its panel, the others to ``panel``. A prelude's
+    options (``prefix``) are its method's."""
     defaults = instance if instance is not None else cls()
     for name, typ, info in option_fields(cls):
         if name in skip or (loop and not info.loop):
             continue
         key = f"{prefix}_{name}" if prefix else name
-        flag = table.setdefault(key, Flag(key, typ, info, name, prefix))
+        flag = table.setdefault(key, Flag(key, typ, info, name, prefix, stage_panel=panel))
         if flag.type is not typ:
             raise TypeError(f"option {key} is declared as {flag.type.__name__} and as {typ.__name__}")
         flag.defaults[owner] = defaults[name] if isinstance(defaults, dict) else getattr(defaults, name)
+        if method is not None:
+            home = _home(method)
+            flag.own[owner] = home if prefix or _in_package(declaring_class(cls, name), home) else None
+
+
+def _home(method: type[Method]) -> str:
+    """The package that holds ``method`` alone: its module's package (``reidctl.methods.ncplr``),
+    or the module itself where that package holds every method (``reidctl.methods.cc``)."""
+    package = method.__module__.rpartition(".")[0]
+    return method.__module__ if package == Method.__module__.rpartition(".")[0] else package
+
+
+def _in_package(cls: type | None, package: str) -> bool:
+    module = getattr(cls, "__module__", "")
+    return module == package or module.startswith(package + ".")
 
 
 def _cluster_defaults(method: type[Method]) -> dict[str, Any]:
@@ -93,7 +128,7 @@ def _cluster_defaults(method: type[Method]) -> dict[str, Any]:
 
 def cluster_flags() -> list[Flag]:
     table: dict[str, Flag] = {}
-    _collect(table, ClusterParams, "")
+    _collect(table, ClusterParams, "", panel=CLUSTERING)
     return list(table.values())
 
 
@@ -102,9 +137,9 @@ def refine_flags() -> list[Flag]:
     table: dict[str, Flag] = {}
     clustering = [m for m in METHODS.values() if m.clusters]
     for m in clustering:
-        _collect(table, ClusterParams, m.name, instance=_cluster_defaults(m))
+        _collect(table, ClusterParams, m.name, panel=CLUSTERING, instance=_cluster_defaults(m))
     for m in METHODS.values():
-        _collect(table, m.RefineOptions, m.name)
+        _collect(table, m.RefineOptions, m.name, panel=METHOD, method=m)
     return list(table.values())
 
 
@@ -112,7 +147,7 @@ def train_flags() -> list[Flag]:
     """`train-epoch`: every method's training options."""
     table: dict[str, Flag] = {}
     for m in METHODS.values():
-        _collect(table, m.Params, m.name)
+        _collect(table, m.Params, m.name, panel=TRAINING, method=m)
     return list(table.values())
 
 
@@ -122,18 +157,19 @@ def loop_flags() -> list[Flag]:
     table: dict[str, Flag] = {}
     clustering = [m for m in METHODS.values() if m.clusters]
     for m in clustering:
-        _collect(table, ClusterParams, m.name, instance=_cluster_defaults(m))
+        _collect(table, ClusterParams, m.name, panel=CLUSTERING, instance=_cluster_defaults(m))
     for m in clustering:
         fed = {p.feeds for p in m.preludes}
-        _collect(table, m.RefineOptions, m.name, loop=True, skip=fed)
+        _collect(table, m.RefineOptions, m.name, panel=METHOD, method=m, loop=True, skip=fed)
         for p in m.preludes:
             table.setdefault(p.feeds, Flag(p.feeds, str, OptionInfo(
-                f"{m.name}: use this file instead of running the {p.name} stage ({p.help})."), p.feeds))
+                f"{m.name}: use this file instead of running the {p.name} stage ({p.help})."), p.feeds,
+                stage_panel=METHOD, own={m.name: _home(m)}))
     for m in METHODS.values():
-        _collect(table, m.Params, m.name)
+        _collect(table, m.Params, m.name, panel=TRAINING, method=m)
     for m in METHODS.values():
         for p in m.preludes:
-            _collect(table, p.Options, m.name, prefix=p.name, loop=True)
+            _collect(table, p.Options, m.name, panel=METHOD, method=m, prefix=p.name, loop=True)
     return list(table.values())
 
 
@@ -143,9 +179,10 @@ def model_flags(*, by_method: bool = False) -> list[Flag]:
     table: dict[str, Flag] = {}
     if by_method:
         for m in METHODS.values():
-            _collect(table, ModelSpec, m.name, instance={**dataclasses.asdict(ModelSpec()), **m.model_defaults})
+            _collect(table, ModelSpec, m.name, panel=MODEL,
+                     instance={**dataclasses.asdict(ModelSpec()), **m.model_defaults})
     else:
-        _collect(table, ModelSpec, "")
+        _collect(table, ModelSpec, "", panel=MODEL)
     return list(table.values())
 
 
@@ -157,7 +194,7 @@ def run_default_text(name: str) -> str:
 def runtime_flags(*names: str) -> list[Flag]:
     """Options of how a command runs (:class:`reidctl.cli.options.Runtime`), in the order named."""
     table: dict[str, Flag] = {}
-    _collect(table, Runtime, "")
+    _collect(table, Runtime, "", panel=RUNTIME)
     for flag in table.values():
         flag.plain = True
     return [table[n] for n in names]
@@ -166,7 +203,7 @@ def runtime_flags(*names: str) -> list[Flag]:
 def prelude_flags(prelude: Prelude) -> list[Flag]:
     """A prelude run on its own (`intra-camera`): its options without prefix."""
     table: dict[str, Flag] = {}
-    _collect(table, prelude.Options, "")
+    _collect(table, prelude.Options, "", panel=TRAINING)
     return list(table.values())
 
 
@@ -207,7 +244,7 @@ def pretrain_flags() -> list[Flag]:
     from reidctl.methods.mar.pretrain import PretrainParams
 
     table: dict[str, Flag] = {}
-    _collect(table, PretrainParams, "", loop=True)
+    _collect(table, PretrainParams, "", panel=TRAINING, loop=True)
     return list(table.values())
 
 
@@ -216,5 +253,5 @@ def mar_model_flags() -> list[Flag]:
     from reidctl.methods.mar import MAR
 
     table: dict[str, Flag] = {}
-    _collect(table, ModelSpec, "", instance={**dataclasses.asdict(ModelSpec()), **MAR.model_defaults})
+    _collect(table, ModelSpec, "", panel=MODEL, instance={**dataclasses.asdict(ModelSpec()), **MAR.model_defaults})
     return list(table.values())

@@ -10,13 +10,40 @@ import typer
 
 from reidctl.options import option, option_fields
 
-Data = Annotated[str, typer.Option("--data", help="Dataset folder, CSV manifest, or synthetic:tiny / synthetic:small.")]
+#: The help panels of a command's options, in the order ``--help`` shows them (options without a
+#: panel come first, under "Options"). A method's own options go under "Method: NAME"
+#: (:func:`method_panel`), right after "Method"; where an option goes follows from where it is
+#: declared (:mod:`reidctl.cli.method_options`).
+DATA, MODEL, CLUSTERING, METHOD, TRAINING, RUN, RUNTIME = (
+    "Data", "Model", "Clustering", "Method", "Training", "Run", "Runtime")
+PANELS = (DATA, MODEL, CLUSTERING, METHOD, TRAINING, RUN, RUNTIME)
+
+
+def method_panel(methods: list[str]) -> str:
+    """The panel of options that only ``methods`` (one method family) have: "Method: ncplr, gl-ncplr"."""
+    return f"{METHOD}: {', '.join(methods)}"
+
+
+def panel_rank(panel: str | None) -> float:
+    """Where panel ``panel`` comes in ``--help`` (None, the plain "Options", first)."""
+    if panel is None:
+        return -1
+    if panel in PANELS:
+        return PANELS.index(panel)
+    if panel.startswith(METHOD + ":"):
+        return PANELS.index(METHOD) + 0.5
+    return PANELS.index(RUN) - 0.5  # a command's own panel: before its run options
+
+
+Data = Annotated[str, typer.Option("--data", help="Dataset folder, CSV manifest, or synthetic:tiny / synthetic:small.",
+                                   rich_help_panel=DATA)]
 DatasetName = Annotated[
     Optional[str],
     typer.Option("--dataset", help="Force a layout instead of detecting it (market1501, dukemtmc, msmt17, cuhk03, "
-                 "cuhk03-labeled, cuhk03-detected, folder, manifest, images)."),
+                 "cuhk03-labeled, cuhk03-detected, folder, manifest, images).", rich_help_panel=DATA),
 ]
-Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", help="A reidctl checkpoint (.pt) to take the model from.")]
+Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", help="A reidctl checkpoint (.pt) to take the model from.",
+                                                    rich_help_panel=MODEL)]
 
 
 @dataclass
@@ -42,7 +69,8 @@ class Runtime:
     seed: int = field(default=1, metadata=option(
         "Random seed: the same seed gives the same result (random initialisation, sampling, drawing)."))
     force: bool = field(default=False, metadata=option(
-        "Overwrite --out even when it holds something else than this command's kind of artifact."))
+        "Overwrite an existing output (--out, --sheet) even when it holds something else than this command's "
+        "kind of output (a photo, a file of another kind); an input is never overwritten."))
     json: bool = field(default=False, metadata=option("Print a machine-readable result on stdout."))
     # taken out of ``run`` by reidctl.cli.common.command, which holds reidctl.progress.quiet for the command
     quiet: bool = field(default=False, metadata=option(

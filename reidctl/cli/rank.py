@@ -19,12 +19,12 @@ from reidctl.rank_stage import RankRequest, run_rank
 EXTRACTION_OPTIONS = {flag.key for flag in model_flags()} | {"checkpoint", "batch_size", "workers"}
 
 
-@command("rank", run=runtime_flags("batch_size", "workers", "device", "json", "quiet"), model=model_flags())
+@command("rank", run=runtime_flags("batch_size", "workers", "device", "force", "json", "quiet"), model=model_flags())
 def rank(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="Query: a features file, or images (a folder, a CSV manifest, an "
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="Query: a features file, or images (a folder, a CSV manifest, an "
                                          "image file) to extract with the model.")],
-    gallery: Annotated[str, typer.Argument(help="Gallery: a features file, or images to extract with the model.")],
+    gallery: Annotated[str, typer.Argument(metavar="GALLERY", help="Gallery: a features file, or images to extract with the model.")],
     checkpoint: o.Checkpoint = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Matches per query.")] = 10,
     rerank: Annotated[bool, typer.Option("--rerank", help="k-reciprocal re-ranking (k1 20, k2 6, λ 0.3); needs "
@@ -48,7 +48,7 @@ def rank(
     """
     req = RankRequest(query=query, gallery=gallery, checkpoint=checkpoint, top_k=top_k, rerank=rerank,
                       cross_camera_only=cross_camera_only, same_image=same_image, out=out, sheet=sheet,
-                      queries=queries, batch_size=run["batch_size"], workers=run["workers"], device=run["device"],
+                      queries=queries, force=run["force"], batch_size=run["batch_size"], workers=run["workers"], device=run["device"],
                       extraction_flags=flags(ctx, given_options(ctx) & EXTRACTION_OPTIONS), **model)
     req.check_given(given_options(ctx))
     ranking, summary = run_rank(req)

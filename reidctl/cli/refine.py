@@ -11,6 +11,7 @@ from rich.table import Table
 from reidctl.cli.common import (command, err_console, multi_camera_cell, notice, out_console, print_json,
                                 print_quality, settings, warn_single_camera)
 from reidctl.cli.method_options import refine_flags, runtime_flags
+from reidctl.cli.options import METHOD
 from reidctl.methods import METHODS, get_method
 from reidctl.refine import run_refine
 from reidctl.rundir import summary_notes
@@ -20,10 +21,11 @@ from reidctl.rundir import summary_notes
          help="Refine pseudo labels with a method: " + ", ".join(METHODS) + ". "
          "Without --labels the method's default clustering runs first.")
 def refine(
-    features: Annotated[Path, typer.Argument(help="Features file (reidctl extract).")],
+    features: Annotated[Path, typer.Argument(metavar="FEATURES", help="Features file (reidctl extract).")],
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Refined labels file to write (HDF5; default: FEATURES.METHOD.h5 beside the features).")] = None,
-    method: Annotated[str, typer.Option("--method", help="Refinement method: " + ", ".join(METHODS) + ".")] = "cc",
+    method: Annotated[str, typer.Option("--method", help="Refinement method: " + ", ".join(METHODS) + ".",
+                                                    rich_help_panel=METHOD)] = "cc",
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels from `reidctl cluster` (default: cluster here).")] = None,
     options: dict = None,  # clustering and every method's refine options (reidctl.cli.method_options)
     run: dict = None,  # how it runs (reidctl.cli.options.Runtime)

@@ -9,8 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from reidctl.cli.common import app, err_console, out_console, print_json, user_errors
-from reidctl.cli.options import RUNTIME_HELP
-from reidctl.data.synthetic import write_synthetic
+from reidctl.cli.options import RUNTIME, RUNTIME_HELP
+from reidctl.data.synthetic import check_jobs, write_synthetic
 from reidctl.errors import DatasetError
 
 
@@ -25,21 +25,23 @@ def _range(text: str) -> tuple[int, int]:
 @app.command("synth")
 @user_errors
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to create; it gets bounding_box_train/, query/ and bounding_box_test/.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to create; it gets bounding_box_train/, query/ and bounding_box_test/.")],
     ids: Annotated[int, typer.Option(help="Identities in total (train + test, disjoint).")] = 100,
     cams: Annotated[int, typer.Option(help="Cameras (2-9); each identity is seen by at least two.")] = 4,
-    seed: Annotated[int, typer.Option(help=RUNTIME_HELP["seed"])] = 1,
+    seed: Annotated[int, typer.Option(help=RUNTIME_HELP["seed"], rich_help_panel=RUNTIME)] = 1,
     height: Annotated[int, typer.Option(help="Image height in pixels.")] = 128,
     width: Annotated[int, typer.Option(help="Image width in pixels.")] = 64,
     images_per_camera: Annotated[str, typer.Option(help="Images of an identity per camera: N or MIN-MAX (MIN >= 2).")] = "2-4",
     test_fraction: Annotated[float, typer.Option(help="Share of the identities that go to query + gallery.")] = 0.5,
-    jobs: Annotated[int | None, typer.Option("--jobs", help="Processes that draw images (default: one per CPU for large sets).")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", help="Processes that draw images (default: one per CPU for large sets).",
+                                             rich_help_panel=RUNTIME)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it holds a dataset written by `reidctl synth`.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help=RUNTIME_HELP["json"])] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=RUNTIME_HELP["json"], rich_help_panel=RUNTIME)] = False,
 ) -> None:
     """Write a synthetic re-ID dataset: drawn pedestrians, cameras with their own look.
 
     The same seed writes byte-identical files."""
+    check_jobs(jobs, "--jobs")
     kwargs = dict(height=height, width=width, images_per_camera=_range(images_per_camera),
                   test_fraction=test_fraction, overwrite=force, workers=jobs)
     if err_console.is_terminal and not json_out:

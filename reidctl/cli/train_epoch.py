@@ -27,9 +27,10 @@ def train_epoch(
         "--labels", help="Pseudo labels of the train split (reidctl cluster / refine); a method that trains "
         "without pseudo labels takes none.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        "--checkpoint", help="Checkpoint to continue; without it a fresh model is built from --arch/--weights/--pretrained."
-    )] = None,
-    method: Annotated[str, typer.Option("--method", help=f"Training method: {', '.join(METHODS)}.")] = "cc",
+        "--checkpoint", help="Checkpoint to continue; without it a fresh model is built from --arch/--weights/--pretrained.",
+        rich_help_panel=o.MODEL)] = None,
+    method: Annotated[str, typer.Option("--method", help=f"Training method: {', '.join(METHODS)}.",
+                                                    rich_help_panel=o.METHOD)] = "cc",
     features: Annotated[Optional[Path], typer.Option(
         "--features", help="Train features to initialise the cluster centroids (default: extract them with the model)."
     )] = None,

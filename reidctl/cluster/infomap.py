@@ -70,6 +70,30 @@ def require_infomap(needed_by: str = "--algo infomap") -> ModuleType:
     return infomap
 
 
+def own_swig_types(infomap: ModuleType) -> int:
+    """Make ``infomap``'s own Python classes wrap the C++ objects it returns; returns how many
+    classes were registered (0 where the package is not a SWIG build).
+
+    Why: SWIG extension modules built with the same SWIG runtime share one type table in the
+    process, and the module registered last owns the Python class of each C++ type they share.
+    faiss and infomap share two: ``swig::SwigPyIterator`` and ``std::vector<double>``. Once
+    faiss is imported after infomap, the vectors of an Infomap result iterate through faiss's
+    iterator class, whose ``__next__`` steps an infomap iterator as a faiss one: a segmentation
+    fault (issue 27, defect 5: ``--algo infomap --knn-backend faiss-*``, exit code 139).
+    Registering infomap's classes again right before it runs gives them back, whatever was
+    imported since; faiss uses neither type in the calls reidctl makes, so it is not disturbed.
+    """
+    proxies = getattr(infomap, "_swig", infomap)  # infomap ≥ 2.13 keeps its SWIG classes in _swig
+    extension = getattr(proxies, "_infomap", None)
+    registered = 0
+    for name, cls in vars(proxies).items():
+        register = getattr(extension, f"{name}_swigregister", None)
+        if isinstance(cls, type) and register is not None:
+            register(cls)
+            registered += 1
+    return registered
+
+
 def infomap_links(dist: np.ndarray, idx: np.ndarray, min_sim: float) -> Links:
     """The links of step 2 (module docstring) from kNN lists as :func:`reidctl.search.knn`
     returns them: ``dist`` squared L2 distances of unit vectors (2 − 2·cos), ascending per row,
@@ -96,6 +120,7 @@ def infomap_modules(n: int, links: Links, *, seed: int = INFOMAP_SEED,
     infomap = require_infomap(needed_by)
     if len(links.src) == 0:
         return modules
+    own_swig_types(infomap)  # faiss, imported later, must not wrap Infomap's results (see there)
     im = infomap.Infomap(two_level=True, directed=True, silent=True, seed=seed, num_trials=1)
     im.add_links(zip(links.src.tolist(), links.dst.tolist(), links.weight.tolist()))
     result = im.run()

@@ -25,7 +25,7 @@ from reidctl.cluster.jaccard import jaccard_distance
 from reidctl.cluster.mixing import branch_features, mix_jaccard, parse_branches
 from reidctl.cluster.report import labels_report
 from reidctl.errors import ReidctlError, naming
-from reidctl.options import not_applicable, option
+from reidctl.options import check_finite, not_applicable, option
 from reidctl.progress import callback, progress_bar
 from reidctl import dist as ddp  # (``dist`` names the kNN distances here)
 from reidctl.device import resolve_device
@@ -98,7 +98,7 @@ class ClusterParams:
 
     algo: str = field(default="dbscan", metadata=option(
         "Clustering: dbscan (the CC family), agglomerative (average linkage, icrefine) or infomap "
-        "(Cluster Contrast's InfoMap variant on the cosine kNN graph; pip install 'reidctl\\[infomap]').",
+        "(Cluster Contrast's InfoMap variant on the cosine kNN graph; pip install 'reidctl[infomap]').",
         aliases=("--global-clustering",)))
     k1: int = field(default=_unset(_DBSCAN["k1"]), metadata=option(
         "Neighbourhood size of the k-reciprocal Jaccard distance; infomap: neighbours searched per image, "
@@ -150,8 +150,11 @@ class ClusterParams:
             require_infomap()
 
     def check(self) -> None:
+        check_finite(self)  # (also for params built without resolve(): a loop's default_cluster_params)
         if self.algo not in ALGOS:
             raise ReidctlError(f"--algo {self.algo}: choose dbscan, agglomerative or infomap")
+        if self.n_clusters is not None and self.n_clusters < 1:
+            raise ReidctlError(f"--n-clusters must be at least 1 (got {self.n_clusters})")
         if self.algo == "agglomerative" and not self.n_clusters:
             raise ReidctlError("--algo agglomerative needs --n-clusters")
         if self.knn_backend not in KNN_BACKENDS:

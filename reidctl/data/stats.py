@@ -3,13 +3,21 @@
 MAR normalises each dataset's images with that dataset's own mean and standard deviation
 (``use_source_stat=False`` in its ``main.py``, ALGORITHMS.md §6.4) instead of ImageNet's. The
 statistics of a train split are computed once, over its images resized to the model's input
-size, and cached on disk (``$REIDCTL_CACHE/stats/``) under the split's fingerprint, so every
-later extraction and training epoch reads them back for the cost of one ``stat`` per image.
+size, and cached on disk (``$REIDCTL_CACHE/stats/``) under the split's fingerprint (the
+images' content, :mod:`reidctl.data.fingerprint`), so every later extraction and training epoch
+reads them back for the cost of one ``stat`` per image. A cache file records the key it was
+written under and a digest of its numbers; one that does not match (edited by hand, written by
+an older reidctl) is recomputed and replaced, never used. Statistics with a standard deviation
+of 0 (or not finite) in some channel cannot normalise anything (every image would divide by
+0): they are refused up front, in one line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -29,6 +37,10 @@ if TYPE_CHECKING:
     from reidctl.models.reid import ModelConfig
 
 STATS_VERSION = 1
+#: The smallest per-channel standard deviation a normalisation may divide by: a millionth of the
+#: pixel range (a flat channel computes to 0 up to float rounding).
+MIN_STD = 1e-6
+log = logging.getLogger("reidctl")
 
 
 class Norm(NamedTuple):
@@ -72,22 +84,55 @@ def dataset_norm(train: Sequence[Sample], height: int, width: int, workers: int 
     if key in _MEMO:
         return _MEMO[key]
     path = cache_dir() / "stats" / f"{key}.json"
-    try:
-        stored = json.loads(path.read_text())
-        norm = Norm(tuple(stored["mean"]), tuple(stored["std"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    norm = _recall(path, key)
+    if norm is None:
         norm = channel_stats(train, height, width, workers)
-        _store(path, norm)
+        _store(path, key, norm)
+    check_norm(norm, f"the train split's per-channel statistics ({len(train)} images at {height}×{width})")
     _MEMO[key] = norm
     return norm
 
 
-def _store(path: Path, norm: Norm) -> None:
+def check_norm(norm: Norm, what: str) -> None:
+    """Refuse a normalisation that would turn every image into NaN or Inf: a standard deviation
+    of 0 (a channel with one value in every pixel of every image; below :data:`MIN_STD`, as
+    float rounding leaves such a channel ~1e-9) or a value that is not finite."""
+    names = ("red", "green", "blue")
+    bad = [f"{names[c]} std {norm.std[c]:g}" for c in range(3)
+           if not (math.isfinite(norm.std[c]) and norm.std[c] >= MIN_STD)]
+    bad += [f"{names[c]} mean {norm.mean[c]:g}" for c in range(3) if not math.isfinite(norm.mean[c])]
+    if bad:
+        raise DatasetError(f"{what}: {', '.join(bad)}, so --input-norm dataset cannot normalise the images (every "
+                           "feature would be NaN); use --input-norm imagenet, or more varied images")
+
+
+def _check(key: str, mean: Sequence[float], std: Sequence[float]) -> str:
+    """The digest a cache file records beside its numbers: of the key and the numbers' exact text."""
+    return hashlib.sha256(json.dumps({"key": key, "mean": list(mean), "std": list(std)}).encode()).hexdigest()[:32]
+
+
+def _recall(path: Path, key: str) -> Norm | None:
+    """The statistics cached in ``path``, or None when there are none or they do not check out."""
+    try:
+        stored = json.loads(path.read_text())
+        mean, std = [float(v) for v in stored["mean"]], [float(v) for v in stored["std"]]
+        if len(mean) != 3 or len(std) != 3 or stored.get("check") != _check(key, mean, std):
+            raise ValueError("its numbers do not match its check digest")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("%s: cached dataset statistics not used (%s); computing them again", path, exc)
+        return None
+    return Norm(tuple(mean), tuple(std))
+
+
+def _store(path: Path, key: str, norm: Norm) -> None:
     """Write the cache file atomically; a cache that cannot be written is only a lost speed-up."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        tmp.write_text(json.dumps({"mean": norm.mean, "std": norm.std}))
+        tmp.write_text(json.dumps({"key": key, "mean": list(norm.mean), "std": list(norm.std),
+                                   "check": _check(key, norm.mean, norm.std)}))
         os.replace(tmp, path)
     except OSError:
         pass

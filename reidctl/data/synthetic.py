@@ -24,6 +24,8 @@ import math
 import multiprocessing
 import os
 import shutil
+import threading
+import time
 import uuid
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +39,7 @@ from scipy.ndimage import gaussian_filter
 
 from reidctl.artifacts import os_reason
 from reidctl.errors import DatasetError
+from reidctl.processes import check_process_count, usable_cpus
 
 #: Bump when the drawing changes: cached presets are keyed by it.
 GENERATOR_VERSION = 2
@@ -45,6 +48,7 @@ MARKER = "synthetic.json"
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 JPEG_QUALITY = 92
 MAX_CAMERAS = 9  # Market file names hold one camera digit
+_TEMP_SUFFIX = ".tmp"  # a build in progress: .OUT.PID-TOKEN.tmp beside OUT
 
 Colour = np.ndarray
 Progress = Callable[[int, int], None]
@@ -672,6 +676,20 @@ def _plan(ids: int, cams: int, seed: int, test_fraction: float, images_per_camer
     return shots, [p for p in pids if p not in test], sorted(test)
 
 
+#: The largest image side ``synth`` draws: re-ID crops are a few hundred pixels high, and the
+#: renderer holds several float64 planes of the image in memory (100000×50000: 112 GiB).
+MAX_SIDE = 2048
+
+
+def check_jobs(jobs: int | None, flag: str = "workers") -> None:
+    """Refuse fewer than 1 drawing process, or more than the machine can use
+    (:func:`reidctl.processes.process_limit`); ``flag``: how the caller spells the option
+    (``--jobs`` on the command line)."""
+    if jobs is not None and jobs < 1:
+        raise DatasetError(f"{flag} must be at least 1 (got {jobs})")
+    check_process_count(jobs, flag)
+
+
 def _check(ids: int, cams: int, height: int, width: int, images_per_camera: tuple[int, int],
            test_fraction: float) -> None:
     if not 2 <= ids <= 9999:
@@ -680,6 +698,9 @@ def _check(ids: int, cams: int, height: int, width: int, images_per_camera: tupl
         raise DatasetError(f"cams must be between 2 and {MAX_CAMERAS} (got {cams}): every identity is seen by two cameras and Market names hold one digit")
     if height < 32 or width < 16:
         raise DatasetError(f"images must be at least 32×16 pixels (got {height}×{width})")
+    if height > MAX_SIDE or width > MAX_SIDE:
+        raise DatasetError(f"images must be at most {MAX_SIDE}×{MAX_SIDE} pixels (got {height}×{width}): "
+                           "person crops are a few hundred pixels high")
     lo, hi = images_per_camera
     if lo < 2 or hi < lo:
         raise DatasetError(f"images per camera must be MIN-MAX with 2 <= MIN <= MAX (got {lo}-{hi}): the query takes one and the gallery needs the rest")
@@ -719,6 +740,8 @@ def write_synthetic(
     out = Path(out)
     images_per_camera = (int(images_per_camera[0]), int(images_per_camera[1]))
     _check(ids, cams, height, width, images_per_camera, test_fraction)
+    check_jobs(workers)
+    remove_killed_builds(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise DatasetError(f"{out} already exists and is not empty (--force or overwrite=True replaces it)")
@@ -730,7 +753,7 @@ def write_synthetic(
     styles = np.random.default_rng([seed, 6]).permutation(len(_CAMERA_STYLES))
     cameras = [_make_camera(c, int(styles[c % len(styles)]), seed, height, width) for c in range(cams)]
 
-    tmp = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # mkdir honours the umask
+    tmp = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{_TEMP_SUFFIX}"  # mkdir honours the umask
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
@@ -758,12 +781,58 @@ def write_synthetic(
     return {"root": str(out), **summary}
 
 
+def remove_killed_builds(out: Path) -> list[Path]:
+    """Delete the temporary folders (``.OUT.PID-TOKEN.tmp``) that builds of ``out`` killed before
+    their end left beside it (``kill -9`` runs no cleanup); a live process's build is left alone.
+    Returns the folders removed."""
+    removed = []
+    prefix = f".{out.name}."
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(_TEMP_SUFFIX)):
+            continue
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # this process's own build (another thread's): never removed under it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's live process
+        return True
+    return True
+
+
 _JOB: tuple = ()  # what a worker process renders from (people, cameras, seed, height, width)
 
 
-def _set_job(job: tuple) -> None:
+def _set_job(job: tuple, parent: int | None = None) -> None:
+    """A worker's initialiser: the job to render from and, in a worker process, a watch on the
+    parent (``parent``: its pid) so that the worker ends when the parent is killed."""
     global _JOB
     _JOB = job
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _exit_with_parent(parent: int, every: float = 0.2) -> None:
+    """End this worker process once its parent is gone (its parent pid changes on re-parenting).
+
+    Why: a parent killed with ``kill -9`` cannot stop its pool; the workers then block on the
+    pool's queue for ever, two orphaned processes per killed build (issue 27, defect 11)."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _write(tmp: Path, shots: list[_Shot]) -> int:
@@ -778,8 +847,7 @@ def _render_all(tmp: Path, shots: list[_Shot], job: tuple, workers: int | None, 
     """Render and save every shot, in worker processes when there are many (each image is seeded
     on its own, so the bytes do not depend on the number of workers)."""
     if workers is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = min(cpus, 8) if len(shots) >= 600 else 1
+        workers = min(usable_cpus(), 8) if len(shots) >= 600 else 1
     chunks = [shots[i:i + 64] for i in range(0, len(shots), 64)]
     done = 0
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
@@ -797,7 +865,7 @@ def _render_all(tmp: Path, shots: list[_Shot], job: tuple, workers: int | None, 
     ctx = multiprocessing.get_context("fork")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_set_job, initargs=(job,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_set_job, initargs=(job, os.getpid())) as pool:
             for n in pool.map(_write, [tmp] * len(chunks), chunks):
                 done += n
                 if progress is not None:

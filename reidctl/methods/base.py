@@ -137,6 +137,12 @@ class Method(TrainingMethod):
         return {}
 
     @classmethod
+    def loop_notes(cls, params: Mapping[str, Any], data: str) -> list[str]:
+        """Warnings about a loop on ``data`` with training options ``params`` that do not stop
+        it, shown before its first stage (MAR: a source that is the target). Default: none."""
+        return []
+
+    @classmethod
     def resolve_clustering(cls, params: Any, n_samples: int) -> Any:
         """The ``ClusterParams`` to run on ``n_samples`` rows: a method may fill in values that
         depend on N (icrefine: the number of clusters). Default: unchanged."""

@@ -30,7 +30,8 @@ class CCParams(TrainParams):
     momentum: float = field(default=0.1, metadata=option("Cluster memory momentum m in C = m·C + (1−m)·x."))
     temperature: float = field(default=0.05, metadata=option("ClusterNCE temperature τ."))
     memory_update: str = field(default="sample", metadata=option(
-        "Memory update: sample (official), hard (--use-hard) or mean."))
+        "Memory update: sample (official), hard (the official code's use_hard: each cluster steps with its member "
+        "least similar to its centroid) or mean."))
 
     def check(self) -> None:
         super().check()

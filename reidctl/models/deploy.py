@@ -5,7 +5,9 @@
 ``module.preprocessing``'s mean/std) to L2-normalised global features (N×C), exactly the
 features ``reidctl extract`` stores. :func:`export_model` writes it as TorchScript or ONNX, with
 the preprocessing in a JSON file beside it, so a deployment needs neither reidctl nor its
-checkpoint format.
+checkpoint format. :func:`export_plan` settles what ``reidctl export`` reads and writes: a run
+folder's ``best.pt`` (else its ``last.pt``), the format from ``--format`` or the name's suffix
+(``.ts`` TorchScript, ``.onnx`` ONNX), and a default name beside the checkpoint.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reidctl.artifacts import atomic_save
+from reidctl.artifacts import (EXPORT, EXPORT_RECORD, atomic_save, check_output, existing_kind, export_record_path,
+                               same_file)
 from reidctl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ReidModel
-from reidctl.train.checkpoint import load_checkpoint, model_from_payload
+from reidctl.rundir import RUN_MODELS
+from reidctl.train.checkpoint import content_digest, load_checkpoint, model_from_payload
 
 EXPORT_FORMATS = ("torchscript", "onnx")
+#: The one file name suffix of each format (what ``export`` writes by default, and expects).
+EXPORT_SUFFIXES = {"torchscript": ".ts", "onnx": ".onnx"}
 
 
 class FeatureExtractor(nn.Module):
@@ -69,14 +75,68 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
     return FeatureExtractor(model, preprocessing_of(payload)).eval().to(device)
 
 
+def run_model(source: str | os.PathLike) -> Path:
+    """The checkpoint ``source`` names: itself, or for a ``loop`` run folder its ``best.pt`` (the
+    best evaluated model, the initial one included), else its ``last.pt`` (a run not evaluated)."""
+    source = Path(source)
+    if not source.is_dir():
+        return source
+    for name in RUN_MODELS:
+        if (source / name).is_file():
+            return source / name
+    raise ReidctlError(f"{source}: a folder without {' or '.join(RUN_MODELS)}; give a checkpoint (.pt), or a "
+                       "`loop` run folder once an epoch has finished")
+
+
+def export_format(out: Path | None, fmt: str | None) -> str:
+    """``--format``, or the one ``--out``'s suffix names (``.onnx``: onnx; otherwise torchscript);
+    a name whose suffix says the other format is refused (an ``m.onnx`` holding TorchScript)."""
+    if fmt is not None and fmt not in EXPORT_FORMATS:
+        raise ReidctlError(f"--format {fmt}: choose torchscript or onnx")
+    suffix = None if out is None else out.suffix.lower()
+    named = next((f for f, s in EXPORT_SUFFIXES.items() if s == suffix), None)
+    if fmt is None:
+        fmt = named or "torchscript"
+    if suffix == ".pt":
+        raise ReidctlError(f"--out {out}: .pt names reidctl checkpoints; name the {fmt} file "
+                           f"{out.with_suffix(EXPORT_SUFFIXES[fmt]).name}")
+    if named is not None and named != fmt:
+        raise ReidctlError(f"--out {out}: a {suffix} name for --format {fmt}; name it "
+                           f"{out.with_suffix(EXPORT_SUFFIXES[fmt]).name} (or give --format {named})")
+    return fmt
+
+
+def export_plan(source: str | os.PathLike, out: str | os.PathLike | None = None, fmt: str | None = None, *,
+                force: bool = False) -> tuple[Path, Path, str]:
+    """What ``export`` reads and writes: (checkpoint, out, format). ``out`` defaults to a name
+    beside the checkpoint (``RUN/best.pt`` → ``RUN/best.ts`` or ``RUN/best.onnx``). Refused
+    before any work: an ``out`` or ``OUT.json`` that is the checkpoint, and (without ``force``) an
+    existing one that is not an earlier export."""
+    checkpoint = run_model(source)
+    out = None if out is None else Path(out)
+    if out is not None:
+        check_output(out, schema=EXPORT, inputs=(checkpoint,), force=True)  # over its own checkpoint: say so first
+    fmt = export_format(out, fmt)
+    out = out if out is not None else checkpoint.with_suffix(EXPORT_SUFFIXES[fmt])
+    check_output(out, schema=EXPORT, inputs=(checkpoint,), force=force)
+    record = export_record_path(out)
+    if same_file(record, checkpoint) or (os.path.lexists(record) and not force
+                                         and existing_kind(record) != EXPORT_RECORD):
+        raise ReidctlError(f"{record} (where the preprocessing of --out goes) already exists and is not an export "
+                           "record: refusing to overwrite it (choose another --out, or --force)")
+    return checkpoint, out, fmt
+
+
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str = "torchscript",
                  batch: int = 2) -> dict[str, Any]:
     """Write the checkpoint's :class:`FeatureExtractor` as TorchScript (``torch.jit.trace``) or
     ONNX (opset 17, a dynamic batch axis) to ``out``, and its preprocessing to
-    ``<out>.json``; both atomically. Returns what was written."""
+    ``<out>.json`` (replacing a link there, never writing through it); both atomically. Returns
+    what was written; the record names the checkpoint, the file it resolves to and its digest."""
     if fmt not in EXPORT_FORMATS:
         raise ReidctlError(f"--format {fmt}: choose torchscript or onnx")
-    module = load_model(checkpoint)
+    payload = load_checkpoint(checkpoint)
+    module = FeatureExtractor(model_from_payload(payload, checkpoint), preprocessing_of(payload)).eval()
     prep = module.preprocessing
     example = torch.randn(batch, 3, prep["height"], prep["width"])
     out = Path(out)
@@ -88,10 +148,12 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str
                 atomic_save(traced, out, lambda obj, tmp: torch.jit.save(obj, str(tmp)))
         else:
             atomic_save(module, out, lambda obj, tmp: _onnx_export(obj, example, tmp))
-    info = {"format": fmt, "out": str(out), "checkpoint": str(checkpoint), "preprocessing": prep,
+    info = {"format": fmt, "out": str(out), "checkpoint": str(checkpoint),
+            "checkpoint_file": os.path.realpath(checkpoint), "checkpoint_digest": content_digest(payload),
+            "epoch": payload.get("epoch"), "preprocessing": prep, "input": ["N", 3, prep["height"], prep["width"]],
             "output": "N×C L2-normalised features", "channels": module.model.channels}
-    sidecar = out.with_name(out.name + ".json")
-    atomic_save(info, sidecar, lambda obj, tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
+    sidecar = export_record_path(out)
+    atomic_save(info, sidecar, lambda obj, tmp: Path(tmp).write_text(json.dumps(obj, indent=2)), replace_link=True)
     return info | {"preprocessing_file": str(sidecar)}
 
 
@@ -100,8 +162,12 @@ def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     torch's default one also needs ``onnxscript``; its deprecation warning is not the user's."""
     try:
         import onnx  # noqa: F401  (the exporter needs it; fail early with the install line)
-    except ModuleNotFoundError:
-        raise ReidctlError("ONNX export needs the onnx package: pip install 'reidctl[onnx]'") from None
+    except ImportError as exc:  # missing, or installed but broken (a missing library, a bad build)
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "onnx":
+            raise ReidctlError("ONNX export needs the onnx package: pip install 'reidctl[onnx]'") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ReidctlError(f"ONNX export needs a working onnx package (importing it failed: {reason}): "
+                           "pip install 'reidctl[onnx]'") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=["features"],

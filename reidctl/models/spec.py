@@ -15,8 +15,8 @@ import torch
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.options import option
-from reidctl.models.weights import (build_model, imagenet_state_dict, init_description, read_weights_file,
-                                    resolve_start)
+from reidctl.models.weights import (build_model, check_weights, imagenet_state_dict, init_description,
+                                    read_weights_file, resolve_start)
 from reidctl.train.checkpoint import (
     load_checkpoint,
     model_from_payload,
@@ -101,13 +101,21 @@ class ModelSpec:
                            self.part_split, self.neck, self.last_relu, self.input_norm)
 
     def build(self) -> tuple[ReidModel, dict[str, Any]]:
-        """The model and its provenance (what the artifact's ``params`` should record)."""
+        """The model and its provenance (what the artifact's ``params`` should record).
+
+        Weights whose features would be NaN are refused here, before any image is read
+        (:func:`~reidctl.models.weights.check_weights`)."""
         if self.checkpoint is not None:
             payload = load_checkpoint(self.checkpoint)
             model, epoch = model_from_payload(payload, self.checkpoint), payload.get("epoch")
-            return model, {"model": model.config.to_dict(), "init": f"checkpoint:{Path(self.checkpoint).name}",
-                           "epoch": epoch}
-        config = self.model_config()
-        torch.manual_seed(self.seed)  # random initialisation is part of the experiment
-        model = build_model(config, pretrained=self.pretrained, weights=self.weights)
-        return model, {"model": config.to_dict(), "init": init_description(self.pretrained, self.weights)}
+            provenance = {"model": model.config.to_dict(), "init": f"checkpoint:{Path(self.checkpoint).name}",
+                          "epoch": epoch}
+            source = str(self.checkpoint)
+        else:
+            config = self.model_config()
+            torch.manual_seed(self.seed)  # random initialisation is part of the experiment
+            model = build_model(config, pretrained=self.pretrained, weights=self.weights)
+            provenance = {"model": config.to_dict(), "init": init_description(self.pretrained, self.weights)}
+            source = str(self.weights) if self.weights is not None else f"the {self.start} {config.arch} weights"
+        check_weights(model, source)
+        return model, provenance

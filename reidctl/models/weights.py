@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import torchvision
 from reidctl.errors import ReidctlError
 from reidctl.models.backbones import IMAGENET_WEIGHTS
 from reidctl.models.reid import ModelConfig, ReidModel
+from reidctl.models.safeload import load_plain
 
 #: Prefixes of classifier heads that a torchvision state dict carries and a trunk does not use.
 _HEAD_PREFIXES = ("fc.", "classifier.")
@@ -27,7 +30,7 @@ def fetch_imagenet(arch: str) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet state dict of ``arch``: read from torch's cache, downloaded into it
     the first time. The one place reidctl touches the network (tests replace it)."""
     weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[arch])
-    return weights.get_state_dict(progress=False)
+    return weights.get_state_dict(progress=False, weights_only=True)  # a cached file is read without running code
 
 
 def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
@@ -65,13 +68,13 @@ def resolve_start(pretrained: str | None, weights: str | Path | None) -> str:
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a ``--weights`` file, read without running any code the file carries
+    (:func:`reidctl.models.safeload.load_plain`)."""
     path = Path(path)
     if not path.is_file():
         raise ReidctlError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ReidctlError(f"{path}: not a readable PyTorch weights file ({exc})") from None
+    what = "not a readable PyTorch weights file"
+    obj = load_plain(path, refused=what, unreadable=what)
     if isinstance(obj, dict) and obj.get("schema") == "reidctl/checkpoint":
         raise ReidctlError(f"{path}: is a reidctl checkpoint; pass it with --checkpoint, not --weights")
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -124,3 +127,32 @@ def init_description(pretrained: str | None, weights: str | Path | None) -> str:
     if start == "weights":
         return f"weights:{Path(weights).name}"
     return "imagenet" if start == "imagenet" else "random"
+
+
+def model_digest(model: ReidModel) -> str:
+    """The identity of a model as features depend on it: its structure (architecture, input
+    size, pooling, normalisation ...) and the content of every weight and buffer. Two random
+    initialisations, or two weights files of the same name, differ; the same weights under
+    another file name do not."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def check_weights(model: ReidModel, source: str) -> None:
+    """Refuse, before any image is read, weights whose features would all be NaN: a value that is
+    not finite, or a BatchNorm running variance below 0 (its square root in evaluation mode is
+    NaN). ``source`` names where the weights came from."""
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ReidctlError(f"{source}: holds values that are not finite ({name}: {bad} NaN/Inf); every "
+                               "feature would be NaN")
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise ReidctlError(f"{source}: its BatchNorm statistics are corrupt ({name}: {int((tensor < 0).sum())} "
+                               "negative variances); every feature would be NaN")

@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from reidctl.errors import ReidctlError
+
 
 class _ChunkedBN:
     """Mixin placed in front of a BatchNorm class."""
@@ -98,3 +100,24 @@ def get_bn_chunks(model: nn.Module) -> int:
 def chunk_sizes(n: int, chunks: int) -> list[int]:
     """Sizes ``torch.chunk`` (and DataParallel's scatter) gives a batch of ``n``."""
     return [t.shape[0] for t in torch.chunk(torch.empty(n), chunks)]
+
+
+def workable(n: int, chunks: int) -> bool:
+    """Whether a batch of ``n`` splits into exactly ``chunks`` chunks of at least 2 images."""
+    sizes = chunk_sizes(n, chunks)
+    return chunks == 1 or (len(sizes) == chunks and min(sizes) >= 2)
+
+
+def check_bn_chunks(batch_size: int, chunks: int) -> None:
+    """Refuse a ``--bn-chunks`` the batch cannot be split into, before anything runs.
+
+    Why: ``torch.chunk`` (as DataParallel's scatter) cuts chunks of ``ceil(n / K)`` images, so it
+    can make fewer than K of them (16 in 5: four chunks of 4). The run would then train with
+    another chunk count than the one it records; and BatchNorm needs at least 2 images a chunk."""
+    if chunks <= 1 or batch_size < 1 or workable(batch_size, chunks):
+        return
+    sizes = chunk_sizes(batch_size, chunks)
+    choices = ", ".join(str(k) for k in range(1, batch_size + 1) if workable(batch_size, k))
+    made = (f"torch.chunk makes {len(sizes)} chunks ({', '.join(map(str, sizes))})" if len(sizes) != chunks
+            else "a chunk would hold fewer than the 2 images BatchNorm needs")
+    raise ReidctlError(f"--bn-chunks {chunks} cannot split a batch of {batch_size}: {made}; choose one of {choices}")

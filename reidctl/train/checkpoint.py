@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import random
 import zipfile
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +25,7 @@ from reidctl import __version__
 from reidctl.artifacts import CHECKPOINT, atomic_save, read_method_state, write_method_state
 from reidctl.errors import ArtifactError
 from reidctl.models.reid import ModelConfig, ReidModel
+from reidctl.models.safeload import load_plain, one_line
 
 CHECKPOINT_SCHEMA = CHECKPOINT
 CHECKPOINT_VERSION = 1
@@ -38,27 +40,56 @@ NOT_DIGESTED = ("digest", "history", "provenance", "reidctl_version")
 UNSEEDED_RNGS = ("python", "numpy")
 
 
-def one_line(exc: BaseException, limit: int = 400) -> str:
-    """torch's multi-line load errors as one line (an ``error:`` message is one line)."""
-    text = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def save_checkpoint(path: str | Path, model: ReidModel, **state: Any) -> str:
     """Write atomically: model config + weights, and any extra state (optimiser, epoch, RNG ...).
 
-    Returns the checkpoint's content digest (also stored in it as ``digest``)."""
-    payload = {
+    Everything is stored as plain data (:func:`plain`), so the file loads with
+    ``weights_only=True`` and opening it never runs code. Returns the checkpoint's content digest
+    (also stored in it as ``digest``)."""
+    payload = plain({
         "schema": CHECKPOINT_SCHEMA,
         "schema_version": CHECKPOINT_VERSION,
         "reidctl_version": __version__,
         "model_config": model.config.to_dict(),
         "model": model.state_dict(),
         **state,
-    }
+    })
     payload["digest"] = content_digest(payload)
     atomic_save(payload, path, lambda obj, tmp: torch.save(obj, tmp))
     return payload["digest"]
+
+
+#: Containers a checkpoint may hold, besides dict, list and tuple: a model's state dict is an
+#: OrderedDict, MultiStepLR's milestones a Counter; ``weights_only`` loading rebuilds both.
+_MAPPINGS = (dict, OrderedDict, Counter)
+_SCALARS = (str, int, float, bool, bytes, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def plain(value: Any, where: str = "checkpoint") -> Any:
+    """``value`` as data that ``torch.load(weights_only=True)`` rebuilds: numpy scalars become
+    Python numbers, numpy arrays lists (small RNG keys) or tensors; containers and tensors are
+    kept (the same object when nothing inside changed: a state dict keeps its ``_metadata``).
+    Anything else is a bug in reidctl and fails here, before a checkpoint nobody could load
+    is written."""
+    if isinstance(value, (torch.Tensor, *_SCALARS)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"{where}: a {value.dtype} array is not plain data")
+        return value.tolist() if value.size <= 4096 else torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, _MAPPINGS):
+        items = {k: plain(v, f"{where}.{k}") for k, v in value.items()}
+        if all(items[k] is value[k] for k in value):
+            return value
+        return type(value)(items) if type(value) is not dict else items
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        items = [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return type(value)(items)
+    raise TypeError(f"{where}: a {type(value).__name__} is not plain data a checkpoint may hold")
 
 
 def content_digest(payload: Mapping[str, Any]) -> str:
@@ -76,10 +107,26 @@ def content_digest(payload: Mapping[str, Any]) -> str:
     return h.hexdigest()[:32]
 
 
-def checkpoint_digest(path: str | Path) -> str:
-    """The content digest of a checkpoint file (read lazily: tensors are memory-mapped)."""
+def checkpoint_digest(path: str | Path, *, arrays: bool = False) -> str:
+    """The content digest of a checkpoint file, computed from what it holds (tensors are
+    memory-mapped); never the ``digest`` field written in it, which an edited file keeps.
+
+    ``arrays``: also re-hash the method's persistent arrays in the file beside it (when it names
+    one) and count their actual content: for a checkpoint from outside a run folder, whose
+    neighbour file nothing else checks before a cached stage is reused."""
     payload = load_checkpoint(path, mmap=True)
-    return str(payload.get("digest") or content_digest(payload))
+    record = payload.get("method_arrays")
+    if arrays and isinstance(record, Mapping):
+        payload = {**payload, "method_arrays": {**record, "digest": _arrays_digest(record, path)}}
+    return content_digest(payload)
+
+
+def _arrays_digest(record: Mapping[str, Any], source: str | Path) -> str:
+    path = Path(source).parent / str(record.get("file"))
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file; it holds the method state that {source} was saved with "
+                            "(keep it beside the checkpoint)")
+    return read_method_state(path)[1]
 
 
 def _hash_value(h: Any, value: Any) -> None:
@@ -109,17 +156,16 @@ def _hash_value(h: Any, value: Any) -> None:
 def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     """A checkpoint's payload, checked to be ours and of a version this reidctl reads.
 
-    ``mmap`` maps tensors instead of reading them (cheap when only metadata is needed)."""
+    Read with ``weights_only=True`` (:func:`reidctl.models.safeload.load_plain`): a file that
+    holds anything but tensors and plain data is refused before any of it runs. ``mmap`` maps
+    tensors instead of reading them (cheap when only metadata is needed)."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such checkpoint")
     if not zipfile.is_zipfile(path):  # every torch.save file since torch 1.6 is a zip archive
         raise ArtifactError(f"{path}: not a checkpoint (not a file written by torch.save; a reidctl checkpoint "
                             "is the model.pt of a run's epoch folder)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except Exception as exc:
-        raise ArtifactError(f"{path}: not a readable checkpoint ({one_line(exc)})") from None
+    payload = load_plain(path, refused="not a reidctl checkpoint", unreadable="not a readable checkpoint", mmap=mmap)
     if not isinstance(payload, dict) or payload.get("schema") != CHECKPOINT_SCHEMA:
         raise ArtifactError(f"{path}: not a reidctl checkpoint (for plain weights use --weights)")
     if payload.get("schema_version") != CHECKPOINT_VERSION:
@@ -161,27 +207,30 @@ def capture_rng(generator: np.random.Generator | None = None) -> dict[str, Any]:
     """States of Python's, NumPy's and torch's global RNGs (CUDA when in use) and of ``generator``.
 
     Training itself draws only from ``generator`` (the sampler and the per-image augmentation
-    seeds); the global states are kept so a resumed process continues as if never stopped.
+    seeds); the global states are kept so a resumed process continues as if never stopped. The
+    numpy states are dicts of plain numbers and lists (their key arrays as lists), which a
+    checkpoint loaded with ``weights_only=True`` rebuilds.
     """
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": plain(np.random.get_state(legacy=False)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if generator is not None:
-        state["generator"] = generator.bit_generator.state
+        state["generator"] = plain(generator.bit_generator.state)
     return state
 
 
 def restore_rng(state: Mapping[str, Any], *, globals_too: bool = True) -> np.random.Generator | None:
-    """Restore the global RNGs (unless ``globals_too`` is False); return the saved generator."""
+    """Restore the global RNGs (unless ``globals_too`` is False); return the saved generator.
+    Reads both the plain states of :func:`capture_rng` and the ndarray tuples older checkpoints hold."""
     if globals_too:
         if "python" in state:
             random.setstate(state["python"])
         if "numpy" in state:
-            np.random.set_state(state["numpy"])
+            np.random.set_state(state["numpy"])  # numpy takes the key as a list or an array
         if "torch" in state:
             torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -252,7 +301,9 @@ def write_method_arrays(checkpoint: str | Path, arrays: Mapping[str, np.ndarray]
 def read_method_arrays(record: Mapping[str, str], source: str | Path) -> dict[str, np.ndarray]:
     """The arrays a checkpoint read from ``source`` names in ``record``, refused (one line naming
     the file) when the file is missing or its content is not what the checkpoint was saved with."""
-    path = Path(source).parent / record["file"]
+    beside = Path(source).parent / record["file"]
+    # RUN/best.pt and RUN/last.pt are links into an epoch folder, where the state file sits
+    path = beside if beside.is_file() else Path(source).resolve().parent / record["file"]
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file; it holds the method state that {source} was saved with "
                             "(keep it beside the checkpoint)")
@@ -275,7 +326,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "schema": payload.get("schema"),
         "schema_version": payload.get("schema_version"),
         "reidctl_version": payload.get("reidctl_version"),
-        "digest": payload.get("digest"),
+        "digest": content_digest(payload),  # of what it holds, not the field written in it
         "model_config": payload.get("model_config"),
         "parameters": int(sum(t.numel() for t in model.values() if t.is_floating_point())),
         "method": payload.get("method"),

@@ -52,6 +52,7 @@ from reidctl.data.stats import IMAGENET, Norm
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ReidModel
 from reidctl.options import option, resolve, resolve_names
+from reidctl.train.bn_chunks import check_bn_chunks
 
 #: ``TrainingMethod.scheduler_interval`` values: step after the epoch, or after every iteration.
 SCHEDULER_INTERVALS = ("epoch", "iteration")
@@ -87,6 +88,7 @@ class TrainParams:
         if self.batch_size % self.num_instances:
             raise ReidctlError(f"--batch-size {self.batch_size} is not a multiple of --num-instances "
                                f"{self.num_instances}: a batch holds whole groups of that many images per identity")
+        check_bn_chunks(self.batch_size, self.bn_chunks)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

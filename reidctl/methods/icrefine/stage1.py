@@ -87,13 +87,14 @@ SHARED_WITH_TRAINING = ("batch_size", "num_instances", "bn_chunks")
 def loop_params(intra: Mapping[str, Any], train: Mapping[str, Any]) -> IntraCameraParams:
     """Stage-1 options of ``loop``: its ``--intra-*`` options, then the batch shape of ``train``."""
     shared = {k: train[k] for k in SHARED_WITH_TRAINING if train.get(k) is not None}
-    return resolve_params({**shared, **intra})
+    return resolve_params({**shared, **intra}, prefix="intra_")
 
 
-def resolve_params(given: Mapping[str, Any]) -> IntraCameraParams:
-    """The defaults with the given (non-None) options; ``clusters`` may come as a number."""
+def resolve_params(given: Mapping[str, Any], prefix: str = "") -> IntraCameraParams:
+    """The defaults with the given (non-None) options; ``clusters`` may come as a number.
+    ``prefix``: how the options are spelled (``intra_``: ``loop --intra-lr``), for the messages."""
     given = {k: (str(v) if k == "clusters" and v is not None else v) for k, v in given.items()}
-    return resolve(IntraCameraParams, given, what="the intra-camera stage")
+    return resolve(IntraCameraParams, given, what="the intra-camera stage", prefix=prefix)
 
 
 @dataclass

@@ -31,7 +31,8 @@ from reidctl.methods.mar import losses as L
 from reidctl.methods.mar.agents import AgentClassifier
 from reidctl.methods.mar.pretrain import PRETRAIN, AgentTraining
 from reidctl.methods.mar.refine import MARRefineOptions, refine_mar
-from reidctl.methods.mar.source import DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, SourceData, load_source, mar_transform
+from reidctl.methods.mar.source import (DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, SourceData, load_source, mar_transform,
+                                        source_is_target_warning)
 from reidctl.options import option, resolve, unused
 from reidctl.train.contract import Forward, StepResult, StreamContext
 from reidctl.train.optim import LR_DROPS
@@ -59,7 +60,8 @@ class MARParams(TrainParams):
     schedule_epochs: int = field(default=20, metadata=option(
         "MAR: the run length its MultiStep schedule is laid out for (decays at 5/8 and 7/8 of it, stepped at the "
         "start of each epoch); `loop` sets it to --epochs."))
-    aux_data: str = field(default="", metadata=option("MAR: the labelled source dataset (its identities are the agents)."))
+    aux_data: str = field(default="", metadata=option("MAR: the labelled source dataset (its identities are the agents).",
+                                                      path=True))
     aux_dataset: str | None = field(default=None, metadata=option("MAR: force the source's layout."))
     aux_splits: str = field(default=DEFAULT_SOURCE_SPLITS, metadata=option(
         "MAR: the source splits whose identities are agents: train,test (every identity: MAR's 4,101 of MSMT17, "
@@ -154,6 +156,11 @@ class MAR(AgentTraining, Method):
     def train_reads(cls, params: Mapping[str, Any]) -> dict[str, Any]:
         return {"aux": load_source(params["aux_data"], params.get("aux_dataset"),
                                    params.get("aux_splits", "train")).fingerprint()}
+
+    @classmethod
+    def loop_notes(cls, params: Mapping[str, Any], data: str) -> list[str]:
+        warning = source_is_target_warning(str(params.get("aux_data") or ""), data)
+        return [warning] if warning else []
 
     @property
     def source(self) -> SourceData:

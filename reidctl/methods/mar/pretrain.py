@@ -157,6 +157,8 @@ def run_pretrain(req: PretrainRequest, out: str | Path) -> dict[str, Any]:
     (model + agents, method ``pretrain``) and return a summary."""
     p = req.params
     p.check()
+    if req.splits not in SOURCE_SPLITS:  # (in `loop`, the prelude refused it as --aux-splits already)
+        raise ReidctlError(f"--splits {req.splits}: choose train or train,test")
     check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.checkpoint, req.weights), force=req.force)
     source = load_source(req.data, req.dataset, req.splits)
     if len(source.samples) < p.batch_size:
@@ -211,6 +213,10 @@ def _epoch_line(h: Mapping[str, Any], epochs: int, seconds: float, elapsed: floa
 # as MAR's prelude in `loop`
 
 
+#: The prelude's name: its options are ``loop --pretrain-<option>``.
+PRETRAIN_NAME = "pretrain"
+
+
 @dataclass
 class PretrainOptions(PretrainParams):
     """The ``pretrain`` prelude's options (``loop --pretrain-epochs`` ...); the source comes from
@@ -222,7 +228,7 @@ class PretrainOptions(PretrainParams):
 
 
 def _resolve(given: Mapping[str, Any], train: Mapping[str, Any]) -> PretrainOptions:
-    options = resolve(PretrainOptions, given, what="the pretrain stage")
+    options = resolve(PretrainOptions, given, what="the pretrain stage", prefix=f"{PRETRAIN_NAME}_")
     options.data = str(train.get("aux_data") or "")
     options.dataset = train.get("aux_dataset")
     options.splits = str(train.get("aux_splits") or DEFAULT_SOURCE_SPLITS)
@@ -248,7 +254,7 @@ def _read_given(path: Path, ds: Any) -> str:
     if payload.get("method") not in ("pretrain", "mar"):
         raise ReidctlError(f"{path}: a checkpoint of --method {payload.get('method')} has no agents; MAR starts from "
                            "one of `reidctl pretrain` (or leave out --checkpoint to pretrain first)")
-    return checkpoint_digest(path)
+    return checkpoint_digest(path, arrays=True)  # its content, and that of the method state beside it
 
 
 def _reads(options: PretrainOptions) -> dict[str, Any]:
@@ -257,7 +263,7 @@ def _reads(options: PretrainOptions) -> dict[str, Any]:
 
 
 PRETRAIN = Prelude(
-    name="pretrain", output="source.pt", Options=PretrainOptions, run=_run, feeds="checkpoint",
+    name=PRETRAIN_NAME, output="source.pt", Options=PretrainOptions, run=_run, feeds="checkpoint",
     read_given=_read_given, resolve=_resolve, starts_model=True, reads=_reads,
     help="supervised pretraining on --aux-data, whose checkpoint starts epoch 0",
 )

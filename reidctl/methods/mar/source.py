@@ -12,6 +12,7 @@ test, 124,068 images, 4,101 identities).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,29 @@ def load_source(data: str, dataset: str | None = None, splits: str = DEFAULT_SOU
     if len(pids) < 2:
         raise ReidctlError(f"{ds.root}: a labelled source needs at least 2 identities (it has {len(pids)})")
     return SourceData(samples, labels.astype(np.int64), pids.astype(np.int64), str(ds.root), list(ds.train))
+
+
+def same_dataset(source: str, target: str) -> bool:
+    """Whether ``--aux-data`` names the target ``--data`` itself: the same folder or manifest
+    (however spelt: relative, absolute, through a link, with a trailing slash) or the same
+    synthetic preset."""
+    def key(data: str) -> str:
+        return data if data.startswith("synthetic:") else os.path.realpath(os.path.expanduser(data))
+
+    return bool(source) and bool(target) and key(source) == key(target)
+
+
+def source_is_target_warning(source: str, target: str) -> str | None:
+    """A one-line warning when the labelled source is the target, else None.
+
+    Why warn: MAR adapts a model from a labelled source to an unlabelled target. With the target
+    as its own source, the agents are learnt from the target's identity labels (with the default
+    train,test splits, the test identities' too): the run is no longer unsupervised, and its
+    numbers are not comparable to MAR's."""
+    if not same_dataset(source, target):
+        return None
+    return (f"warning: --aux-data is the target --data ({target}): the agents are learnt from the target's own "
+            "identity labels, so the run is not unsupervised; give a separate labelled source dataset")
 
 
 def mar_transform(height: int, width: int, norm: Norm) -> TrainTransform:
