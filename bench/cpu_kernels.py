@@ -6,15 +6,18 @@ which change float32 roundings; training and clustering can grow such difference
 re-runs the same commands in fresh processes under environment settings that force those other
 kernels here, and prints, per run and per setting, how far every pinned quantity moved from the
 first setting: labels as the number of rows whose label differs (clusters renumbered by first
-appearance), floats as the relative change.
+appearance), MAR's mined pairs as the number mined under one setting only, floats as the relative
+change.
 
     python bench/cpu_kernels.py                                   # the pinned runs under every setting
     python bench/cpu_kernels.py --runs cc --change "--momentum 0.101"   # and a real change, for comparison
     python bench/cpu_kernels.py --record                          # re-record tests/data/pins.json
+    python bench/cpu_kernels.py --runs ncplr,mar --record         # those pins alone (the others kept)
     python bench/cpu_kernels.py --runs quickstart                 # README command 1 (offline form)
 
-``--record`` writes, per pinned run, the reference setting's fingerprint and, per epoch and kind of
-float (losses, evaluation metrics), three times the largest relative change any setting made
+``--record`` writes, per pinned run named by ``--runs`` (the file's other entries stay as they
+are), the reference setting's fingerprint and, per epoch and kind of float (losses, evaluation
+metrics), three times the largest relative change any setting made
 (never below ``tests.pins.FLOOR``): the tolerances ``tests/test_pins.py`` compares with. A
 ``--change`` row runs the reference setting with extra flags; its last column says whether the
 pin would catch it.
@@ -125,6 +128,9 @@ def deviations(ref: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
         for key in ("clusters", "outliers"):
             if key in r:
                 out[f"epoch {r['epoch']} {key}"] = float(abs(r[key] - o[key]))
+        if "mined" in r:  # MAR: pairs mined under one setting and not the other
+            out[f"epoch {r['epoch']} mined pairs"] = float(len({tuple(x) for x in r["mined"]}
+                                                              ^ {tuple(x) for x in o["mined"]}))
     mine = pins.floats(other)
     for (epoch, kind), values in pins.floats(ref).items():
         theirs = dict(mine[(epoch, kind)])
@@ -142,11 +148,13 @@ def tolerances(devs: list[dict[str, float]], ref: dict[str, Any]) -> dict[str, d
 
 
 def digested(fp: dict[str, Any]) -> dict[str, Any]:
-    """A full-label fingerprint with its label lists replaced by their digests (as pins store them)."""
+    """A full-label fingerprint with its label lists (and MAR's mined pairs) replaced by their
+    digests (as pins store them)."""
     def sha(labels: list[int]) -> str:
         return hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
 
-    out = {"epochs": [{k: sha(v) if k in ("cluster", "refined") else v for k, v in row.items()} for row in fp["epochs"]]}
+    out = {"epochs": [{k: sha(v) if k in ("cluster", "refined", "mined") else v for k, v in row.items()}
+                      for row in fp["epochs"]]}
     if "intra" in fp:
         out["intra"] = sha(fp["intra"])
     return out

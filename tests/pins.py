@@ -2,7 +2,8 @@
 on any machine.
 
 The runs are written as command lines (flat option names are part of the promise). Each epoch's
-cluster and refined labels, cluster counts and outliers are compared **exactly**; every loss
+cluster and refined labels, cluster counts and outliers (MAR, which does not cluster: the pairs it
+mined) are compared **exactly**; every loss
 (the epoch's mean and each step's) and every evaluation metric **within a tolerance** recorded
 beside it in ``tests/data/pins.json``. The tolerances were measured, not guessed:
 ``bench/cpu_kernels.py`` re-runs the pins under settings that make this machine pick the kernels
@@ -23,9 +24,23 @@ Jaccard distances flips rows under any change, another CPU's roundings as much a
 the momentum (measured); the state carried across epochs is CC's, pinned by cc's second epoch.
 The official learning rate itself is covered by the unit tests of the optimisers and schedules.
 
+ncplr pins plain NCPLR (``--global-only``, the cheaper variant: GL-NCPLR adds the halves'
+memories and the mixed clustering distance on the same code): its neighbour sets, refined targets
+and refinement loss; no label moves under any setting, and a 1 % change of α (its refined target's
+one-hot weight) moves epoch 1's losses 22 times the tolerance. mar runs its source-pretraining
+prelude inside the run, on the built-in labelled source ``synthetic:tiny-source``. MAR trains with
+SGD, whose update is lr × gradient (Adam's is about lr whatever the gradient; MAR's losses weigh 50
+× a scale-30 softmax), so 1/1000 does not damp it: at 1/1000 of its two rates another CPU moved
+its losses by 5-13 %, rank-1 and most of its mined pairs, at 1/10,000 the losses still by 2.5e-3.
+At 1/100,000 (``MAR_DAMPED_LR``, ``MAR_DAMPED_PRETRAIN_LR``) they move by at most 5e-5, its mined
+pairs not at all, and a 1 % change of its agent weight λ2 moves them by 1e-2; one near-tied
+ranking of epoch 0's evaluation swaps under two settings (mAP ± 5e-3), hence that epoch's wider
+tolerance for metrics.
+
 Re-record only for a change that is meant to change results, and say so in CHANGELOG.md:
 ``python -m tests.pins [RUN ...]`` re-records fingerprints and keeps the tolerances;
-``python bench/cpu_kernels.py --record`` re-measures both.
+``python bench/cpu_kernels.py --record`` re-measures both (``--runs ncplr,mar --record`` those
+runs alone; the others' entries stay as they are).
 """
 
 from __future__ import annotations
@@ -44,17 +59,28 @@ from reidctl.artifacts import LABELS, existing_schema, read_labels
 PINS = Path(__file__).parent / "data" / "pins.json"
 #: 1/1000 of the official Adam learning rate (see the module docstring).
 DAMPED_LR = "3.5e-7"
+#: MAR trains with SGD: 1/100,000 of its official rates (training 2e-4, source pretraining 1e-2).
+MAR_DAMPED_LR, MAR_DAMPED_PRETRAIN_LR = "2e-9", "1e-7"
 COMMON = ["--data", "synthetic:tiny", "--arch", "resnet18", "--pretrained", "none", "--height", "64", "--width", "32",
-          "--k1", "6", "--k2", "2", "--min-samples", "3", "--iters", "2", "--batch-size", "8", "--num-instances", "4",
           "--bn-chunks", "2", "--lr", DAMPED_LR, "--eval-every", "1", "--workers", "0", "--device", "cpu",
           "--deterministic", "--epochs", "2", "--json"]
+#: The clustering methods' steps (MAR, which does not cluster, refuses these options).
+CLUSTERING = ["--k1", "6", "--k2", "2", "--min-samples", "3", "--iters", "2", "--batch-size", "8",
+              "--num-instances", "4"]
 RUNS = {
-    "cc": ["--method", "cc", "--eps", "0.5"],
-    "pplr": ["--method", "pplr", "--eps", "0.5"],
+    "cc": [*CLUSTERING, "--method", "cc", "--eps", "0.5"],
+    "pplr": [*CLUSTERING, "--method", "pplr", "--eps", "0.5"],
     # the stripes as they were before disjoint stripes became the default (issue 14)
-    "pplr_adaptive": ["--method", "pplr", "--eps", "0.5", "--part-split", "adaptive"],
-    "icrefine": ["--method", "icrefine", "--n-clusters", "12", "--intra-epochs", "2", "--intra-iters", "2",
-                 "--intra-clusters", "images/3", "--intra-lr", DAMPED_LR, "--epochs", "1"],
+    "pplr_adaptive": [*CLUSTERING, "--method", "pplr", "--eps", "0.5", "--part-split", "adaptive"],
+    "icrefine": [*CLUSTERING, "--method", "icrefine", "--n-clusters", "12", "--intra-epochs", "2", "--intra-iters",
+                 "2", "--intra-clusters", "images/3", "--intra-lr", DAMPED_LR, "--epochs", "1"],
+    # plain NCPLR (global only): its neighbour sets (refine stage), refined targets and refinement loss
+    "ncplr": [*CLUSTERING, "--method", "ncplr", "--eps", "0.5"],
+    # no clustering: the built-in labelled source, its pretraining prelude inside the run, small
+    # two-domain steps (8 source + 8 target images); both SGD rates at 1/100,000 of MAR's (see above)
+    "mar": ["--method", "mar", "--aux-data", "synthetic:tiny-source", "--aux-splits", "train", "--pretrain-epochs", "1",
+            "--pretrain-batch-size", "8", "--pretrain-lr", MAR_DAMPED_PRETRAIN_LR, "--batch-size", "16",
+            "--mining-ratio", "0.2", "--lr", MAR_DAMPED_LR],
 }
 #: Kinds of float a fingerprint holds (each epoch has a tolerance per kind).
 KINDS = ("loss", "eval")
@@ -79,9 +105,15 @@ def _labels_array(path: Path, name: str) -> np.ndarray:
         return np.asarray(f[name], dtype=np.int64)
 
 
+def _has(path: Path, name: str) -> bool:
+    with h5py.File(path, "r") as f:
+        return name in f
+
+
 def fingerprint(run_dir: Path, result: dict[str, Any], *, full_labels: bool = False) -> dict[str, Any]:
     """What must stay the same: every epoch's labels (a digest, or the lists with
-    ``full_labels``), cluster counts, losses (the mean and each step's) and evaluation metrics."""
+    ``full_labels``), cluster counts, MAR's mined pairs (likewise), losses (the mean and each
+    step's) and evaluation metrics."""
     read = labels_of if full_labels else labels_sha
     epochs = []
     for rec in result["epochs"]:
@@ -94,6 +126,9 @@ def fingerprint(run_dir: Path, result: dict[str, Any], *, full_labels: bool = Fa
                 row.update(cluster=read(folder / "labels.h5"), refined=read(folder / "refined.h5"),
                            clusters=rec["refine"]["clusters"], outliers=rec["refine"]["outliers"])
             row["loss"] = {"mean": rec["train"]["loss"], "steps": [float(x) for x in rec["train"]["step_losses"]]}
+            state = folder / "model.state.h5"
+            if state.exists() and _has(state, "mined_pairs"):  # MAR: the target pairs it mined (exact)
+                row["mined"] = read(state, "mined_pairs")
         epochs.append(row)
     out: dict[str, Any] = {"epochs": epochs}
     intra = run_dir / "intra" / "intra.h5"
@@ -122,7 +157,7 @@ def differences(actual: dict[str, Any], expected: dict[str, Any], tolerance: dic
     if len(actual["epochs"]) != len(expected["epochs"]) or actual.get("intra") != expected.get("intra"):
         problems.append("epochs or intra-camera labels differ")
     for a, e in zip(actual["epochs"], expected["epochs"]):
-        for key in ("epoch", "cluster", "refined", "clusters", "outliers"):
+        for key in ("epoch", "cluster", "refined", "clusters", "outliers", "mined"):
             if a.get(key) != e.get(key):
                 problems.append(f"epoch {e['epoch']}: {key} {a.get(key)} != {e.get(key)}")
     got, want = floats(actual), floats(expected)
