@@ -89,16 +89,38 @@ def write_target(path: str | os.PathLike, *, replace_link: bool = False) -> Path
     return target
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process is not writing the same file twice at once
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's process counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:
         return True
     return True
+
+
+def dead_writers_temps(target: Path, *, pid_end: str = ".", keep_own: bool = False) -> list[os.DirEntry]:
+    """The temporaries beside ``target`` (``.NAME.PID<pid_end>TOKEN.tmp``) whose writer process is
+    gone (``kill -9`` runs no cleanup). This process's own count as gone unless ``keep_own``
+    (a file write never overlaps itself; a folder build may run in another thread)."""
+    prefix = f".{target.name}."
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return []
+    stale = []
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
+            continue
+        pid = name[len(prefix):].split(pid_end, 1)[0]
+        if not pid.isdigit():
+            continue
+        own = int(pid) == os.getpid()
+        if (own and not keep_own) or (not own and not pid_alive(int(pid))):
+            stale.append(entry)
+    return stale
 
 
 def remove_stale_temps(target: Path) -> int:
@@ -108,20 +130,10 @@ def remove_stale_temps(target: Path) -> int:
     are left alone. Returns how many were removed.
     """
     removed = 0
-    prefix = f".{target.name}."
-    try:
-        entries = list(os.scandir(target.parent))
-    except OSError:
-        return 0
-    for entry in entries:
-        name = entry.name
-        if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
-            continue
-        pid = name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-                removed += 1
+    for entry in dead_writers_temps(target):
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed += 1
     return removed
 
 
@@ -654,11 +666,17 @@ def _check_layout(f: h5py.File, path: Path, layout: Mapping[str, tuple[int, str,
             raise ArtifactError(f"{path}: corrupt features file, '{name}' must be {what} (it is {node.ndim}-D {found})")
 
 
-def _refuse_non_finite(path: Path, paths: Sequence[str], feats: np.ndarray, parts: np.ndarray | None) -> None:
-    """NaN or Inf in a feature row silently changes every distance it enters: refuse the file."""
+def non_finite_rows(feats: np.ndarray, parts: np.ndarray | None) -> np.ndarray:
+    """The rows (a boolean mask) whose global or part features hold NaN or Inf."""
     bad = ~np.isfinite(feats).all(axis=1)
     if parts is not None:
         bad |= ~np.isfinite(parts.reshape(len(parts), -1)).all(axis=1)
+    return bad
+
+
+def _refuse_non_finite(path: Path, paths: Sequence[str], feats: np.ndarray, parts: np.ndarray | None) -> None:
+    """NaN or Inf in a feature row silently changes every distance it enters: refuse the file."""
+    bad = non_finite_rows(feats, parts)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise ArtifactError(f"{path}: {int(bad.sum())} rows hold NaN or Inf features, the first is row {first} "
@@ -798,7 +816,7 @@ def read_labels(
     path = Path(path)
     with reading(path) as f:
         meta = _meta(f, path, schema)
-        borrowed = _borrowed(meta, path)
+        borrowed = _borrowed(meta, path)[1]
         _require(f, path, [n for n in ("labels", "paths") if n not in borrowed])
         paths = _read_value(f["paths"]) if "paths" in f else None
         labels = f["labels"][()] if "labels" in f else None
@@ -817,37 +835,32 @@ def read_labels(
     return Labels(labels.astype(np.int32), paths, extra, meta, path)
 
 
-def _borrowed(meta: Meta, path: Path) -> dict[str, str]:
-    """name -> digest of the arrays a labels file keeps in another file ({} for none)."""
+def _borrowed(meta: Meta, path: Path) -> tuple[Path | None, dict[str, str]]:
+    """The file beside ``path`` that a labels file keeps some arrays in, and name -> digest of
+    those arrays ((None, {}) for none); an unreadable record is refused."""
     record = meta.attrs.get(BORROWED)
     if record is None:
-        return {}
+        return None, {}
     try:
         record = json.loads(record) if isinstance(record, str) else record
-        arrays = record["arrays"]
-        str(record["file"])
+        arrays, source = record["arrays"], path.parent / Path(str(record["file"])).name
     except (ValueError, KeyError, TypeError):
         raise ArtifactError(f"{path}: corrupt artifact, its '{BORROWED}' record is unreadable") from None
     if not isinstance(arrays, dict):
         raise ArtifactError(f"{path}: corrupt artifact, its '{BORROWED}' record is unreadable")
-    return arrays
+    return (source if arrays else None), arrays
 
 
 def borrowed_source(path: str | os.PathLike, meta: Meta) -> Path | None:
     """The file a labels artifact borrows arrays from, or None when it holds all of them."""
-    if not _borrowed(meta, Path(path)):  # also refuses an unreadable record
-        return None
-    record = meta.attrs[BORROWED]
-    record = json.loads(record) if isinstance(record, str) else record
-    return Path(path).parent / Path(str(record["file"])).name
+    return _borrowed(meta, Path(path))[0]
 
 
 def _read_borrowed(path: Path, meta: Meta, paths: Sequence[str] | None, names: Sequence[str]) -> dict[str, Any]:
     """Read ``names`` from the file ``path`` borrows them from, refusing it if it is missing, of
     other rows (than ``paths``, or the digest ``path`` records of them), or changed since ``path``
     was written from it."""
-    digests = _borrowed(meta, path)
-    source = borrowed_source(path, meta)
+    source, digests = _borrowed(meta, path)
     redo = "keep the two files together, or make it again (`reidctl loop --verify` re-runs what changed)"
     if not source.is_file():
         raise ArtifactError(f"{path}: its {', '.join(names)} are kept in {source.name} beside it, which is missing; "
@@ -858,8 +871,8 @@ def _read_borrowed(path: Path, meta: Meta, paths: Sequence[str] | None, names: S
         if missing:
             raise ArtifactError(f"{path}: {source.name} beside it has no {', '.join(missing)} any more, which "
                                 f"{path.name} was made from; {redo}")
-        source_paths = _read_value(f["paths"])
         values = {n: _read_value(f[n]) for n in names}
+        source_paths = values["paths"] if "paths" in values else _read_value(f["paths"])
     rows = paths_digest(paths) if paths is not None else meta.attrs.get("paths_digest")
     if paths_digest(source_paths) != rows:
         raise ArtifactError(f"{path}: {source.name} beside it has other rows than {path.name}; {redo}")
@@ -918,8 +931,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
                 items[name] = f"{'×'.join(map(str, node.shape)) or 'scalar'} {node.dtype}"
 
         f.visititems(visit)
-    source = borrowed_source(path, meta)
-    for name in _borrowed(meta, path) if source is not None else ():
+    source, borrowed = _borrowed(meta, path)
+    for name in borrowed:
         items[name] = f"not copied: read from {source.name} beside it (checked against its recorded digest)"
     return {
         "path": str(path),

@@ -51,6 +51,10 @@ class WorstSheet:
     top_k: int = 10
     force: bool = False  # replace an existing file that is not a reidctl sheet
 
+    def __post_init__(self) -> None:  # refused before any feature is extracted or evaluated
+        if self.queries < 1 or self.top_k < 1:
+            raise ReidctlError("--queries and --top-k must be at least 1")
+
     def check(self, *inputs: str | Path | None) -> None:
         """Refuse, before any work, a sheet that would overwrite one of ``inputs`` (the features
         file, the checkpoint, the weights, an image of the dataset folder) or, without ``force``,
@@ -98,15 +102,14 @@ def draw_worst(query: RankSide, gallery: RankSide, ap_per_query: np.ndarray, she
     as the protocol ranks them (``pairs``: the gallery items it ignores are left out), then each
     query's first right match with its rank: a bad AP says little until one sees how far down
     the right person went."""
-    if sheet.queries < 1 or sheet.top_k < 1:
-        raise ReidctlError("--queries and --top-k must be at least 1")
     scored = np.flatnonzero(~np.isnan(ap_per_query))
     worst = scored[np.argsort(ap_per_query[scored], kind="stable")[: sheet.queries]]
-    ranking, chosen = _protocol_ranking(query, gallery, worst, pairs, rerank)
-    rows = sheet_rows(ranking, chosen, [f"AP {100 * ap_per_query[i]:.1f} %" for i in worst], columns=sheet.top_k)
+    ranking = _protocol_ranking(query, gallery, worst, pairs, rerank)
+    rows = sheet_rows(ranking, np.arange(len(worst)), [f"AP {100 * ap_per_query[i]:.1f} %" for i in worst],
+                      columns=sheet.top_k)
     match = ranking.matches()
-    first = first_right(match[chosen])
-    for row, qi, j in zip(rows, chosen, first):
+    first = first_right(match)
+    for qi, (row, j) in enumerate(zip(rows, first)):
         row.first_right = None if j is None else match_tile(ranking, match, qi, j)
     how = f"{ap} AP, --pairs {pairs}" + (", re-ranked" if rerank else "")
     title = [f"reidctl evaluate: the {len(worst)} queries with the lowest AP ({how}), their top {sheet.top_k} as the "
@@ -118,19 +121,18 @@ def draw_worst(query: RankSide, gallery: RankSide, ap_per_query: np.ndarray, she
             "first_right_rank": [None if j is None else j + 1 for j in first], "size": list(layout.size)}
 
 
-def _protocol_ranking(query: RankSide, gallery: RankSide, worst: np.ndarray, pairs: str,
-                      rerank: bool) -> tuple[Ranking, np.ndarray]:
-    """The whole gallery ranked for the ``worst`` queries as the protocol ranks it (to find each
-    one's first right match, however far down), and their rows in that ranking."""
+def _protocol_ranking(query: RankSide, gallery: RankSide, worst: np.ndarray, pairs: str, rerank: bool) -> Ranking:
+    """The whole gallery ranked for the ``worst`` queries (in that order) as the protocol ranks it,
+    to find each one's first right match, however far down."""
     def ignored(s: int, e: int) -> torch.Tensor:
         rows = worst[s:e] if not rerank else np.arange(s, e)
         valid, _ = protocol_masks(query.pids[rows], query.camids[rows], gallery.pids, gallery.camids, pairs)
         return torch.from_numpy(~valid)
 
-    if rerank:  # re-ranked distances depend on every query: rank them all, draw the worst
-        return rank_gallery(query, gallery, len(gallery), rerank=True, same_image=True, exclude=ignored), worst
-    ranking = rank_gallery(query.subset(worst), gallery, len(gallery), same_image=True, exclude=ignored)
-    return ranking, np.arange(len(worst))
+    if rerank:  # re-ranked distances depend on every query: rank them all, keep the worst (not Q×G)
+        full = rank_gallery(query, gallery, len(gallery), rerank=True, same_image=True, exclude=ignored)
+        return Ranking(query.subset(worst), gallery, full.dist[worst], full.idx[worst], rerank=True)
+    return rank_gallery(query.subset(worst), gallery, len(gallery), same_image=True, exclude=ignored)
 
 
 def first_right(match: np.ndarray) -> list[int | None]:

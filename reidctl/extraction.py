@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from reidctl import dist
-from reidctl.artifacts import FEATURES, check_output, write_features
+from reidctl.artifacts import FEATURES, check_output, non_finite_rows, write_features
 from reidctl.data.base import SPLIT_CHOICES, Dataset, Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import input_norm
@@ -73,13 +73,11 @@ def check_finite_features(ext: Extracted, rows: Sequence[Sample]) -> None:
     a row poisons every distance it enters. The weights were checked before extraction
     (:func:`reidctl.models.weights.check_weights`), so what is left is a forward pass that
     overflows: weights too large to use."""
-    finite = np.isfinite(ext.feats).all(axis=1)
-    if ext.parts is not None:
-        finite &= np.isfinite(ext.parts).all(axis=(1, 2))
-    if not finite.all():
-        first = rows[int(np.argmin(finite))].relpath
-        raise ReidctlError(f"the model gives features that are not finite (NaN or Inf) for {int((~finite).sum())} of "
-                           f"{len(finite)} images (e.g. {first}); its weights are unusable (they overflow the "
+    bad = non_finite_rows(ext.feats, ext.parts)
+    if bad.any():
+        first = rows[int(np.argmax(bad))].relpath
+        raise ReidctlError(f"the model gives features that are not finite (NaN or Inf) for {int(bad.sum())} of "
+                           f"{len(bad)} images (e.g. {first}); its weights are unusable (they overflow the "
                            "forward pass)")
 
 

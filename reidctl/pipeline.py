@@ -60,8 +60,6 @@ from reidctl.stages import Prelude, RunContext
 from reidctl.train.checkpoint import checkpoint_digest, method_arrays_path, save_checkpoint
 from reidctl.train.stage import TrainEpochRequest, run_train_epoch
 
-#: ``RUN/best.pt``: the best evaluated model's checkpoint (a symbolic link; a copy where links fail).
-BEST_LINK = BEST_MODEL
 #: What ``--force-from`` accepts, in run order ("prelude": every stage a method runs before epoch 0).
 STAGES = ("prelude", "extract", "cluster", "refine", "train", "evaluate")
 #: How the loop's evaluation ranks (recorded in the evaluate stage's key): mAP with the sklearn
@@ -436,10 +434,6 @@ class _Loop:
             shutil.copy2(ckpt.path, tmp)
         os.replace(tmp, link)  # replaces a link or file there, never writes through it
 
-    def point_best(self, ckpt: StageResult) -> None:
-        """``RUN/best.pt``: the best evaluated model's checkpoint."""
-        self.point(BEST_MODEL, ckpt)
-
     def prune_old(self, epoch: int, best: dict[str, Any] | None) -> None:
         """``--keep N``: delete the artifacts of epochs before the last N, except the best one's."""
         keep = self.cfg.keep
@@ -512,14 +506,14 @@ class _Loop:
                 record["eval"] = self.evaluate(folder, ckpt, epoch)
                 if best is None or record["eval"]["mAP"] > best["mAP"]:
                     best, best_ckpt = {"epoch": epoch, **record["eval"]}, ckpt
-                    self.point_best(ckpt)
+                    self.point(BEST_MODEL, ckpt)
             history.append(record)
             self.prune_old(epoch, best)
             if on_epoch is not None:
                 on_epoch(record)
         if best is not None and best["epoch"] == "init":
             best_ckpt = self.init_model(start)
-            self.point_best(best_ckpt)
+            self.point(BEST_MODEL, best_ckpt)
         self.save_config()  # every stage came from the cache, or the run went through
         evals = [h for h in history if "eval" in h]
         result = {"run_dir": str(self.run.root), "method": cfg.method, "epochs": history,

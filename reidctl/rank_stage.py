@@ -128,7 +128,7 @@ def _rows_for(feats: Features, role: str) -> np.ndarray | None:
 def _materialise(raw: dict[str, Features | _Images], req: RankRequest) -> tuple[dict[str, RankSide], dict[str, dict]]:
     sides: dict[str, RankSide] = {}
     identities: dict[str, dict] = {}
-    model = provenance = None
+    model = identity = None
     for role in ROLES:
         item = raw[role]
         if isinstance(item, Features):
@@ -137,11 +137,12 @@ def _materialise(raw: dict[str, Features | _Images], req: RankRequest) -> tuple[
             sides[role] = side if rows is None else side.subset(rows)
             identities[role] = _file_identity(item)
             continue
-        if model is None:
+        if model is None:  # one model for both sides: built, and its weights hashed, once
             model, provenance = req.build()
+            identity = _run_identity(req, provenance, model)
         norm = _norm_for(model, raw, role)
         sides[role] = _extract_side(model, item, norm, req)
-        identities[role] = _run_identity(req, provenance, model)
+        identities[role] = identity
     return sides, identities
 
 

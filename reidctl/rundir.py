@@ -141,16 +141,14 @@ class RunLock:
 def open_no_link(path: Path, flags: int) -> int:
     """``os.open(path, flags)`` that refuses a symbolic link at ``path`` (a run folder's lock and
     log are written in place: through a link they would truncate or grow a file elsewhere)."""
-    if os.path.islink(path):
-        raise ReidctlError(f"{path} is a symbolic link; reidctl does not write through links in a run folder "
-                           "(delete the link)")
-    try:
-        return os.open(path, flags | _NOFOLLOW, 0o666)
-    except OSError as exc:
-        if os.path.islink(path):  # made between the check and the open (ELOOP)
-            raise ReidctlError(f"{path} is a symbolic link; reidctl does not write through links in a run "
-                               "folder (delete the link)") from None
-        raise
+    if not os.path.islink(path):
+        try:
+            return os.open(path, flags | _NOFOLLOW, 0o666)
+        except OSError:
+            if not os.path.islink(path):  # else: made between the check and the open (ELOOP)
+                raise
+    raise ReidctlError(f"{path} is a symbolic link; reidctl does not write through links in a run folder "
+                       "(delete the link)")
 
 
 def _try_lock(fd: int) -> bool:

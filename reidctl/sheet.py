@@ -266,8 +266,9 @@ def draw_sheet(rows: list[SheetRow], out: str | os.PathLike, title: str | Sequen
         draw.rectangle([s.x, s.y, s.x + 13, s.y + 13], fill=s.colour)
     for t in layout.texts:
         draw.text((t.x, t.y), t.text, fill=t.colour, font=font(t.size))
+    pictures: dict[Path, Image.Image] = {}  # an image on several tiles is read once
     for p in layout.tiles:
-        _tile(sheet, draw, p.x, p.y, p.tile)
+        _tile(sheet, draw, p.x, p.y, p.tile, pictures)
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG", pnginfo=kind_chunk())
     return layout
@@ -281,7 +282,10 @@ def kind_chunk() -> PngImagePlugin.PngInfo:
     return info
 
 
-def _tile(sheet: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, tile: Tile) -> None:
+def _tile(sheet: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, tile: Tile,
+          pictures: dict[Path, Image.Image]) -> None:
     draw.rectangle([x, y, x + CELL_WIDTH + 2 * BORDER - 1, y + CELL_HEIGHT + 2 * BORDER - 1], fill=tile.colour)
-    picture = load_image(Path(tile.image)).resize((CELL_WIDTH, CELL_HEIGHT), Image.BICUBIC)
-    sheet.paste(picture, (x + BORDER, y + BORDER))
+    path = Path(tile.image)
+    if path not in pictures:
+        pictures[path] = load_image(path).resize((CELL_WIDTH, CELL_HEIGHT), Image.BICUBIC)
+    sheet.paste(pictures[path], (x + BORDER, y + BORDER))

@@ -200,6 +200,20 @@ def test_a_checkpoint_read_through_a_link_finds_its_state_file(toy, source, targ
     assert resumed[0].method.visits.sum() == 16
 
 
+def test_a_linked_checkpoint_has_the_digest_of_the_file_it_points_at(toy, source, target, tmp_path):
+    """``checkpoint_digest(..., arrays=True)`` (what ``loop --checkpoint`` keys its stages on)
+    finds the state file beside the link's target too: before, ``otherrun/best.pt`` of a method
+    with persistent arrays failed with "no such file"."""
+    (tmp_path / "epoch_000").mkdir()
+    model_pt = tmp_path / "epoch_000" / "model.pt"
+    run_train_epoch(request(target, tmp_path, source), model_pt)
+    (tmp_path / "best.pt").symlink_to(model_pt)
+    assert checkpoint_digest(tmp_path / "best.pt", arrays=True) == checkpoint_digest(model_pt, arrays=True)
+    (tmp_path / "epoch_000" / "model.state.h5").unlink()
+    with pytest.raises(ArtifactError, match="model.state.h5: no such file"):
+        checkpoint_digest(tmp_path / "best.pt", arrays=True)
+
+
 def test_a_missing_or_changed_state_file_is_refused(toy, source, target, tmp_path):
     run_train_epoch(request(target, tmp_path, source), tmp_path / "e0.pt")
     state = tmp_path / "e0.state.h5"

@@ -78,10 +78,10 @@ def build_manifest() -> dict[str, Any]:
 
 def write_manifest(path: Path = MANIFEST) -> None:
     """Write the manifest (atomically: a reader never sees half a file)."""
+    from reidctl.artifacts import atomic_save
+
     text = json.dumps(build_manifest(), indent=1, ensure_ascii=False) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_save(text, path, lambda obj, tmp: tmp.write_text(obj, encoding="utf-8"))
 
 
 def load_manifest(path: Path = MANIFEST) -> dict[str, Any] | None:

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import os
-import uuid
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -55,14 +54,14 @@ def split_fingerprint(samples: Sequence[Sample], *, verify: bool = False) -> str
     enclosing :func:`verifying`) re-hashes the images instead of trusting what was remembered."""
     by_stat = stat_fingerprint(samples)
     verified = _VERIFYING.get()
-    if verify or (verified is not None and by_stat not in verified):
+    rehash = verify or (verified is not None and by_stat not in verified)
+    content = None if rehash else (_MEMO.get(by_stat) or _recall(by_stat))
+    if content is None:  # first sight, or a re-hash: read the images, and remember what they hold
         content = content_fingerprint(samples)
+        _remember(by_stat, content)
         if verified is not None:
             verified.add(by_stat)
-    else:
-        content = _MEMO.get(by_stat) or _recall(by_stat) or content_fingerprint(samples)
     _MEMO[by_stat] = content
-    _remember(by_stat, content)
     return content
 
 
@@ -114,13 +113,9 @@ def _recall(by_stat: str) -> str | None:
 
 def _remember(by_stat: str, content: str) -> None:
     """Write the memo atomically; a cache that cannot be written is only a lost speed-up."""
-    path = _memo_path(by_stat)
-    try:
-        if path.is_file() and _recall(by_stat) == content:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    from reidctl.artifacts import ArtifactError, atomic_path
+
+    if _recall(by_stat) == content:
+        return
+    with contextlib.suppress(ArtifactError), atomic_path(_memo_path(by_stat)) as tmp:
         tmp.write_text(json.dumps({"stat": by_stat, "content": content}))
-        os.replace(tmp, path)
-    except OSError:
-        pass

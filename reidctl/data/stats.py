@@ -14,12 +14,11 @@ of 0 (or not finite) in some channel cannot normalise anything (every image woul
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from reidctl.artifacts import ArtifactError, atomic_path
 from reidctl.data.base import Sample
 from reidctl.data.fingerprint import split_fingerprint
 from reidctl.data.synthetic import cache_dir
@@ -128,14 +128,9 @@ def _recall(path: Path, key: str) -> Norm | None:
 
 def _store(path: Path, key: str, norm: Norm) -> None:
     """Write the cache file atomically; a cache that cannot be written is only a lost speed-up."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    with contextlib.suppress(ArtifactError), atomic_path(path) as tmp:
         tmp.write_text(json.dumps({"key": key, "mean": list(norm.mean), "std": list(norm.std),
                                    "check": _check(key, norm.mean, norm.std)}))
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def input_norm(config: ModelConfig, train: Sequence[Sample], workers: int = 0) -> Norm:

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy.ndimage import gaussian_filter
 
-from reidctl.artifacts import os_reason
+from reidctl.artifacts import dead_writers_temps, os_reason
 from reidctl.errors import DatasetError
 from reidctl.processes import check_process_count, usable_cpus
 
@@ -783,34 +783,14 @@ def write_synthetic(
 
 def remove_killed_builds(out: Path) -> list[Path]:
     """Delete the temporary folders (``.OUT.PID-TOKEN.tmp``) that builds of ``out`` killed before
-    their end left beside it (``kill -9`` runs no cleanup); a live process's build is left alone.
-    Returns the folders removed."""
+    their end left beside it (``kill -9`` runs no cleanup); a live process's build, this one's
+    included (another thread's), is left alone. Returns the folders removed."""
     removed = []
-    prefix = f".{out.name}."
-    try:
-        entries = list(os.scandir(out.parent))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not (entry.name.startswith(prefix) and entry.name.endswith(_TEMP_SUFFIX)):
-            continue
-        pid = entry.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)) and entry.is_dir(follow_symlinks=False):
+    for entry in dead_writers_temps(out, pid_end="-", keep_own=True):
+        if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True  # this process's own build (another thread's): never removed under it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's live process
-        return True
-    return True
 
 
 _JOB: tuple = ()  # what a worker process renders from (people, cameras, seed, height, width)

@@ -70,9 +70,13 @@ def preprocessing_of(payload: dict[str, Any]) -> dict[str, Any]:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> FeatureExtractor:
     """The model of a reidctl checkpoint as a ready module in eval mode on ``device``; its
     ``preprocessing`` attribute says how to prepare images (size, mean, std)."""
-    payload = load_checkpoint(path)
-    model = model_from_payload(payload, path)
-    return FeatureExtractor(model, preprocessing_of(payload)).eval().to(device)
+    return extractor_of(load_checkpoint(path), path).to(device)
+
+
+def extractor_of(payload: dict[str, Any], source: str | os.PathLike) -> FeatureExtractor:
+    """The :class:`FeatureExtractor` (eval mode, on the CPU) of a checkpoint already loaded from
+    ``source`` (so a caller that needs more of it reads it once)."""
+    return FeatureExtractor(model_from_payload(payload, source), preprocessing_of(payload)).eval()
 
 
 def run_model(source: str | os.PathLike) -> Path:
@@ -136,7 +140,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str
     if fmt not in EXPORT_FORMATS:
         raise ReidctlError(f"--format {fmt}: choose torchscript or onnx")
     payload = load_checkpoint(checkpoint)
-    module = FeatureExtractor(model_from_payload(payload, checkpoint), preprocessing_of(payload)).eval()
+    module = extractor_of(payload, checkpoint)
     prep = module.preprocessing
     example = torch.randn(batch, 3, prep["height"], prep["width"])
     out = Path(out)

@@ -112,21 +112,18 @@ def checkpoint_digest(path: str | Path, *, arrays: bool = False) -> str:
     memory-mapped); never the ``digest`` field written in it, which an edited file keeps.
 
     ``arrays``: also re-hash the method's persistent arrays in the file beside it (when it names
-    one) and count their actual content: for a checkpoint from outside a run folder, whose
+    one, :func:`method_state_file`) and count their actual content: for a checkpoint from outside a run folder, whose
     neighbour file nothing else checks before a cached stage is reused."""
-    payload = load_checkpoint(path, mmap=True)
+    return payload_digest(load_checkpoint(path, mmap=True), path, arrays=arrays)
+
+
+def payload_digest(payload: Mapping[str, Any], source: str | Path, *, arrays: bool = False) -> str:
+    """:func:`checkpoint_digest` of a checkpoint already loaded from ``source`` (read it once)."""
     record = payload.get("method_arrays")
     if arrays and isinstance(record, Mapping):
-        payload = {**payload, "method_arrays": {**record, "digest": _arrays_digest(record, path)}}
+        digest = read_method_state(method_state_file(record, source))[1]
+        payload = {**payload, "method_arrays": {**record, "digest": digest}}
     return content_digest(payload)
-
-
-def _arrays_digest(record: Mapping[str, Any], source: str | Path) -> str:
-    path = Path(source).parent / str(record.get("file"))
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such file; it holds the method state that {source} was saved with "
-                            "(keep it beside the checkpoint)")
-    return read_method_state(path)[1]
 
 
 def _hash_value(h: Any, value: Any) -> None:
@@ -298,15 +295,23 @@ def write_method_arrays(checkpoint: str | Path, arrays: Mapping[str, np.ndarray]
     return {"file": path.name, "digest": digest}
 
 
-def read_method_arrays(record: Mapping[str, str], source: str | Path) -> dict[str, np.ndarray]:
-    """The arrays a checkpoint read from ``source`` names in ``record``, refused (one line naming
-    the file) when the file is missing or its content is not what the checkpoint was saved with."""
-    beside = Path(source).parent / record["file"]
-    # RUN/best.pt and RUN/last.pt are links into an epoch folder, where the state file sits
-    path = beside if beside.is_file() else Path(source).resolve().parent / record["file"]
+def method_state_file(record: Mapping[str, Any], source: str | Path) -> Path:
+    """The file of the persistent arrays a checkpoint read from ``source`` names in ``record``:
+    beside ``source``, or beside the file it links to (``RUN/best.pt`` and ``RUN/last.pt`` are
+    links into an epoch folder, where the state file sits); refused in one line when missing."""
+    name = str(record.get("file"))
+    beside = Path(source).parent / name
+    path = beside if beside.is_file() else Path(source).resolve().parent / name
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file; it holds the method state that {source} was saved with "
                             "(keep it beside the checkpoint)")
+    return path
+
+
+def read_method_arrays(record: Mapping[str, str], source: str | Path) -> dict[str, np.ndarray]:
+    """The arrays a checkpoint read from ``source`` names in ``record``, refused (one line naming
+    the file) when the file is missing or its content is not what the checkpoint was saved with."""
+    path = method_state_file(record, source)
     arrays, digest = read_method_state(path)
     if digest != record["digest"]:
         raise ArtifactError(f"{path}: holds other method state (digest {digest}) than {source} was saved with "

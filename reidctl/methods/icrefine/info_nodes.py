@@ -84,25 +84,6 @@ def infomap_clusters(n: int, links: Links, *, min_size: int = 4, seed: int = INF
     new[keep] = np.arange(len(keep))
     labels[linked] = new[modules[linked]]
     return labels
-    try:
-        import infomap  # noqa: PLC0415 (optional at import time: only this mode needs it)
-    except ImportError:
-        raise ReidctlError("--info-nodes per-cluster needs the infomap package: pip install 'infomap>=2'") from None
-    im = infomap.Infomap(two_level=True, directed=True, silent=True, seed=seed, num_trials=1)
-    im.add_links(zip(links.src.tolist(), links.dst.tolist(), links.weight.tolist()))
-    result = im.run()
-    if result is not None and hasattr(result, "modules"):
-        modules = result.modules() if callable(result.modules) else result.modules
-    else:  # infomap < 2.14: results live on the Infomap object
-        modules = im.get_modules()
-    nodes = np.fromiter(modules.keys(), np.int64, len(modules))
-    mods = np.fromiter(modules.values(), np.int64, len(modules))
-    ids, counts = np.unique(mods, return_counts=True)  # ascending = Infomap's module order
-    keep = ids[counts > min_size]
-    new = np.full(int(ids.max()) + 1, -1, np.int64)
-    new[keep] = np.arange(len(keep))
-    labels[nodes] = new[mods]
-    return labels
 
 
 def select_information_nodes(score: np.ndarray, clusters: np.ndarray | None = None,

@@ -40,7 +40,7 @@ from reidctl.options import option, resolve, unused
 from reidctl.precision import DEFAULT_AMP
 from reidctl.progress import progress_bar
 from reidctl.stages import Prelude, RunContext
-from reidctl.train.checkpoint import CHECKPOINT_SCHEMA, checkpoint_digest, load_checkpoint
+from reidctl.train.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, payload_digest
 from reidctl.train.contract import Batch, EpochData, StreamContext, TrainingMethod, TrainParams
 from reidctl.train.optim import LR_DROPS, multistep_at_epoch_start, official_milestones, sgd_no_bn_decay
 from reidctl.train.streams import labelled_stream
@@ -254,7 +254,7 @@ def _read_given(path: Path, ds: Any) -> str:
     if payload.get("method") not in ("pretrain", "mar"):
         raise ReidctlError(f"{path}: a checkpoint of --method {payload.get('method')} has no agents; MAR starts from "
                            "one of `reidctl pretrain` (or leave out --checkpoint to pretrain first)")
-    return checkpoint_digest(path, arrays=True)  # its content, and that of the method state beside it
+    return payload_digest(payload, path, arrays=True)  # its content, and that of the method state beside it
 
 
 def _reads(options: PretrainOptions) -> dict[str, Any]:
