@@ -205,8 +205,8 @@ def worker(args: argparse.Namespace) -> dict:
     from reidctl import search
     from reidctl.cluster import dbscan, jaccard_distance, label_quality
 
-    from reidctl.cluster.stage import ClusterParams, jaccard_bound
-    from reidctl.search_approx import APPROX_BACKENDS, approx_knn
+    from reidctl.cluster.clustering import ClusterParams, jaccard_bound
+    from reidctl.search.approx import APPROX_BACKENDS, approx_knn
 
     x, pid = features_like(args.like, args.n, args.dim, args.ids) if args.like else features(args.n, args.dim, args.ids)
     rows: dict[str, list[float]] = {"knn": [], "jaccard": [], "dbscan": [], "floor": []}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
 
-from reidctl.evaluation import evaluate_features, evaluate_ranking, pairwise_distance
+from reidctl.evaluation.metrics import evaluate_features, evaluate_ranking, pairwise_distance
 
 from benchutil import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 

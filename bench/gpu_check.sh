@@ -134,7 +134,7 @@ check_torchrun() {
     echo "$result"
     ((rc == 0)) || return 1   # its DETAIL line says why
     train_detail=$(grep '^DETAIL: ' <<<"$result" | tail -n 1)
-    # With one process reidctl starts no process group (reidctl/dist.py: only WORLD_SIZE > 1), and
+    # With one process reidctl starts no process group (reidctl/runtime/dist.py: only WORLD_SIZE > 1), and
     # NCCL cannot put two processes on one GPU: so the backend gets its own one-process test.
     "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 "$HELPERS" pg-smoke "$backend" \
         || { detail "${train_detail#DETAIL: }; $backend process group FAILED"; return 1; }

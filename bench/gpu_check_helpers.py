@@ -189,8 +189,8 @@ def cmd_amp(mode: str, device: str) -> None:
     import torch
 
     from reidctl.data.datasets import load_dataset
-    from reidctl.features import extract_features
-    from reidctl.train.stage import TrainEpochRequest, open_session
+    from reidctl.models.features import extract_features
+    from reidctl.stages.train_epoch import TrainEpochRequest, open_session
     from reidctl.train.trainer import prepare_epoch, train_epoch
     from tests.fakedata import colour_market
 
@@ -249,7 +249,7 @@ def cmd_train_result(path: str, checkpoint: str) -> None:
         res = json.loads(raw)
     except json.JSONDecodeError as exc:
         fail(f"train-epoch stdout is not JSON ({exc}); starts {raw[:60]!r}")
-    from reidctl.train.checkpoint import load_checkpoint
+    from reidctl.models.checkpoint import load_checkpoint
 
     if not Path(checkpoint).is_file():
         fail(f"no checkpoint at {checkpoint}")
@@ -265,7 +265,7 @@ def cmd_train_result(path: str, checkpoint: str) -> None:
 def cmd_pg_smoke(backend: str) -> None:
     """Under torchrun: a process group of ``backend`` and an all-reduce on the device.
 
-    reidctl itself creates a process group only for WORLD_SIZE > 1 (``reidctl.dist``), which one
+    reidctl itself creates a process group only for WORLD_SIZE > 1 (``reidctl.runtime.dist``), which one
     GPU cannot host with NCCL (one process per GPU), so this is the NCCL check that fits here."""
     import torch
     import torch.distributed as dist

@@ -33,7 +33,7 @@ def main() -> None:
 
     from reidctl import search
     from reidctl.cluster import dbscan, jaccard_distance
-    from reidctl.search_approx import ApproxSettings, approx_knn
+    from reidctl.search.approx import ApproxSettings, approx_knn
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20000)

@@ -6,7 +6,7 @@
 Features are bench/cluster.py's synthetic re-ID-like features. One fresh process measures, each
 run in the same conditions: the **floor**, exact search in one piece (one dense Q×G×D product
 ``torch.mm`` and ``torch.topk`` of the whole Q×G matrix, nothing else); the library call
-``reidctl.ranking.rank_gallery`` (blocked search, tie rule, exclusions); and the whole command
+``reidctl.evaluation.ranking.rank_gallery`` (blocked search, tie rule, exclusions); and the whole command
 ``reidctl rank q.h5 g.h5 --out ranks.csv`` in a child process (start-up, reading both HDF5
 files, search, CSV). Times are medians over runs; memory is peak resident memory.
 """
@@ -49,7 +49,7 @@ def write_side(path: Path, x: np.ndarray, pids: np.ndarray, prefix: str) -> None
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from reidctl.ranking import RankSide, rank_gallery
+    from reidctl.evaluation.ranking import RankSide, rank_gallery
 
     x, pid = features(args.gallery + args.queries, args.dim, (args.gallery + args.queries) // 17)
     g, q = x[: args.gallery], x[args.gallery :]

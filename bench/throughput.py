@@ -39,17 +39,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.benchutil import timed  # noqa: E402
 from reidctl.data.datasets import load_dataset  # noqa: E402
 from reidctl.data.synthetic import write_synthetic  # noqa: E402
-from reidctl.device import resolve_device  # noqa: E402
+from reidctl.runtime.device import resolve_device  # noqa: E402
 
 try:
-    from reidctl.device import resolve_extract_batch, resolve_workers  # noqa: E402
+    from reidctl.runtime.device import resolve_extract_batch, resolve_workers  # noqa: E402
 except ImportError:  # the library before these defaults existed: its old ones
     def resolve_extract_batch(batch_size, device):  # noqa: ANN001, ANN201, D103
         return 128 if batch_size is None else batch_size
 
     def resolve_workers(workers, device):  # noqa: ANN001, ANN201, D103
         return 2 if workers is None else workers
-from reidctl.features import extract_features  # noqa: E402
+from reidctl.models.features import extract_features  # noqa: E402
 from reidctl.methods import CCParams, ClusterContrast  # noqa: E402
 from reidctl.models.reid import ModelConfig  # noqa: E402
 from reidctl.models.weights import build_model  # noqa: E402
@@ -63,7 +63,7 @@ GOALS = {"train": 1.15, "extract": 1.25}
 def layout(device: torch.device) -> torch.memory_format:
     """The memory format the library trains and extracts in on ``device``."""
     try:
-        from reidctl.precision import memory_format
+        from reidctl.runtime.precision import memory_format
     except ImportError:  # before channels-last was used on every device
         return torch.channels_last if device.type == "cuda" else torch.contiguous_format
     return memory_format(device)
@@ -237,7 +237,7 @@ def measure_model(name: str, args: argparse.Namespace, device: torch.device, sam
 def loop_share(args: argparse.Namespace, device: torch.device, root: Path) -> dict[str, Any]:
     """One ``loop`` epoch (no evaluation): seconds per stage and the share outside train+extract."""
     from reidctl.models.spec import ModelSpec
-    from reidctl.pipeline import LoopConfig, run_loop
+    from reidctl.pipeline.loop import LoopConfig, run_loop
 
     name = args.models[0]
     height, width = (args.height, args.width) if args.height else SIZES[name]

@@ -1,6 +1,8 @@
 """reidctl: unsupervised person re-identification, one inspectable stage at a time."""
 
-__version__ = "0.1.0"
+from reidctl.version import __version__
+
+__all__ = ["__version__", "load_model"]
 
 
 def load_model(path, device="cpu"):

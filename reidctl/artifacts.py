@@ -26,15 +26,20 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from reidctl import __version__
+from reidctl.version import __version__
 from reidctl.errors import ArtifactError
 
 FEATURES = "reidctl/features"
 LABELS = "reidctl/labels"
 INTRA_LABELS = "reidctl/intra-camera-labels"
-#: A method's persistent arrays, beside the checkpoint that names them (reidctl.train.checkpoint).
+#: A method's persistent arrays, beside the checkpoint that names them (reidctl.models.checkpoint).
 METHOD_STATE = "reidctl/method-state"
-CHECKPOINT = "reidctl/checkpoint"  # a torch.save'd dict (reidctl.train.checkpoint), not HDF5
+CHECKPOINT = "reidctl/checkpoint"  # a torch.save'd dict (reidctl.models.checkpoint), not HDF5
+#: The run's models, beside its summary: the best evaluated one (the initial model included) and
+#: the last finished epoch's; links to checkpoints inside the run (copies where links fail).
+BEST_MODEL, LAST_MODEL = "best.pt", "last.pt"
+#: What a run folder offers as *its* model, in order of preference (``export RUN_DIR``).
+RUN_MODELS = (BEST_MODEL, LAST_MODEL)
 SCHEMA_VERSIONS = {FEATURES: 1, LABELS: 2, INTRA_LABELS: 1, METHOD_STATE: 1}
 #: Older versions still read. Labels version 2 may keep arrays in the labels file beside it
 #: (:data:`BORROWED`); a reidctl that reads only version 1 refuses such a file in one line.
@@ -244,7 +249,7 @@ REPORT = "reidctl/report"
 EXPORT = "reidctl/export"
 EXPORT_RECORD = "reidctl/export-record"  # OUT.json: how to prepare images for the model in OUT
 PNG_KIND_KEY = "reidctl-kind"
-#: The first line of ``rank``'s CSV starts so (reidctl.ranking.CSV_COLUMNS; a test keeps them equal).
+#: The first line of ``rank``'s CSV starts so (reidctl.evaluation.ranking.CSV_COLUMNS; a test keeps them equal).
 RANKING_CSV_START = "query,query_camid,query_pid,rank,"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

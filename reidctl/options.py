@@ -32,7 +32,7 @@ class OptionInfo:
     loop: bool = True  # False: `loop` supplies the value itself (the epoch, a prelude's output)
     off: str | None = None  # a boolean's "off" spelling (default: --no-<name>)
     unused: bool = False  # an inherited option this class does not use: no flag, refused when given
-    path: bool = False  # a file or folder: a run's config.toml records it absolute (reidctl.configfile)
+    path: bool = False  # a file or folder: a run's config.toml records it absolute (reidctl.pipeline.configfile)
 
 
 def option(help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), loop: bool = True,

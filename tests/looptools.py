@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from reidctl.models.spec import ModelSpec
-from reidctl.pipeline import LoopConfig
+from reidctl.pipeline.loop import LoopConfig
 
 MODEL = ModelSpec(arch="resnet18", height=64, width=32, pretrained="none")
 CLUSTER = {"k1": 6, "k2": 2, "eps": 0.5, "min_samples": 3}

@@ -12,9 +12,10 @@ import pytest
 
 from reidctl.artifacts import (BORROWED, LABELS, ArtifactError, content_digest, describe, read_labels, write_features,
                                write_labels)
-from reidctl.cluster.stage import ClusterParams, run_cluster
-from reidctl.pipeline import run_loop
-from reidctl.refine import run_refine
+from reidctl.cluster.clustering import ClusterParams
+from reidctl.stages.cluster import run_cluster
+from reidctl.pipeline.loop import run_loop
+from reidctl.stages.refine import run_refine
 from tests.clitools import run_ok
 from tests.fakedata import colour_market
 from tests.looptools import loop_config, read_log

@@ -24,7 +24,7 @@ from reidctl.artifacts import ArtifactError
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.models.weights import read_weights_file
-from reidctl.train.checkpoint import (
+from reidctl.models.checkpoint import (
     capture_rng, checkpoint_digest, content_digest, load_checkpoint, restore_rng, save_checkpoint,
 )
 from tests.clitools import run_error, run_ok

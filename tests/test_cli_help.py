@@ -49,9 +49,9 @@ def _all_params():
 def test_help_manifest_is_current():
     """A changed command (an option added, a help text edited) without a re-written manifest fails
     here, naming the fix."""
-    from reidctl.cli.help import stale_commands
+    from reidctl.cli.manifest import stale_commands
 
-    assert stale_commands() == [], "run: python -m reidctl.cli.help --write"
+    assert stale_commands() == [], "run: python -m reidctl.cli.manifest --write"
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -59,7 +59,7 @@ def test_manifest_help_equals_the_live_help(name):
     from reidctl.cli.help import help_app
 
     fast = help_app(name)
-    assert fast is not None, f"{name} is not in the help manifest; run: python -m reidctl.cli.help --write"
+    assert fast is not None, f"{name} is not in the help manifest; run: python -m reidctl.cli.manifest --write"
     for flag in ("--help", "-h"):
         result = CliRunner().invoke(fast, [name, flag], env=NARROW)
         assert result.exit_code == 0 and result.exception is None, result.output

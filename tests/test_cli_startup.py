@@ -10,7 +10,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from reidctl import __version__
+from reidctl.version import __version__
 from reidctl.cli import COMMANDS
 from tests.clitools import run_ok
 

@@ -14,8 +14,8 @@ import reidctl
 from reidctl.artifacts import read_features
 from reidctl.data.datasets import load_dataset
 from reidctl.data.transforms import IMAGENET_MEAN
-from reidctl.features import ImageRows
-from reidctl.train.checkpoint import load_checkpoint, model_from_checkpoint
+from reidctl.models.features import ImageRows
+from reidctl.models.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour_market
 

@@ -1,4 +1,4 @@
-"""Tests of reidctl.evaluation: parity with the reference vectors, hand-made cases, re-ranking."""
+"""Tests of reidctl.evaluation.metrics: parity with the reference vectors, hand-made cases, re-ranking."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-import reidctl.evaluation as E
+import reidctl.evaluation.metrics as E
 from reidctl.errors import ReidctlError
-from reidctl.evaluation import evaluate_features, evaluate_ranking, pairwise_distance, re_ranking
+from reidctl.evaluation.metrics import evaluate_features, evaluate_ranking, pairwise_distance, re_ranking
 from tests.conftest import shared_path
 
 # ----------------------------------------------------------------------------------------------

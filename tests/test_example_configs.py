@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reidctl.configfile import read_config
+from reidctl.pipeline.configfile import read_config
 from tests.clitools import run_ok
 
 CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*.toml"))

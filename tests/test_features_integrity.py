@@ -18,7 +18,7 @@ from reidctl.data.stats import IMAGENET, Norm, check_norm
 from reidctl.errors import DatasetError
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.models.weights import model_digest
-from reidctl.train.checkpoint import save_checkpoint
+from reidctl.models.checkpoint import save_checkpoint
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour_market
 

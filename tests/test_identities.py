@@ -25,7 +25,7 @@ from reidctl.errors import ArtifactError, DatasetError, ReidctlError
 from reidctl.methods.mar import MAR
 from reidctl.methods.mar.agents import AgentClassifier
 from reidctl.methods.mar.source import load_source
-from reidctl.train.checkpoint import load_checkpoint
+from reidctl.models.checkpoint import load_checkpoint
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour, colour_market
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from reidctl.configfile import read_config
+from reidctl.pipeline.configfile import read_config
 from reidctl.methods import METHODS
 from tests.clitools import run_error, run_ok
 

@@ -19,10 +19,10 @@ from reidctl import search
 from reidctl.artifacts import read_labels, write_features
 from reidctl.cluster.infomap import (INFOMAP_SEED, drop_small, infomap_cluster, infomap_labels, infomap_links,
                                      link_distances, require_infomap)
-from reidctl.cluster.stage import ALGO_DEFAULTS, ClusterParams, cluster_features
+from reidctl.cluster.clustering import ALGO_DEFAULTS, ClusterParams, cluster_features
 from reidctl.errors import ReidctlError
 from reidctl.options import resolve
-from reidctl.refine import default_cluster_params
+from reidctl.stages.refine import default_cluster_params
 from tests.clitools import run_error, run_ok
 
 

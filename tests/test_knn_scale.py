@@ -15,7 +15,7 @@ import torch
 from reidctl import search
 from reidctl.artifacts import read_labels, write_features
 from reidctl.errors import ReidctlError
-from reidctl.search_approx import ApproxSettings, approx_knn, exact_rerank
+from reidctl.search.approx import ApproxSettings, approx_knn, exact_rerank
 from tests.clitools import run_error, run_ok
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -200,7 +200,7 @@ def test_jaccard_keep_bounds_a_mixture_after_mixing():
     (dict(jaccard_keep=0.9, algo="agglomerative", n_clusters=5), r"does not apply to --algo agglomerative"),
 ])
 def test_jaccard_keep_refusals(options, match):
-    from reidctl.cluster.stage import ClusterParams
+    from reidctl.cluster.clustering import ClusterParams
 
     with pytest.raises(ReidctlError, match=match):
         ClusterParams(**options).check()
@@ -208,7 +208,7 @@ def test_jaccard_keep_refusals(options, match):
 
 def test_jaccard_keep_does_not_apply_to_infomap():
     pytest.importorskip("infomap")
-    from reidctl.cluster.stage import ClusterParams
+    from reidctl.cluster.clustering import ClusterParams
 
     with pytest.raises(ReidctlError, match="--jaccard-keep does not apply to --algo infomap"):
         ClusterParams(algo="infomap", jaccard_keep=0.7)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from reidctl.errors import ReidctlError
-from reidctl.pipeline import run_loop
+from reidctl.pipeline.loop import run_loop
 from tests.clitools import run_ok
 from tests.fakedata import colour_market
 from tests.looptools import CLI_ARGS, CLUSTER, TRAIN, loop_config, read_log

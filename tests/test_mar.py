@@ -28,7 +28,7 @@ from reidctl.methods.mar import losses as L
 from reidctl.methods.mar.agents import AgentClassifier
 from reidctl.methods.mar.pretrain import PretrainParams
 from reidctl.models.reid import ModelConfig, ReidModel
-from reidctl.train.checkpoint import checkpoint_digest, load_checkpoint
+from reidctl.models.checkpoint import checkpoint_digest, load_checkpoint
 from reidctl.train.contract import Batch, EpochData
 from reidctl.train.optim import multistep_at_epoch_start, official_milestones, sgd_no_bn_decay
 from reidctl.train.trainer import _Net

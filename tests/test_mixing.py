@@ -19,7 +19,7 @@ from reidctl import search
 from reidctl.artifacts import read_labels, write_features
 from reidctl.cluster import agglomerative, dbscan, jaccard_distance
 from reidctl.cluster.mixing import branch_features, mix_jaccard, parse_branches
-from reidctl.cluster.stage import ClusterParams, cluster_features
+from reidctl.cluster.clustering import ClusterParams, cluster_features
 from reidctl.errors import ReidctlError
 from tests.clitools import run_error, run_ok
 

@@ -11,7 +11,7 @@ import pytest
 from reidctl.cli.method_options import (Flag, default_text, loop_flags, model_flags, prelude_flags, refine_flags,
                                         train_flags, with_options)
 from reidctl.cli.options import Runtime
-from reidctl.cluster.stage import ClusterParams
+from reidctl.cluster.clustering import ClusterParams
 from reidctl.errors import ReidctlError
 from reidctl.methods import METHODS, MARParams
 from reidctl.methods.icrefine.prelude import INTRA_CAMERA

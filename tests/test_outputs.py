@@ -21,8 +21,8 @@ from PIL import Image
 
 from reidctl.artifacts import RANKING_CSV, RANKING_CSV_START, REPORT, SHEET, existing_kind, read_features
 from reidctl.models.spec import ModelSpec
-from reidctl.ranking import CSV_COLUMNS
-from reidctl.train.checkpoint import save_checkpoint
+from reidctl.evaluation.ranking import CSV_COLUMNS
+from reidctl.models.checkpoint import save_checkpoint
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour_market
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import reidctl.rank_stage as rank_stage
+import reidctl.stages.rank as rank_stage
 from reidctl.artifacts import write_features
-from reidctl.report import MIN_RELATIVE_SPAN, draw_figure, honest_ylim, read_run, read_runs
-from reidctl.sheet import FIRST_RIGHT_HEAD, QUERY_COLOUR, RIGHT_COLOUR, WRONG_COLOUR, cell_origin, sheet_size
+from reidctl.reporting.report import MIN_RELATIVE_SPAN, draw_figure, honest_ylim, read_run, read_runs
+from reidctl.evaluation.sheet import FIRST_RIGHT_HEAD, QUERY_COLOUR, RIGHT_COLOUR, WRONG_COLOUR, cell_origin, sheet_size
 from tests.clitools import run_ok
 from tests.test_report import _cc_epoch, _eval, cc_run, mar_run, write_run
 
@@ -62,7 +62,7 @@ def drawn(monkeypatch):
         return layouts[-1]
 
     monkeypatch.setattr(rank_stage, "draw_sheet", spy)
-    import reidctl.evaluation_stage as evaluation_stage
+    import reidctl.stages.evaluate as evaluation_stage
 
     monkeypatch.setattr(evaluation_stage, "draw_sheet", spy)
     return layouts

@@ -11,7 +11,7 @@ import pytest
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
 from reidctl.methods import METHODS
-from reidctl.pipeline import run_loop
+from reidctl.pipeline.loop import run_loop
 from tests.fakedata import colour_market
 from tests.looptools import CLUSTER, loop_config, read_log
 from tests.toy_method import Toy

@@ -11,14 +11,14 @@ import typer.main
 from reidctl.cli.common import app
 from reidctl.cli.options import Runtime
 from reidctl.errors import ReidctlError
-from reidctl.extraction import ExtractRequest
+from reidctl.stages.extract import ExtractRequest
 from reidctl.methods import ClusterContrast
 from reidctl.methods.icrefine.stage1 import IntraCameraRequest
 from reidctl.models.reid import ModelConfig
 from reidctl.models.weights import build_model
-from reidctl.pipeline import LoopConfig
-from reidctl.precision import DEFAULT_AMP, precision_name, resolve_amp
-from reidctl.train.stage import TrainEpochRequest
+from reidctl.pipeline.loop import LoopConfig
+from reidctl.runtime.precision import DEFAULT_AMP, precision_name, resolve_amp
+from reidctl.stages.train_epoch import TrainEpochRequest
 from reidctl.train.trainer import TrainSession
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")

@@ -13,7 +13,7 @@ import torch
 
 from reidctl import progress
 from reidctl.progress import Reporter, format_clock, format_line, format_rate, progress_bar
-from reidctl.rundir import RunDir
+from reidctl.pipeline.rundir import RunDir
 from tests.clitools import invoke, run_ok
 from tests.fakedata import colour_market
 

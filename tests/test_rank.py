@@ -15,8 +15,8 @@ from reidctl import search
 from reidctl.artifacts import write_features
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
-from reidctl.ranking import CSV_COLUMNS, RankSide, as_json, rank_gallery, records
-from reidctl.sheet import RIGHT_COLOUR, UNKNOWN_COLOUR, WRONG_COLOUR, cell_origin, sheet_size
+from reidctl.evaluation.ranking import CSV_COLUMNS, RankSide, as_json, rank_gallery, records
+from reidctl.evaluation.sheet import RIGHT_COLOUR, UNKNOWN_COLOUR, WRONG_COLOUR, cell_origin, sheet_size
 from tests.clitools import run_error, run_ok
 from tests.conftest import shared_path
 from tests.fakedata import colour_market

@@ -27,7 +27,7 @@ from reidctl.artifacts import (
 from reidctl.errors import ReidctlError
 from reidctl.methods import get_method
 from reidctl.models.spec import ModelSpec
-from reidctl.pipeline import STAGES, run_loop
+from reidctl.pipeline.loop import STAGES, run_loop
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour_market
 from tests.looptools import CLI_ARGS, loop_config, read_log
@@ -83,7 +83,7 @@ def test_1_seed_is_in_every_key(market, weights, tmp_path):
 
 
 def test_1_precision_is_in_the_extract_and_train_keys(market, tmp_path, monkeypatch):
-    import reidctl.pipeline as pipeline
+    import reidctl.pipeline.loop as pipeline
 
     run_dir = tmp_path / "run"
     run_loop(_config(market, run_dir))
@@ -170,7 +170,7 @@ def test_4_retraining_to_the_same_weights_keeps_later_stages_cached(market, tmp_
 
 
 def test_5_a_locked_run_dir_is_refused(market, tmp_path):
-    from reidctl.rundir import RunDir
+    from reidctl.pipeline.rundir import RunDir
 
     run_dir = tmp_path / "run"
     with RunDir(run_dir, stages=STAGES):
@@ -180,10 +180,10 @@ def test_5_a_locked_run_dir_is_refused(market, tmp_path):
 
 
 def test_5_lock_is_released_when_its_holder_is_killed(tmp_path):
-    from reidctl.rundir import RunDir
+    from reidctl.pipeline.rundir import RunDir
 
     run_dir = tmp_path / "run"
-    code = ("import sys, time; from reidctl.rundir import RunDir; "
+    code = ("import sys, time; from reidctl.pipeline.rundir import RunDir; "
             f"r = RunDir({str(run_dir)!r}, stages=('a',)).__enter__(); print('locked', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -365,7 +365,7 @@ def test_10_refused_or_full_disk_writes_get_one_line_and_leave_nothing(market, t
 
 def test_10_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch):
     from reidctl.models.reid import ModelConfig, ReidModel
-    from reidctl.train.checkpoint import save_checkpoint
+    from reidctl.models.checkpoint import save_checkpoint
 
     def full(obj, f, *a, **kw):  # what torch.save raises when the disk fills up
         raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0: file write failed")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from reidctl.artifacts import write_features
-from reidctl.configfile import read_config
+from reidctl.pipeline.configfile import read_config
 from reidctl.models.spec import ModelSpec
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour_market
@@ -117,7 +117,7 @@ def test_8_an_onnx_that_fails_to_import_is_one_line_naming_the_install(tmp_path,
     import torch
 
     from reidctl.models.reid import ModelConfig, ReidModel
-    from reidctl.train.checkpoint import save_checkpoint
+    from reidctl.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     ckpt = tmp_path / "m.pt"
@@ -195,7 +195,7 @@ def test_10_synth_jobs_below_one_is_refused(tmp_path):
 
 def test_10_mar_with_its_target_as_source_warns(market, tmp_path):
     from reidctl.models.reid import ModelConfig, ReidModel
-    from reidctl.train.checkpoint import save_checkpoint
+    from reidctl.models.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "cc.pt"
     save_checkpoint(ckpt, ReidModel(ModelConfig("resnet18", height=64, width=32)), method="cc")

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from reidctl.errors import ReidctlError
-from reidctl.report import (INIT_X, TENSORBOARD_MISSING, draw_figure, read_run, read_runs, report_size,
+from reidctl.reporting.report import (INIT_X, TENSORBOARD_MISSING, draw_figure, read_run, read_runs, report_size,
                             write_report, write_tensorboard)
-from reidctl.rundir import write_json
+from reidctl.pipeline.rundir import write_json
 from tests.clitools import run_error, run_ok
 from tests.looptools import CLI_ARGS
 
@@ -189,7 +189,7 @@ def test_the_same_run_twice_is_refused(tmp_path):
 
 
 def test_importing_the_module_does_not_import_matplotlib():
-    code = "import sys, reidctl.report; assert 'matplotlib' not in sys.modules and 'torch' not in sys.modules"
+    code = "import sys, reidctl.reporting.report; assert 'matplotlib' not in sys.modules and 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

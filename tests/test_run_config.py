@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from reidctl.configfile import dumps, read_config
+from reidctl.pipeline.configfile import dumps, read_config
 from reidctl.errors import ReidctlError
 from tests.clitools import run_error, run_ok
 

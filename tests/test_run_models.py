@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import reidctl.pipeline
+import reidctl.pipeline.loop
 from reidctl.artifacts import read_features
-from reidctl.configfile import RELATIVE_KEY, read_config
+from reidctl.pipeline.configfile import RELATIVE_KEY, read_config
 from reidctl.models.spec import ModelSpec
-from reidctl.train.checkpoint import load_checkpoint, save_checkpoint
+from reidctl.models.checkpoint import load_checkpoint, save_checkpoint
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour_market
 
@@ -42,7 +42,7 @@ def data(tmp_path_factory) -> Path:
 def init_best(data, tmp_path_factory) -> Path:
     """Two evaluated epochs, neither better than the initial model: the evaluation reports mAP
     0.9 for the initial model and 0.1 for trained ones (the stage's result, as recorded)."""
-    real = reidctl.pipeline.evaluate_feature_file
+    real = reidctl.pipeline.loop.evaluate_feature_file
 
     def evaluate(path, **kw):
         result = real(path, **kw)
@@ -50,7 +50,7 @@ def init_best(data, tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("init_best") / "run"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(reidctl.pipeline, "evaluate_feature_file", evaluate)
+        patch.setattr(reidctl.pipeline.loop, "evaluate_feature_file", evaluate)
         run_ok("loop", "--data", data, "--run-dir", run, "--epochs", "2", "--eval-every", "1", *LOOP)
     return run
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from reidctl import rundir
+from reidctl.pipeline import rundir
 from reidctl.errors import ReidctlError
 from reidctl.methods import get_method
-from reidctl.pipeline import STAGES, StageCall, artifact_digest
-from reidctl.rundir import RunDir, StageResult
+from reidctl.pipeline.loop import STAGES, StageCall, artifact_digest
+from reidctl.pipeline.rundir import RunDir, StageResult
 
 
 def _writer(calls: list[str], text: str = "out"):

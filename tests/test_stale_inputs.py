@@ -19,8 +19,8 @@ from reidctl.data.fingerprint import split_fingerprint
 from reidctl.data import stats
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.models.spec import ModelSpec
-from reidctl.pipeline import run_loop
-from reidctl.train.checkpoint import checkpoint_digest, save_checkpoint
+from reidctl.pipeline.loop import run_loop
+from reidctl.models.checkpoint import checkpoint_digest, save_checkpoint
 from tests.fakedata import colour_market
 from tests.clitools import run_ok
 from tests.looptools import CLI_ARGS, loop_config, read_log

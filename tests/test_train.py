@@ -23,9 +23,9 @@ from reidctl.data.samplers import IdentityBatchSampler, IterLoader, identity_bal
 from reidctl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomErasing, train_transform
 from reidctl.methods import CCParams, get_method
 from reidctl.train.bn_chunks import get_bn_chunks, set_bn_chunks
-from reidctl.train.checkpoint import load_checkpoint, model_from_checkpoint
+from reidctl.models.checkpoint import load_checkpoint, model_from_checkpoint
 from reidctl.train.memory import ClusterMemory, cluster_centroids, update_hard, update_mean, update_sample
-from reidctl.train.stage import TrainEpochRequest, open_session, run_train_epoch
+from reidctl.stages.train_epoch import TrainEpochRequest, open_session, run_train_epoch
 from reidctl.train.trainer import prepare_epoch, train_epoch
 from tests.clitools import run_error, run_ok
 

@@ -19,9 +19,9 @@ from reidctl.data.samplers import SEED_BOUND, IdentityBatchSampler
 from reidctl.errors import ArtifactError
 from reidctl.methods import METHODS, CCParams, ClusterContrast
 from reidctl.models.spec import ModelSpec
-from reidctl.train.checkpoint import checkpoint_digest, load_checkpoint
+from reidctl.models.checkpoint import checkpoint_digest, load_checkpoint
 from reidctl.train.contract import Batch, StreamContext, trainable_parameters
-from reidctl.train.stage import TrainEpochRequest, open_session, run_train_epoch
+from reidctl.stages.train_epoch import TrainEpochRequest, open_session, run_train_epoch
 from reidctl.train.trainer import TrainSession, prepare_epoch, train_epoch
 from tests.fakedata import colour_market
 from tests.toy_method import Toy, ToyParams, is_bn

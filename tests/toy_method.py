@@ -36,8 +36,8 @@ from reidctl.data.images import load_image
 from reidctl.errors import ReidctlError
 from reidctl.methods.base import EpochData, Method, Refined, TrainParams
 from reidctl.options import option, resolve
-from reidctl.rundir import write_json
-from reidctl.stages import Prelude, RunContext
+from reidctl.pipeline.rundir import write_json
+from reidctl.methods.prelude import Prelude, RunContext
 from reidctl.train.contract import Forward, StepResult, StreamContext, positioned
 from reidctl.train.streams import labelled_stream, zip_streams
 

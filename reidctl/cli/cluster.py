@@ -11,9 +11,10 @@ from rich.table import Table
 from reidctl.cli.common import (command, multi_camera_cell, notice, out_console, print_json, print_quality,
                                 warn_single_camera)
 from reidctl.cli.method_options import cluster_flags, runtime_flags
-from reidctl.cluster.stage import ClusterParams, run_cluster
+from reidctl.cluster.clustering import ClusterParams
+from reidctl.stages.cluster import run_cluster
 from reidctl.options import resolve
-from reidctl.rundir import summary_notes
+from reidctl.pipeline.rundir import summary_notes
 
 
 @command("cluster", run=runtime_flags("device", "seed", "force", "json", "quiet"), options=cluster_flags())

@@ -128,7 +128,7 @@ def make_app() -> typer.Typer:
 
 def _print_version(value: bool) -> None:
     if value:
-        from reidctl import __version__
+        from reidctl.version import __version__
 
         typer.echo(f"reidctl {__version__}")
         raise typer.Exit()

@@ -12,7 +12,7 @@ from reidctl.cli import options as o
 from reidctl.cli.method_options import model_flags, runtime_flags
 from reidctl.cli.common import command, err_console, flags, given_options, out_console, print_json
 from reidctl.errors import ReidctlError
-from reidctl.evaluation_stage import WorstSheet, evaluate_feature_file, evaluate_model
+from reidctl.stages.evaluate import WorstSheet, evaluate_feature_file, evaluate_model
 from reidctl.models.spec import ModelSpec
 
 

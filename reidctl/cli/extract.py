@@ -10,7 +10,7 @@ import typer
 from reidctl.cli import options as o
 from reidctl.cli.method_options import model_flags, runtime_flags
 from reidctl.cli.common import command, err_console, print_json, run_request, settings
-from reidctl.extraction import ExtractRequest, run_extract
+from reidctl.stages.extract import ExtractRequest, run_extract
 
 
 @command("extract", model=model_flags(),

@@ -8,17 +8,14 @@ reads them from the command's signature (type, default, option names, help, pane
 command's help is printed by Typer itself from a stand-in command with that signature, in an app
 made like the real one (:func:`reidctl.cli.common.make_app`), so the two print the same text.
 ``tests/test_cli_help.py`` checks that they do for every command: a changed option fails the tests
-until the manifest is written again::
-
-    python -m reidctl.cli.help --write     # after changing any command's options
-    python -m reidctl.cli.help --check     # exit 1 when the manifest is stale
+until the manifest is written again with ``python -m reidctl.cli.manifest --write``
+(:mod:`reidctl.cli.manifest`, which imports every command to build it).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import sys
 import types
 import typing
 from pathlib import Path
@@ -29,7 +26,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from reidctl.cli import COMMANDS
+from reidctl.cli.commands import COMMANDS
 
 #: The app's description, shown under the usage line (also the Typer app's ``help``).
 DESCRIPTION = "Unsupervised person re-identification: extract, cluster, refine, train — stage by stage."
@@ -55,35 +52,6 @@ def print_top_help(console: Console | None = None) -> None:
     console.print(" Run [bold]reidctl COMMAND --help[/] for a command's options.\n", highlight=False)
 
 
-# ------------------------------------------------------------------------------ the manifest
-
-
-def build_manifest() -> dict[str, Any]:
-    """Every command's help and parameters, read from the live app (imports every command)."""
-    from typer.utils import get_params_from_function
-
-    from reidctl.cli import app
-    from reidctl.cli.common import ReidctlCommand
-
-    commands = {}
-    for info in app.registered_commands:
-        if info.cls not in (None, ReidctlCommand) or info.context_settings or info.epilog or info.short_help \
-                or info.hidden or info.deprecated or info.rich_help_panel or info.no_args_is_help:
-            raise ValueError(f"command {info.name}: a setting the help manifest does not record")
-        help_text = inspect.getdoc(info.callback) if info.help is None else inspect.cleandoc(info.help)
-        params = [_encode_param(meta) for meta in get_params_from_function(info.callback).values()]
-        commands[info.name] = {"help": help_text, "params": params}
-    return {"format": FORMAT, "commands": commands}
-
-
-def write_manifest(path: Path = MANIFEST) -> None:
-    """Write the manifest (atomically: a reader never sees half a file)."""
-    from reidctl.artifacts import atomic_save
-
-    text = json.dumps(build_manifest(), indent=1, ensure_ascii=False) + "\n"
-    atomic_save(text, path, lambda obj, tmp: tmp.write_text(obj, encoding="utf-8"))
-
-
 def load_manifest(path: Path = MANIFEST) -> dict[str, Any] | None:
     """The committed manifest, or None when it is missing, unreadable or of another format."""
     try:
@@ -93,7 +61,7 @@ def load_manifest(path: Path = MANIFEST) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
-def _encode_param(meta: Any) -> dict[str, Any]:
+def encode_param(meta: Any) -> dict[str, Any]:
     from typer.models import ArgumentInfo, OptionInfo, ParameterInfo
 
     entry: dict[str, Any] = {"name": meta.name, "type": encode_type(meta.annotation)}
@@ -213,32 +181,3 @@ def print_command_help(name: str, flag: str = "--help") -> bool:
         return False
     app(args=[name, flag], prog_name="reidctl")
     return True
-
-
-def stale_commands() -> list[str]:
-    """The commands whose manifest entry differs from the live command (imports every command)."""
-    saved = (load_manifest() or {}).get("commands", {})
-    live = build_manifest()["commands"]
-    return sorted(name for name in set(saved) | set(live) if saved.get(name) != live.get(name))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m reidctl.cli.help --write | --check``."""
-    args = sys.argv[1:] if argv is None else argv
-    if args == ["--write"]:
-        write_manifest()
-        print(f"wrote {MANIFEST}")
-        return 0
-    if args == ["--check"]:
-        stale = stale_commands()
-        if stale:
-            print(f"{MANIFEST} is stale for: {', '.join(stale)}; run: python -m reidctl.cli.help --write")
-            return 1
-        print(f"{MANIFEST} is up to date")
-        return 0
-    print("usage: python -m reidctl.cli.help --write | --check", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

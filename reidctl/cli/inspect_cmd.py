@@ -30,7 +30,7 @@ def inspect(
     if existing_schema(file) == CHECKPOINT:
         _checkpoint(file, run["json"])
         return
-    from reidctl.inspection import describe_file, kind_of
+    from reidctl.reporting.inspection import describe_file, kind_of
 
     if kind_of(file) is not None or (file.is_file() and not _is_hdf5(file)):
         _other(describe_file(file), run["json"])  # an unknown file: one line naming what inspect reads
@@ -70,7 +70,7 @@ def _key_value_table(title: str) -> Table:
 
 def _other(info: dict, as_json: bool) -> None:
     """An exported model, an export record, a summary or a config: one row per entry."""
-    from reidctl.inspection import table_rows
+    from reidctl.reporting.inspection import table_rows
 
     if as_json:
         print_json(info)
@@ -82,7 +82,7 @@ def _other(info: dict, as_json: bool) -> None:
 
 
 def _checkpoint(file: Path, as_json: bool) -> None:
-    from reidctl.train.checkpoint import describe_checkpoint
+    from reidctl.models.checkpoint import describe_checkpoint
 
     info = describe_checkpoint(file)
     if as_json:

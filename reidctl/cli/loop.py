@@ -18,7 +18,7 @@ from reidctl.cli.common import (command, err_console, error, given_options, mult
 from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
 from reidctl.methods import get_method
-from reidctl.pipeline import STAGES, LoopConfig, resolved_config_text, run_loop
+from reidctl.pipeline.loop import STAGES, LoopConfig, resolved_config_text, run_loop
 
 Opt = typer.Option
 
@@ -90,7 +90,7 @@ def _load_config(ctx: typer.Context, path: Optional[Path]) -> None:
     the command line still win; an unknown option is refused in one line."""
     if path is None:
         return
-    from reidctl.configfile import check_types, read_config
+    from reidctl.pipeline.configfile import check_types, read_config
 
     try:
         values = read_config(path)

@@ -24,11 +24,11 @@ from typing import Annotated, Any, Callable, Iterable, Optional
 import typer
 
 from reidctl.cli.options import CLUSTERING, METHOD, MODEL, RUNTIME, TRAINING, Runtime, method_panel
-from reidctl.cluster.stage import ClusterParams
+from reidctl.cluster.clustering import ClusterParams
 from reidctl.methods import METHODS, Method
 from reidctl.models.spec import ModelSpec
 from reidctl.options import OptionInfo, declaring_class, flag_of, option_fields
-from reidctl.stages import Prelude
+from reidctl.methods.prelude import Prelude
 
 
 @dataclass

@@ -11,8 +11,8 @@ import typer
 from reidctl.cli import options as o
 from reidctl.cli.common import command, err_console, flags, given_options, print_json
 from reidctl.cli.method_options import model_flags, runtime_flags
-from reidctl.ranking import as_json, csv_text
-from reidctl.rank_stage import RankRequest, run_rank
+from reidctl.evaluation.ranking import as_json, csv_text
+from reidctl.stages.rank import RankRequest, run_rank
 
 
 #: Options that only matter when a side is images that `rank` extracts itself.

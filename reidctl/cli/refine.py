@@ -13,8 +13,8 @@ from reidctl.cli.common import (command, err_console, multi_camera_cell, notice,
 from reidctl.cli.method_options import refine_flags, runtime_flags
 from reidctl.cli.options import METHOD
 from reidctl.methods import METHODS, get_method
-from reidctl.refine import run_refine
-from reidctl.rundir import summary_notes
+from reidctl.stages.refine import run_refine
+from reidctl.pipeline.rundir import summary_notes
 
 
 @command("refine", options=refine_flags(), run=runtime_flags("seed", "force", "json", "quiet"),

@@ -9,7 +9,7 @@ import typer
 
 from reidctl.cli.common import command, err_console, notice, print_json
 from reidctl.cli.method_options import runtime_flags
-from reidctl.report import (output_path, read_runs, summary_writer_class, tensorboard_folders, write_report,
+from reidctl.reporting.report import (output_path, read_runs, summary_writer_class, tensorboard_folders, write_report,
                             write_tensorboard)
 
 

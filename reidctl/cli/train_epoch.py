@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from reidctl import dist
+from reidctl.runtime import dist
 from reidctl.cli import options as o
 from reidctl.cli.common import command, err_console, print_json, run_request, settings
 from reidctl.cli.method_options import model_flags, runtime_flags, train_flags
 from reidctl.methods import METHODS, get_method
-from reidctl.train.stage import TrainEpochRequest, run_train_epoch
+from reidctl.stages.train_epoch import TrainEpochRequest, run_train_epoch
 
 
 

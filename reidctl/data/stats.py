@@ -30,7 +30,7 @@ from reidctl.artifacts import ArtifactError, atomic_path
 from reidctl.data.base import Sample
 from reidctl.data.fingerprint import split_fingerprint
 from reidctl.data.synthetic import cache_dir
-from reidctl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from reidctl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageRows
 from reidctl.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ _MEMO: dict[str, Norm] = {}
 def channel_stats(samples: Sequence[Sample], height: int, width: int, workers: int = 0) -> Norm:
     """Mean and (population) standard deviation of every pixel of ``samples`` resized to
     ``height``×``width`` (bicubic, as extraction resizes), per channel, in float64."""
-    from reidctl.features import ImageRows  # features imports the transforms this module uses
 
     if not samples:
         raise DatasetError("no images to compute the per-channel statistics of (--input-norm dataset)")

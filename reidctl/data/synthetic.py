@@ -39,7 +39,7 @@ from scipy.ndimage import gaussian_filter
 
 from reidctl.artifacts import dead_writers_temps, os_reason
 from reidctl.errors import DatasetError
-from reidctl.processes import check_process_count, usable_cpus
+from reidctl.runtime.processes import check_process_count, usable_cpus
 
 #: Bump when the drawing changes: cached presets are keyed by it.
 GENERATOR_VERSION = 2
@@ -683,7 +683,7 @@ MAX_SIDE = 2048
 
 def check_jobs(jobs: int | None, flag: str = "workers") -> None:
     """Refuse fewer than 1 drawing process, or more than the machine can use
-    (:func:`reidctl.processes.process_limit`); ``flag``: how the caller spells the option
+    (:func:`reidctl.runtime.processes.process_limit`); ``flag``: how the caller spells the option
     (``--jobs`` on the command line)."""
     if jobs is not None and jobs < 1:
         raise DatasetError(f"{flag} must be at least 1 (got {jobs})")

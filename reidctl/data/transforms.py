@@ -4,10 +4,16 @@ and the training augmentation (flip, pad + crop, random erasing after normalisat
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+from torch.utils.data import Dataset
+
+from reidctl.data.base import Sample
+from reidctl.data.images import load_image
+from reidctl.errors import DatasetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,3 +152,22 @@ class RandomErasing:
 
     def __repr__(self) -> str:
         return f"RandomErasing(p={self.p}, sl={self.sl}, sh={self.sh}, r1={self.r1}, fill={self.fill})"
+
+
+class ImageRows(Dataset):
+    """Images of ``samples`` in order. A bad image never raises inside a worker: it comes back
+    flagged with its error, so the main process can fail with one clear message or skip it."""
+
+    def __init__(self, samples: Sequence[Sample], height: int, width: int) -> None:
+        self.samples = list(samples)
+        self.transform = ResizedBytes(height, width)
+        self.blank = torch.zeros(3, height, width, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            return self.transform(load_image(self.samples[i].path)), i, ""
+        except DatasetError as exc:
+            return self.blank, i, str(exc)

@@ -11,7 +11,7 @@ Beyond the training hooks, a method declares
   including the feature ``branches`` the distance mixes) and ``resolve_clustering``;
 * ``refine(features, labels, extra, options, seed=)``: clustering labels → refined labels,
   with ``refine_context`` naming what it reads from the loop (the epoch, the number of epochs);
-* ``preludes``: stages run once before epoch 0 (:class:`reidctl.stages.Prelude`);
+* ``preludes``: stages run once before epoch 0 (:class:`reidctl.methods.prelude.Prelude`);
 * ``model_defaults``: the official model settings that differ from CC's;
 * ``run_defaults``: how many epochs the official command trains and how often it evaluates.
 
@@ -31,9 +31,10 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 
-from reidctl.cluster.stage import ClusterParams
+from reidctl.cluster.clustering import ClusterParams
 from reidctl.options import not_applicable, option_fields, resolve
-from reidctl.stages import Prelude
+from reidctl.methods.prelude import Prelude
+from reidctl.methods.registry import METHODS
 from reidctl.train.contract import Batch, EpochData, TrainingMethod, TrainParams
 
 __all__ = ["Batch", "EpochData", "Method", "NoOptions", "Refined", "Routed", "RunDefaults", "TrainParams",
@@ -226,7 +227,5 @@ def _field_names(cls: type) -> set[str]:
 
 def _owners(keys: list[str], options_of: Callable[[type[Method]], Iterable[str]]) -> str:
     """" (an option of icrefine)" for options another registered method takes, else ""."""
-    from reidctl.methods import METHODS  # the registry imports this module
-
     owners = sorted({m.name for m in METHODS.values() for k in keys if k in options_of(m)})
     return f" (an option of {', '.join(owners)})" if owners else ""

@@ -22,13 +22,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reidctl.artifacts import (EXPORT, EXPORT_RECORD, atomic_save, check_output, existing_kind, export_record_path,
+from reidctl.artifacts import (RUN_MODELS, EXPORT, EXPORT_RECORD, atomic_save, check_output, existing_kind, export_record_path,
                                same_file)
 from reidctl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ReidModel
-from reidctl.rundir import RUN_MODELS
-from reidctl.train.checkpoint import content_digest, load_checkpoint, model_from_payload
+from reidctl.models.checkpoint import content_digest, load_checkpoint, model_from_payload
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 #: The one file name suffix of each format (what ``export`` writes by default, and expects).

@@ -1,7 +1,7 @@
 """Where a model comes from: a checkpoint, or a fresh build from architecture options.
 
 Every stage that builds or loads a model (extract, train-epoch, evaluate, a method's prelude)
-takes a :class:`ModelSpec`; the ``loop`` keys its stages on it (:func:`reidctl.pipeline.model_key`).
+takes a :class:`ModelSpec`; the ``loop`` keys its stages on it (:func:`reidctl.pipeline.loop.model_key`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.options import option
 from reidctl.models.weights import (build_model, check_weights, imagenet_state_dict, init_description,
                                     read_weights_file, resolve_start)
-from reidctl.train.checkpoint import (
+from reidctl.models.checkpoint import (
     load_checkpoint,
     model_from_payload,
     read_model_config,

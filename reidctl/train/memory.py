@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reidctl import dist
+from reidctl.runtime import dist
 from reidctl.errors import ReidctlError
 
 UPDATES = ("sample", "hard", "mean")

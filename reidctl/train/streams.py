@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from reidctl import dist
+from reidctl.runtime import dist
 from reidctl.data.base import Sample
 from reidctl.data.images import load_image
 from reidctl.data.samplers import SEED_BOUND, IdentityBatchSampler, IterLoader, pass_length
 from reidctl.data.transforms import train_transform
 from reidctl.errors import DatasetError, ReidctlError
-from reidctl.precision import memory_format
-from reidctl.train.contract import Batch, StreamContext
+from reidctl.runtime.precision import memory_format
+from reidctl.train.epoch import Batch, StreamContext
 
 #: An augmentation: PIL image + its own generator → tensor (``reidctl.data.transforms.TrainTransform``).
 Transform = Callable[..., torch.Tensor]

@@ -30,17 +30,17 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
 
-from reidctl import dist
+from reidctl.runtime import dist
 from reidctl.data.base import Sample
 from reidctl.data.samplers import SEED_BOUND
 from reidctl.data.stats import Norm, given_norm, input_norm
 from reidctl.errors import ReidctlError
 from reidctl.models.reid import ModelConfig, ReidModel
-from reidctl.device import resolve_workers
-from reidctl.precision import DEFAULT_AMP, autocast, dtype_name, memory_format, resolve_amp
+from reidctl.runtime.device import resolve_workers
+from reidctl.runtime.precision import DEFAULT_AMP, autocast, dtype_name, memory_format, resolve_amp
 from reidctl.progress import Advance
 from reidctl.train.bn_chunks import chunk_sizes, set_bn_chunks
-from reidctl.train.checkpoint import (
+from reidctl.models.checkpoint import (
     capture_rng, load_training_state, read_method_arrays, restore_rng, save_checkpoint, write_method_arrays,
 )
 from reidctl.train.contract import SCHEDULER_INTERVALS, EpochData, Forward, StepResult, StreamContext, TrainingMethod

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from reidctl.artifacts import INTRA_LABELS, read_labels, write_labels
-from reidctl.cluster.stage import ClusterParams, cluster_features
+from reidctl.cluster.clustering import ClusterParams, cluster_features
 from reidctl.errors import ArtifactError, ReidctlError
 
 DEFAULT_CLUSTERS = "images/5"

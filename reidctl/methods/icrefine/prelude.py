@@ -13,7 +13,7 @@ import numpy as np
 from reidctl.data.base import Dataset
 from reidctl.methods.icrefine.intra import read_intra_labels
 from reidctl.methods.icrefine.stage1 import IntraCameraParams, IntraCameraRequest, loop_params, run_intra_camera
-from reidctl.stages import Prelude, RunContext
+from reidctl.methods.prelude import Prelude, RunContext
 
 
 def _run(ctx: RunContext, params: IntraCameraParams, out: Path) -> dict[str, Any]:

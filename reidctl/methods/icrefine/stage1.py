@@ -23,16 +23,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from reidctl import dist
+from reidctl.runtime import dist
 from reidctl.artifacts import INTRA_LABELS, check_output, file_digest
 from reidctl.cluster.agglomerative import check_linkage_memory
 from reidctl.data.datasets import load_dataset
 from reidctl.data.samplers import pass_length
-from reidctl.device import resolve_device
+from reidctl.runtime.device import resolve_device
 from reidctl.errors import ReidctlError
-from reidctl.extraction import check_loader_options
+from reidctl.runtime.processes import check_loader_options
 from reidctl.models.spec import ModelSpec
-from reidctl.features import extract_features
+from reidctl.models.features import extract_features
 from reidctl.data.stats import Norm, input_norm
 from reidctl.methods.cc import CCParams, ClusterContrast
 from reidctl.methods.icrefine.intra import (
@@ -40,9 +40,9 @@ from reidctl.methods.icrefine.intra import (
     skip_reason, write_intra_labels,
 )
 from reidctl.options import option, resolve
-from reidctl.precision import DEFAULT_AMP
+from reidctl.runtime.precision import DEFAULT_AMP
 from reidctl.progress import progress_bar
-from reidctl.train.checkpoint import checkpoint_digest
+from reidctl.models.checkpoint import checkpoint_digest
 from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, train_epoch
 
 
@@ -104,11 +104,11 @@ class IntraCameraRequest(ModelSpec):
     data: str = ""
     dataset: str | None = None
     params: IntraCameraParams = field(default_factory=IntraCameraParams)
-    workers: int | None = None  # None: reidctl.device.resolve_workers
+    workers: int | None = None  # None: reidctl.runtime.device.resolve_workers
     device: str = "auto"
     amp: str = DEFAULT_AMP
     deterministic: bool = False
-    extract_batch_size: int | None = None  # None: reidctl.device.resolve_extract_batch
+    extract_batch_size: int | None = None  # None: reidctl.runtime.device.resolve_extract_batch
     force: bool = False  # overwrite an existing --out that is not an intra-camera labels file
 
 

@@ -26,10 +26,11 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from reidctl import dist, progress
+from reidctl import progress
+from reidctl.runtime import dist
 from reidctl.artifacts import check_output
 from reidctl.data.stats import input_norm
-from reidctl.device import resolve_device
+from reidctl.runtime.device import resolve_device
 from reidctl.errors import ReidctlError
 from reidctl.methods.mar.agents import AgentClassifier
 from reidctl.methods.mar.losses import agent_learning_loss, normalized_agents
@@ -37,10 +38,10 @@ from reidctl.methods.mar.source import DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, Sou
 from reidctl.models.reid import ReidModel
 from reidctl.models.spec import ModelSpec
 from reidctl.options import option, resolve, unused
-from reidctl.precision import DEFAULT_AMP
+from reidctl.runtime.precision import DEFAULT_AMP
 from reidctl.progress import progress_bar
-from reidctl.stages import Prelude, RunContext
-from reidctl.train.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, payload_digest
+from reidctl.methods.prelude import Prelude, RunContext
+from reidctl.models.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, payload_digest
 from reidctl.train.contract import Batch, EpochData, StreamContext, TrainingMethod, TrainParams
 from reidctl.train.optim import LR_DROPS, multistep_at_epoch_start, official_milestones, sgd_no_bn_decay
 from reidctl.train.streams import labelled_stream

@@ -22,7 +22,7 @@ from reidctl.errors import ArtifactError, ReidctlError
 from reidctl.methods.base import Refined
 from reidctl.methods.mar import losses as L
 from reidctl.options import option
-from reidctl.train.checkpoint import load_checkpoint
+from reidctl.models.checkpoint import load_checkpoint
 
 
 @dataclass

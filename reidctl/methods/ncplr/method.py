@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reidctl import dist
+from reidctl.runtime import dist
 from reidctl.errors import ReidctlError
 from reidctl.methods.base import Batch, EpochData, Method, Refined, RunDefaults
 from reidctl.methods.cc import CCParams

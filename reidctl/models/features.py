@@ -7,37 +7,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from reidctl import dist
+from reidctl.runtime import dist
 from reidctl.data.base import Sample
-from reidctl.data.images import load_image
 from reidctl.data.stats import IMAGENET, Norm, given_norm
-from reidctl.data.transforms import ResizedBytes, normalize_batch
-from reidctl.device import resolve_extract_batch, resolve_workers
-from reidctl.precision import DEFAULT_AMP, autocast, memory_format, resolve_amp
+from reidctl.data.transforms import ImageRows, normalize_batch
+from reidctl.runtime.device import resolve_extract_batch, resolve_workers
+from reidctl.runtime.precision import DEFAULT_AMP, autocast, memory_format, resolve_amp
 from reidctl.errors import DatasetError
 from reidctl.models.inference import inference_model
 from reidctl.models.reid import ReidModel
-
-
-class ImageRows(Dataset):
-    """Images of ``samples`` in order. A bad image never raises inside a worker: it comes back
-    flagged with its error, so the main process can fail with one clear message or skip it."""
-
-    def __init__(self, samples: Sequence[Sample], height: int, width: int) -> None:
-        self.samples = list(samples)
-        self.transform = ResizedBytes(height, width)
-        self.blank = torch.zeros(3, height, width, dtype=torch.uint8)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
-        try:
-            return self.transform(load_image(self.samples[i].path)), i, ""
-        except DatasetError as exc:
-            return self.blank, i, str(exc)
 
 
 @dataclass

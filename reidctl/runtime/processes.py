@@ -32,3 +32,13 @@ def check_process_count(processes: int | None, flag: str) -> None:
     if processes is not None and processes > process_limit():
         raise ReidctlError(f"{flag} {processes} is more than this machine can use: at most {process_limit()} "
                            f"({MAX_PROCESSES_PER_CPU} per CPU, {usable_cpus()} CPUs)")
+
+
+def check_loader_options(batch_size: int | None, workers: int | None, *, batch_flag: str = "--batch-size") -> None:
+    """Refuse a batch size below 1, a negative worker count or more workers than the machine can
+    use (one ``error:`` line, not a usage box)."""
+    if batch_size is not None and batch_size < 1:
+        raise ReidctlError(f"{batch_flag} must be at least 1 (got {batch_size})")
+    if workers is not None and workers < 0:
+        raise ReidctlError(f"--workers must be 0 (load in the main process) or more (got {workers})")
+    check_process_count(workers, "--workers")

@@ -15,22 +15,22 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from reidctl import dist
+from reidctl.runtime import dist
 from reidctl.artifacts import METHOD_STATE, check_output, check_rows, read_features, read_labels
 from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import input_norm
-from reidctl.device import resolve_device
+from reidctl.runtime.device import resolve_device
 from reidctl.errors import ArtifactError, ReidctlError
-from reidctl.extraction import check_loader_options
+from reidctl.runtime.processes import check_loader_options
 from reidctl.models.spec import ModelSpec
-from reidctl.features import extract_features
+from reidctl.models.features import extract_features
 from reidctl.methods import get_method
 from reidctl.models.reid import ReidModel
 from reidctl.models.weights import init_description
-from reidctl.precision import DEFAULT_AMP
+from reidctl.runtime.precision import DEFAULT_AMP
 from reidctl.progress import progress_bar
-from reidctl.train.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, method_arrays_path
+from reidctl.models.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, method_arrays_path
 from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, resume, train_epoch
 
 
@@ -51,11 +51,11 @@ class TrainEpochRequest(ModelSpec):
     overrides: Mapping[str, Any] = field(default_factory=dict)
     features: Path | None = None
     epoch: int | None = None
-    workers: int | None = None  # None: reidctl.device.resolve_workers
+    workers: int | None = None  # None: reidctl.runtime.device.resolve_workers
     device: str = "auto"
     amp: str = DEFAULT_AMP
     deterministic: bool = False
-    extract_batch_size: int | None = None  # None: reidctl.device.resolve_extract_batch
+    extract_batch_size: int | None = None  # None: reidctl.runtime.device.resolve_extract_batch
     force: bool = False  # overwrite an existing --out that is not a reidctl checkpoint
 
 

@@ -1,4 +1,5 @@
-"""The `cluster` stage: features.h5 → labels.h5 (labels, neighbour lists, the sparse distance).
+"""Clustering features into pseudo identities: the options (:class:`ClusterParams`) and
+:func:`cluster_features` (labels, neighbour lists, the sparse distance).
 
 Algorithms: DBSCAN or average linkage on the k-reciprocal Jaccard distance (the CC family,
 icrefine), or InfoMap on the cosine kNN graph (Cluster Contrast's InfoMap variant,
@@ -8,29 +9,25 @@ icrefine), or InfoMap on the cosine kNN graph (Cluster Contrast's InfoMap varian
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, overload
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from reidctl.artifacts import LABELS, check_output, read_features, read_ground_truth, write_labels
 from reidctl.cluster.agglomerative import agglomerative
 from reidctl.cluster.dbscan import dbscan
 from reidctl.cluster.infomap import (INFOMAP_SEED, drop_small, infomap_links, infomap_modules, link_distances,
                                      require_infomap)
 from reidctl.cluster.jaccard import jaccard_distance
 from reidctl.cluster.mixing import branch_features, mix_jaccard, parse_branches
-from reidctl.cluster.report import labels_report
-from reidctl.errors import ReidctlError, naming
+from reidctl.errors import ReidctlError
 from reidctl.options import check_finite, not_applicable, option
 from reidctl.progress import callback, progress_bar
-from reidctl import dist as ddp  # (``dist`` names the kNN distances here)
-from reidctl.device import resolve_device
+from reidctl.runtime import dist as ddp  # (``dist`` names the kNN distances here)
 from reidctl.search import KNN_BACKENDS, choose_backend, knn
-from reidctl.search_approx import APPROX_BACKENDS, require_faiss
+from reidctl.search.approx import APPROX_BACKENDS, require_faiss
 
 ALGOS = ("dbscan", "agglomerative", "infomap")
 
@@ -338,44 +335,9 @@ def _add_time(times: dict[str, float], step: str, name: str, seconds: float) -> 
     times[f"{step}_s"] = times.get(f"{step}_s", 0.0) + seconds
 
 
-def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParams, *, seed: int = 1,
-                force: bool = False) -> dict[str, Any]:
-    """Cluster a features file's rows and write a labels artifact (with label quality when pids exist).
-
-    ``out`` must not be the features file, nor an existing file other than a labels artifact
-    unless ``force``."""
-    params.check()
-    check_output(out, schema=LABELS, inputs=(features_path,), force=force)
-    fe = read_features(features_path)
-    with ddp.distributed(resolve_device(params.device)) as device:
-        try:
-            res = cluster_features(fe.feats, replace(params, device=str(device)), parts=fe.parts)
-        except ReidctlError as exc:
-            raise naming(features_path, exc) from None
-        world = ddp.world_size()
-    if res is None:
-        return {"rank": ddp.env_rank(), "world_size": world}
-    labels = res["labels"]
-    summary: dict[str, Any] = {"rows": len(labels), **{k: round(v, 3) for k, v in res["times"].items()},
-                               **size_choices(res), "world_size": world,
-                               **labels_report(labels, fe.camids, read_ground_truth(features_path))}
-    write_labels(
-        out, labels, paths=fe.paths,
-        extra={"knn_index": res["knn_index"], "knn_dist": res["knn_dist"], "jaccard": res["jaccard"]},
-        params={"stage": "cluster", **asdict(params), **_seeds(params)}, inputs={"features": fe.meta.digest},
-        seed=seed, attrs={"summary": summary},
-    )
-    return summary
-
-
 def size_choices(res: dict[str, Any]) -> dict[str, Any]:
     """What the stage chose for the data's size, for its summary: ``knn_backend``, ``jaccard_keep``
     (None: all distances below 1 stored), and ``knn_note`` / ``jaccard_note`` when a default left
     exact search or bounded the distances (every ``*_note`` is said by the commands and the loop)."""
     notes = {name: res[name] for name in ("knn_note", "jaccard_note") if res.get(name)}
     return {"knn_backend": res["knn_backend"], "jaccard_keep": res.get("jaccard_keep"), **notes}
-
-
-def _seeds(params: ClusterParams) -> dict[str, int]:
-    """The fixed seed of a randomised algorithm, recorded with the parameters (InfoMap's)."""
-    return {"infomap_seed": INFOMAP_SEED} if params.algo == "infomap" else {}

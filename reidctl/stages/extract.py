@@ -8,43 +8,33 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from reidctl import dist
+from reidctl.runtime import dist
 from reidctl.artifacts import FEATURES, check_output, non_finite_rows, write_features
 from reidctl.data.base import SPLIT_CHOICES, Dataset, Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import input_norm
-from reidctl.device import resolve_device
+from reidctl.runtime.device import resolve_device
 from reidctl.errors import ReidctlError
-from reidctl.features import Extracted, extract_features
+from reidctl.models.features import Extracted, extract_features
 from reidctl.models.spec import ModelSpec
 from reidctl.models.weights import model_digest
-from reidctl.precision import DEFAULT_AMP, precision_name
-from reidctl.processes import check_process_count
+from reidctl.runtime.precision import DEFAULT_AMP, precision_name
+from reidctl.runtime.processes import check_loader_options
 from reidctl.models.reid import ReidModel
 from reidctl.progress import progress_bar
-from reidctl.train.checkpoint import checkpoint_digest
+from reidctl.models.checkpoint import checkpoint_digest
 
 @dataclass
 class ExtractRequest(ModelSpec):
     data: str = ""
     dataset: str | None = None
     split: str = "train"
-    batch_size: int | None = None  # None: reidctl.device.resolve_extract_batch
-    workers: int | None = None  # None: reidctl.device.resolve_workers
+    batch_size: int | None = None  # None: reidctl.runtime.device.resolve_extract_batch
+    workers: int | None = None  # None: reidctl.runtime.device.resolve_workers
     device: str = "auto"
     amp: str = DEFAULT_AMP  # float32; bf16 / fp16 autocast on CUDA when asked
     skip_bad_images: bool = False
     force: bool = False  # overwrite an existing --out that is not a features file
-
-
-def check_loader_options(batch_size: int | None, workers: int | None, *, batch_flag: str = "--batch-size") -> None:
-    """Refuse a batch size below 1, a negative worker count or more workers than the machine can
-    use (one ``error:`` line, not a usage box)."""
-    if batch_size is not None and batch_size < 1:
-        raise ReidctlError(f"{batch_flag} must be at least 1 (got {batch_size})")
-    if workers is not None and workers < 0:
-        raise ReidctlError(f"--workers must be 0 (load in the main process) or more (got {workers})")
-    check_process_count(workers, "--workers")
 
 
 def extract_split(

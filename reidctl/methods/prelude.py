@@ -1,6 +1,6 @@
 """What a method declares about the stages it owns beyond the per-epoch ones.
 
-The ``loop`` (:mod:`reidctl.pipeline`) runs extract → cluster → refine → train every epoch. A
+The ``loop`` (:mod:`reidctl.pipeline.loop`) runs extract → cluster → refine → train every epoch. A
 method adds *preludes*: stages that run once before epoch 0, cached and resumed like every
 stage (icrefine's intra-camera training; a source pretraining). It declares them here, with no
 dependence on the loop's code, and the loop knows them only through this contract.

@@ -23,8 +23,8 @@ from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import Norm, input_norm
 from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
-from reidctl.ranking import MEASURES, Ranking, RankSide, csv_text, rank_gallery, write_text
-from reidctl.sheet import SheetRow, Tile, draw_sheet, identity_line
+from reidctl.evaluation.ranking import MEASURES, Ranking, RankSide, csv_text, rank_gallery, write_text
+from reidctl.evaluation.sheet import SheetRow, Tile, draw_sheet, identity_line
 
 ROLES = ("query", "gallery")
 
@@ -173,9 +173,10 @@ def source_files(feats: Features) -> list[Path] | None:
 
 
 def _extract_side(model: Any, side: _Images, norm: Norm, req: RankRequest) -> RankSide:
-    from reidctl.device import resolve_device
-    from reidctl.extraction import check_finite_features, check_loader_options
-    from reidctl.features import extract_features
+    from reidctl.runtime.device import resolve_device
+    from reidctl.runtime.processes import check_loader_options
+    from reidctl.stages.extract import check_finite_features
+    from reidctl.models.features import extract_features
     from reidctl.progress import progress_bar
 
     check_loader_options(req.batch_size, req.workers)
@@ -219,7 +220,7 @@ def _run_identity(req: RankRequest, provenance: dict[str, Any], model: Any) -> d
     from reidctl.models.weights import model_digest
 
     if req.checkpoint is not None:
-        from reidctl.train.checkpoint import checkpoint_digest
+        from reidctl.models.checkpoint import checkpoint_digest
 
         legacy = {"checkpoint": checkpoint_digest(req.checkpoint)}
     else:

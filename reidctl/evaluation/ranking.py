@@ -155,7 +155,7 @@ def _same_image_rule(query: RankSide, gallery: RankSide) -> Exclude | None:
 
 def _rerank_top_k(qf: np.ndarray, gf: np.ndarray, k: int, banned: Exclude | None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of the re-ranked Q×G distances (dense: re-ranking needs the (Q+G)² matrix)."""
-    from reidctl.evaluation import DEFAULT_RERANK_MAX_BYTES, pairwise_distance, re_ranking, rerank_memory_bytes
+    from reidctl.evaluation.metrics import DEFAULT_RERANK_MAX_BYTES, pairwise_distance, re_ranking, rerank_memory_bytes
 
     need = rerank_memory_bytes(len(qf), len(gf))
     if need > DEFAULT_RERANK_MAX_BYTES:

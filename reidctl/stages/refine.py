@@ -16,7 +16,7 @@ from reidctl.artifacts import LABELS, check_output, read_features, read_ground_t
 from reidctl.cluster.agglomerative import check_linkage_memory
 from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.report import labels_report
-from reidctl.cluster.stage import ClusterParams, size_choices, cluster_features
+from reidctl.cluster.clustering import ClusterParams, size_choices, cluster_features
 from reidctl.errors import ReidctlError, naming
 from reidctl.methods import get_method
 

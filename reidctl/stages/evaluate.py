@@ -12,13 +12,13 @@ import torch
 from reidctl.artifacts import SHEET, check_output, read_features, read_ground_truth
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
-from reidctl.evaluation import count_valid_queries, evaluate_features, protocol_masks
-from reidctl.extraction import extract_split
+from reidctl.evaluation.metrics import count_valid_queries, evaluate_features, protocol_masks
+from reidctl.stages.extract import extract_split
 from reidctl.models.spec import ModelSpec
 from reidctl.progress import callback, progress_bar
-from reidctl.rank_stage import features_model, match_tile, sheet_rows, source_files, under_each
-from reidctl.ranking import Ranking, RankSide, rank_gallery
-from reidctl.sheet import draw_sheet
+from reidctl.stages.rank import features_model, match_tile, sheet_rows, source_files, under_each
+from reidctl.evaluation.ranking import Ranking, RankSide, rank_gallery
+from reidctl.evaluation.sheet import draw_sheet
 
 AP_CHOICES = ("sklearn", "trapezoid")
 PAIRS_CHOICES = ("market", "cross-camera", "same-camera")

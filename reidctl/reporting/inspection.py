@@ -1,7 +1,7 @@
 """What a file reidctl wrote is, for ``reidctl inspect``, without running any of it.
 
 Besides HDF5 artifacts and checkpoints (:func:`reidctl.artifacts.describe`,
-:func:`reidctl.train.checkpoint.describe_checkpoint`), ``inspect`` knows the files a user meets
+:func:`reidctl.models.checkpoint.describe_checkpoint`), ``inspect`` knows the files a user meets
 next: a model ``export`` wrote (TorchScript or ONNX, with its ``OUT.json`` record), a run's
 ``summary.json`` and its ``config.toml``. Why no loader: a TorchScript file is code (loading it
 with ``torch.jit.load`` runs it), so it is read as the zip archive it is (its member names) plus
@@ -176,7 +176,7 @@ def _short(ev: Any) -> dict[str, Any] | None:
 def describe_config(path: Path) -> dict[str, Any]:
     """A ``config.toml``: its tables as written, and the options it gives ``loop --config`` (paths
     resolved as ``--config`` resolves them)."""
-    from reidctl.configfile import RELATIVE_KEY, read_config, tomllib  # noqa: PLC0415
+    from reidctl.pipeline.configfile import RELATIVE_KEY, read_config, tomllib  # noqa: PLC0415
 
     options = read_config(path)
     tables = tomllib.loads(path.read_text(encoding="utf-8"))

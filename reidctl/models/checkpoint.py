@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from reidctl import __version__
+from reidctl.version import __version__
 from reidctl.artifacts import CHECKPOINT, atomic_save, read_method_state, write_method_state
 from reidctl.errors import ArtifactError
 from reidctl.models.reid import ModelConfig, ReidModel

@@ -3,11 +3,11 @@
 The stages are those the method declares: its preludes (run once before epoch 0, into
 ``RUN/<name>/``), then each epoch extract, cluster and refine (unless the method does not
 cluster) and train, with an evaluation every ``eval_every`` epochs. This module knows methods
-only through the registry and the contracts of :mod:`reidctl.stages` and
+only through the registry and the contracts of :mod:`reidctl.methods.prelude` and
 :class:`reidctl.methods.base.Method`.
 
 Each stage's output sits in ``RUN/epoch_XXX/`` beside a ``STAGE.done.json`` record
-(:mod:`reidctl.rundir`). A stage's key is built in one place (:meth:`StageCall.key`) from what
+(:mod:`reidctl.pipeline.rundir`). A stage's key is built in one place (:meth:`StageCall.key`) from what
 it declares: its resolved options, the seed, the content digests of its input artifacts, what
 else it reads (a fingerprint of its images, :mod:`reidctl.data.fingerprint`; the fresh model;
 the numeric precision), and the reidctl version; never a path or a timing, so a run folder can
@@ -36,29 +36,31 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
-from reidctl.artifacts import atomic_path, file_digest, read_ground_truth, read_meta, read_state_arrays
+from reidctl.artifacts import BEST_MODEL, LAST_MODEL, atomic_path, file_digest, read_ground_truth, read_meta, read_state_arrays
 from reidctl.cluster.quality import pair_precision
-from reidctl.cluster.stage import ClusterParams, run_cluster
-from reidctl.configfile import CONFIG_NAME, dumps, write_config
+from reidctl.cluster.clustering import ClusterParams
+from reidctl.stages.cluster import run_cluster
+from reidctl.pipeline.configfile import CONFIG_NAME, dumps, write_config
 from reidctl.data.stats import input_norm
 from reidctl.data.base import Dataset
 from reidctl.data.datasets import load_dataset
 from reidctl.data.fingerprint import split_fingerprint, verifying
-from reidctl.device import resolve_device
+from reidctl.runtime.device import resolve_device
 from reidctl.errors import ReidctlError
-from reidctl.evaluation import count_valid_queries
-from reidctl.evaluation_stage import evaluate_feature_file
-from reidctl.extraction import ExtractRequest, check_loader_options, run_extract
+from reidctl.evaluation.metrics import count_valid_queries
+from reidctl.stages.evaluate import evaluate_feature_file
+from reidctl.runtime.processes import check_loader_options
+from reidctl.stages.extract import ExtractRequest, run_extract
 from reidctl.methods import Method, get_method
 from reidctl.models.spec import ModelSpec
 from reidctl.options import flag_of, option_fields
-from reidctl.precision import DEFAULT_AMP, precision_name
-from reidctl.refine import default_cluster_params, run_refine
-from reidctl.rundir import (BEST_MODEL, LAST_MODEL, Notice, RunDir, StageResult, refuse_pruned, stage_key,
+from reidctl.runtime.precision import DEFAULT_AMP, precision_name
+from reidctl.stages.refine import default_cluster_params, run_refine
+from reidctl.pipeline.rundir import (Notice, RunDir, StageResult, refuse_pruned, stage_key,
                             write_json)
-from reidctl.stages import Prelude, RunContext
-from reidctl.train.checkpoint import checkpoint_digest, method_arrays_path, save_checkpoint
-from reidctl.train.stage import TrainEpochRequest, run_train_epoch
+from reidctl.methods.prelude import Prelude, RunContext
+from reidctl.models.checkpoint import checkpoint_digest, method_arrays_path, save_checkpoint
+from reidctl.stages.train_epoch import TrainEpochRequest, run_train_epoch
 
 #: What ``--force-from`` accepts, in run order ("prelude": every stage a method runs before epoch 0).
 STAGES = ("prelude", "extract", "cluster", "refine", "train", "evaluate")
@@ -87,8 +89,8 @@ class LoopConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     eval_every: int | None = None  # None: the method's official cadence (CC 10, PPLR 5, ...)
     eval_init: bool = True
-    extract_batch_size: int | None = None  # None: reidctl.device.resolve_extract_batch
-    workers: int | None = None  # None: reidctl.device.resolve_workers
+    extract_batch_size: int | None = None  # None: reidctl.runtime.device.resolve_extract_batch
+    workers: int | None = None  # None: reidctl.runtime.device.resolve_workers
     device: str = "auto"
     amp: str = DEFAULT_AMP  # float32; bf16 / fp16 autocast on CUDA only when asked
     deterministic: bool = False
@@ -199,7 +201,7 @@ class _Loop:
 
     def resolved_config(self) -> dict[str, dict[str, Any]]:
         """Every option this run resolved to, by its ``loop`` option name, grouped for reading
-        (:mod:`reidctl.configfile`): ``loop --config`` with it re-creates the same stages, from
+        (:mod:`reidctl.pipeline.configfile`): ``loop --config`` with it re-creates the same stages, from
         any working directory (paths are absolute; :func:`run_loop` writes ``run_dir`` relative
         to the file)."""
         cfg, m = self.cfg, self.method_cls
@@ -602,7 +604,7 @@ def _copy_checkpoint(source: Path, out: Path) -> dict[str, Any]:
 
 
 def _config_header() -> str:
-    from reidctl import __version__
+    from reidctl.version import __version__
 
     return (f"The options this `reidctl loop` run resolved to (reidctl {__version__}).\n"
             "Re-run it with: reidctl loop --config THIS_FILE (options given on the command line override the file).")

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from reidctl import __version__
+from reidctl.version import __version__
 from reidctl.artifacts import atomic_path, file_digest, os_reason
 from reidctl.errors import ReidctlError
 from reidctl.progress import activity, sink as progress_sink
@@ -62,11 +62,6 @@ def summary_notes(summary: Mapping[str, Any]) -> list[str]:
 
 Notice = Callable[[str], None]
 RECORD_VERSION = 2
-#: The run's models, beside its summary: the best evaluated one (the initial model included) and
-#: the last finished epoch's; links to checkpoints inside the run (copies where links fail).
-BEST_MODEL, LAST_MODEL = "best.pt", "last.pt"
-#: What a run folder offers as *its* model, in order of preference (``export RUN_DIR``).
-RUN_MODELS = (BEST_MODEL, LAST_MODEL)
 #: ``os.open`` flag that refuses a symbolic link (0 where the OS has none: then an lstat check).
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
