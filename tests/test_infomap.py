@@ -19,7 +19,8 @@ from reidctl import search
 from reidctl.artifacts import read_labels, write_features
 from reidctl.cluster.infomap import (INFOMAP_SEED, drop_small, infomap_cluster, infomap_labels, infomap_links,
                                      link_distances, require_infomap)
-from reidctl.cluster.clustering import ALGO_DEFAULTS, ClusterParams, cluster_features
+from reidctl.cluster.algorithms import get_algorithm
+from reidctl.cluster.clustering import ClusterParams, cluster_features
 from reidctl.errors import ReidctlError
 from reidctl.options import resolve
 from reidctl.stages.refine import default_cluster_params
@@ -186,11 +187,12 @@ def test_no_links_at_all():
 def test_per_algorithm_defaults():
     assert {k: getattr(ClusterParams(), k) for k in ("k1", "k2", "eps")} == {"k1": 30, "k2": 6, "eps": 0.6}
     p = resolve(ClusterParams, {"algo": "infomap"}, what="`cluster`")
-    assert (p.k1, p.k2, p.eps) == (15, 4, 0.5) == tuple(ALGO_DEFAULTS["infomap"][k] for k in ("k1", "k2", "eps"))
+    assert (p.k1, p.k2, p.eps) == (15, 4, 0.5) == tuple(get_algorithm("infomap").defaults()[k] for k in ("k1", "k2", "eps"))
     p = resolve(ClusterParams, {"algo": "infomap", "k1": 30, "eps": 0.6}, what="`cluster`")
     assert (p.k1, p.k2, p.eps) == (30, 4, 0.6)  # given values win
-    back = dataclasses.replace(ClusterParams(algo="infomap"), algo="dbscan")
-    assert (back.k1, back.k2, back.eps) == (30, 6, 0.6)
+    # unset options are None until the instance is built with its algorithm (no sentinel values)
+    assert {f.name: f.default for f in dataclasses.fields(ClusterParams) if f.name in ("k1", "eps")} == \
+        {"k1": None, "eps": None}
     # the layered construction of `refine` and `loop`: CC's defaults, the method's, the user's
     p = default_cluster_params("cc", algo="infomap")
     assert (p.algo, p.k1, p.k2, p.eps) == ("infomap", 15, 4, 0.5)
@@ -224,7 +226,8 @@ def test_cluster_features_returns_the_graph_as_its_distance():
     np.testing.assert_array_equal(res["labels"], np.repeat([0, 1], 20))
     assert res["labels"].dtype == np.int32 and res["knn_index"].shape == (40, 15)
     assert res["times"]["jaccard_s"] == 0.0 and set(res["times"]) == {"knn_s", "jaccard_s", "cluster_s"}
-    graph = res["jaccard"]
+    assert res["distance"] == "link_distance" and "jaccard" not in res  # named for what it is
+    graph = res["link_distance"]
     assert graph.shape == (40, 40) and graph.nnz == 40 * 14 + 40
     np.testing.assert_array_equal(graph.diagonal(), 0)
 
@@ -249,7 +252,7 @@ def test_cluster_command(feats_file, tmp_path):
     summary = json.loads(r.stdout)
     assert summary["clusters"] == 2 and summary["outliers"] == 0 and summary["quality"]["f_score"] == 1.0
     desc = json.loads(run_ok("inspect", labels, "--json").stdout)
-    assert desc["schema"] == "reidctl/labels" and "sparse csr 40×40" in desc["datasets"]["jaccard"]
+    assert desc["schema"] == "reidctl/labels" and "sparse csr 40×40" in desc["datasets"]["link_distance"]
     params = desc["params"]
     assert (params["algo"], params["k1"], params["k2"], params["eps"]) == ("infomap", 15, 4, 0.5)
     assert params["infomap_seed"] == INFOMAP_SEED

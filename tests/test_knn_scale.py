@@ -165,12 +165,13 @@ def test_jaccard_keep_stores_exactly_the_entries_up_to_the_bound():
 
 
 def test_cluster_stage_bounds_the_distances_beyond_the_row_limit(monkeypatch):
-    from reidctl.cluster import stage
+    from reidctl.cluster import clustering as stage
+    from reidctl.cluster.algorithms import dbscan as dbscan_algorithm
 
     x, _ = _blobs()
     whole = stage.cluster_features(x, stage.ClusterParams(k1=10, k2=3, knn_backend="torch"))
     assert whole["jaccard_keep"] is None and whole["jaccard_note"] is None
-    monkeypatch.setattr(stage, "FULL_JACCARD_ROWS", 500)  # 600 rows are "many" now
+    monkeypatch.setattr(dbscan_algorithm, "FULL_JACCARD_ROWS", 500)  # 600 rows are "many" now
     big = stage.cluster_features(x, stage.ClusterParams(k1=10, k2=3, knn_backend="torch"))
     assert big["jaccard_keep"] == pytest.approx(0.6) and big["jaccard_note"].startswith("600 images: the labels keep")
     np.testing.assert_array_equal(big["labels"], whole["labels"])
@@ -180,7 +181,7 @@ def test_cluster_stage_bounds_the_distances_beyond_the_row_limit(monkeypatch):
 
 
 def test_jaccard_keep_bounds_a_mixture_after_mixing():
-    from reidctl.cluster import stage
+    from reidctl.cluster import clustering as stage
 
     x, _ = _blobs()
     parts = np.stack([x[:, ::-1].copy(), x], axis=1)

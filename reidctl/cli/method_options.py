@@ -123,7 +123,7 @@ def _in_package(cls: type | None, package: str) -> bool:
 
 
 def _cluster_defaults(method: type[Method]) -> dict[str, Any]:
-    return {**dataclasses.asdict(ClusterParams()), **method.cluster_defaults}
+    return dataclasses.asdict(ClusterParams(**method.cluster_defaults))
 
 
 def cluster_flags() -> list[Flag]:

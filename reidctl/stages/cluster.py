@@ -9,7 +9,6 @@ from typing import Any
 
 from reidctl.artifacts import LABELS, check_output, read_features, read_ground_truth, write_labels
 from reidctl.cluster.clustering import ClusterParams, cluster_features, size_choices
-from reidctl.cluster.infomap import INFOMAP_SEED
 from reidctl.cluster.report import labels_report
 from reidctl.errors import ReidctlError, naming
 from reidctl.runtime import dist as ddp
@@ -39,13 +38,8 @@ def run_cluster(features_path: str | Path, out: str | Path, params: ClusterParam
                                **labels_report(labels, fe.camids, read_ground_truth(features_path))}
     write_labels(
         out, labels, paths=fe.paths,
-        extra={"knn_index": res["knn_index"], "knn_dist": res["knn_dist"], "jaccard": res["jaccard"]},
-        params={"stage": "cluster", **asdict(params), **_seeds(params)}, inputs={"features": fe.meta.digest},
+        extra={"knn_index": res["knn_index"], "knn_dist": res["knn_dist"], res["distance"]: res[res["distance"]]},
+        params={"stage": "cluster", **asdict(params), **params.algorithm.seed}, inputs={"features": fe.meta.digest},
         seed=seed, attrs={"summary": summary},
     )
     return summary
-
-
-def _seeds(params: ClusterParams) -> dict[str, int]:
-    """The fixed seed of a randomised algorithm, recorded with the parameters (InfoMap's)."""
-    return {"infomap_seed": INFOMAP_SEED} if params.algo == "infomap" else {}

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from reidctl.artifacts import LABELS, check_output, read_features, read_ground_truth, read_labels, write_labels
-from reidctl.cluster.agglomerative import check_linkage_memory
+from reidctl.cluster.algorithms import distance_names
 from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.report import labels_report
 from reidctl.cluster.clustering import ClusterParams, size_choices, cluster_features
@@ -32,13 +32,12 @@ def default_cluster_params(method: str, *, n_samples: int | None = None, options
     average linkage is checked to fit in memory, before any expensive stage runs.
     """
     method_cls = get_method(method)
-    values = {**dataclasses.asdict(ClusterParams()), **method_cls.official_clustering(options or {})}
+    values = dict(method_cls.official_clustering(options or {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
     params = ClusterParams(**values)
     if n_samples is not None:
         params = method_cls.resolve_clustering(params, n_samples)
-        if params.algo == "agglomerative":
-            check_linkage_memory(n_samples)
+        params.algorithm.check_fits(n_samples, params)
     params.check()
     return params
 
@@ -85,7 +84,7 @@ def run_refine(
         params = default_cluster_params(method, n_samples=len(fe), options=options, **(cluster or {}))
         res = cluster_features(fe.feats, params, parts=fe.parts)
         labels = res["labels"]
-        extra = {k: res[k] for k in ("knn_index", "knn_dist", "jaccard")}
+        extra = {k: res[k] for k in ("knn_index", "knn_dist", res["distance"])}
         cluster_info = {"cluster": dataclasses.asdict(params)}
         searched = size_choices(res)
     try:  # the options were checked above: what fails now is about the features' content
@@ -98,7 +97,7 @@ def run_refine(
                                **labels_report(new_labels, fe.camids, truth)}
     if refined.pairs is not None and truth is not None:
         summary["pair_quality"] = pair_precision(refined.pairs, truth)
-    kept = {k: v for k, v in extra.items() if k in ("knn_index", "knn_dist", "jaccard")}
+    kept = {k: v for k, v in extra.items() if k in ("knn_index", "knn_dist", *distance_names())}
     write_labels(
         out, new_labels, paths=fe.paths, extra={**kept, **refined.extra},
         params={"stage": "refine", "method": method, **cluster_info, "options": refined.options},

@@ -74,7 +74,7 @@ def cluster_camera(feats: np.ndarray, n_clusters: int, *, k1: int = 30, k2: int 
     k1 = camera_k1(len(feats), k1)
     res = cluster_features(feats, ClusterParams(algo="agglomerative", k1=k1, k2=min(k2, k1), n_clusters=n_clusters,
                                                 device=device))
-    return res["labels"].astype(np.int64), res["jaccard"]
+    return res["labels"].astype(np.int64), res[res["distance"]]
 
 
 def silhouette(jaccard: sp.spmatrix, labels: np.ndarray) -> float:

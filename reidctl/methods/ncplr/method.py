@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reidctl.cluster.algorithms import clustered_distance
 from reidctl.runtime import dist
 from reidctl.errors import ReidctlError
 from reidctl.methods.base import Batch, EpochData, Method, Refined, RunDefaults
@@ -164,11 +165,12 @@ class NCPLR(Method):
                *, seed: int = 1) -> Refined:
         """Labels unchanged; the neighbour sets on the clustering's distance as ``neighbors``."""
         opts = cls.refine_options(options)
-        if "jaccard" not in extra:
+        clustered = clustered_distance(extra)
+        if clustered is None:
             raise ReidctlError("--method ncplr needs the clustering's distance: give a labels file made by "
                                "`reidctl cluster` (or none, to cluster here)")
         labels = np.asarray(labels, dtype=np.int32)
-        sets = nb.neighbour_sets(extra["jaccard"], labels, float(opts["eps_neighbor"]))
+        sets = nb.neighbour_sets(clustered[1], labels, float(opts["eps_neighbor"]))
         return Refined(labels, extra={"neighbors": sets}, summary=nb.summary(sets, labels), options=opts)
 
     # ---- training

@@ -1,0 +1,114 @@
+"""What a clustering algorithm declares and does, and the kNN search they share.
+
+An algorithm is one object registered under its ``--algo`` name (:mod:`.registry`). It owns:
+
+- ``Params``: a dataclass of its values of the shared numeric options (``k1``, ``k2``, ``eps``,
+  ``min_samples``), with its official values as real defaults; an option left unset takes them
+  (:class:`reidctl.cluster.clustering.ClusterParams`).
+- ``check(params)``: the ranges it needs; ``refuse_given(params, given)``: the options it does
+  not read, refused when a user gave them (so that no one believes they changed the clusters)
+  and its optional package checked, when the options are resolved, before any stage runs.
+- ``memory(n, params)``: bytes of its largest structure on ``n`` rows (``check_fits`` refuses,
+  early, what cannot fit).
+- ``run(feats, params, parts, keep)``: the labels, the kNN lists, and the sparse distance it
+  clustered on, stored under ``distance_name`` (a name that says what it is: ``jaccard``,
+  ``link_distance``), which label refinements read through :func:`.registry.clustered_distance`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from reidctl.progress import callback, progress_bar
+from reidctl.runtime import dist as ddp  # (``dist`` names the kNN distances here)
+from reidctl.search import knn
+from reidctl.search.approx import APPROX_BACKENDS
+
+
+@dataclass
+class SharedParams:
+    """The numeric options every algorithm reads its own way, at the official values of Cluster
+    Contrast's commands (ALGORITHMS.md §3.3-3.4): an algorithm whose official values differ
+    subclasses this with its own defaults."""
+
+    k1: int = 30
+    k2: int = 6
+    eps: float = 0.6
+    min_samples: int = 4
+
+
+#: Their names.
+SHARED = tuple(f.name for f in dataclasses.fields(SharedParams))
+
+
+@dataclass
+class Clustered:
+    """What an algorithm returns (on rank 0 of a ``torchrun`` job; the other ranks get None)."""
+
+    labels: np.ndarray  # N int32, −1 = outlier
+    knn_index: np.ndarray  # N×k int32
+    knn_dist: np.ndarray  # N×k float32, squared L2 of unit vectors (2 − 2·cos)
+    distance: sp.csr_matrix  # the sparse N×N distance the labels were clustered on
+    times: dict[str, float]  # seconds per step (knn_s, jaccard_s, cluster_s ...)
+
+
+class ClusterAlgorithm:
+    """Base of a clustering algorithm (see the module's docstring for the contract)."""
+
+    name: ClassVar[str]
+    #: One line for ``--algo``'s help: what it is, and what it needs installed.
+    help: ClassVar[str]
+    Params: ClassVar[type]
+    distance_name: ClassVar[str] = "jaccard"
+    #: A fixed seed of a randomised algorithm, recorded with the parameters.
+    seed: ClassVar[dict[str, int]] = {}
+
+    def defaults(self) -> dict[str, Any]:
+        """Its official values of the shared options."""
+        return dataclasses.asdict(self.Params())
+
+    def refuse_given(self, params: Any, given: set[str]) -> None:
+        """Refuse options in ``given`` (names the user set) that this algorithm would ignore."""
+
+    def check(self, params: Any) -> None:
+        """Refuse values this algorithm cannot run with, in one line."""
+
+    def memory(self, n: int, params: Any) -> int:
+        """Bytes of the largest structure it builds on ``n`` rows."""
+        raise NotImplementedError
+
+    def check_fits(self, n: int, params: Any) -> None:
+        """Refuse, before hours of other work, ``n`` rows it cannot cluster in this machine's
+        memory. Default: nothing to refuse (the sparse structures bound themselves)."""
+
+    def default_keep(self, params: Any, n: int) -> tuple[float | None, str | None]:
+        """The bound on the stored distances when ``--jaccard-keep`` is unset (None: all), and
+        the sentence the stage prints when it chose one. Default: all."""
+        return None, None
+
+    def run(self, feats: np.ndarray, params: Any, *, parts: np.ndarray | None,
+            keep: float | None) -> Clustered | None:
+        raise NotImplementedError
+
+
+def stage_knn(x: np.ndarray, k: int, params: Any, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The kNN lists of the cluster stage. Under ``torchrun`` each rank searches its block of query
+    rows against all rows and every rank gets the whole lists, in row order: the same lists as
+    one process (the search is row-wise, with a tie rule that does not depend on the blocks)."""
+    n = len(x)
+    sharded = ddp.is_distributed()
+    lo, hi = ddp.shard_range(n) if sharded else (0, n)
+    shown = f" ({params.knn_backend})" if params.knn_backend in APPROX_BACKENDS else ""
+    with progress_bar(f"kNN{label}{shown}", hi - lo, unit="rows") as advance:
+        d, i = knn(x, k, backend=params.knn_backend, device=params.device, progress=callback(advance),
+                   rows=(lo, hi) if sharded else None)
+    if sharded:
+        d = ddp.all_gather_rows(torch.from_numpy(np.ascontiguousarray(d))).numpy()
+        i = ddp.all_gather_rows(torch.from_numpy(np.ascontiguousarray(i))).numpy()
+    return d, i
