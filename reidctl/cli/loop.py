@@ -77,7 +77,7 @@ def loop(
         out_console.print(resolved_config_text(cfg), end="", markup=False, highlight=False, soft_wrap=True)
         return
     quiet = progress.is_quiet()  # --quiet: no line per epoch either, only the table at the end
-    result = run_loop(cfg, on_epoch=None if run["json"] or quiet else _print_epoch, notice=notice)
+    result = run_loop(cfg, on_epoch=None if run["json"] or quiet else lambda rec: _print_epoch(cfg.method, rec), notice=notice)
     if run["json"]:
         print_json(result)
     else:
@@ -130,7 +130,7 @@ def _pct(x: Any) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _print_epoch(rec: dict[str, Any]) -> None:
+def _print_epoch(method: str, rec: dict[str, Any]) -> None:
     ref = rec.get("refine")
     msg = f"epoch {rec['epoch']}: "
     if ref is not None:
@@ -138,9 +138,8 @@ def _print_epoch(rec: dict[str, Any]) -> None:
         msg += (f"{ref['clusters']} clusters ({multi_camera_cell(ref)} multi-camera), "
                 f"{ref['outliers']} outliers{', F ' + _pct(q.get('f_score')) if q else ''}, ")
     msg += f"loss {rec['train']['loss']:.3f}"
-    mined = _mined(rec)
-    if mined:
-        msg += f", {mined['pairs']} mined positive pairs ({_pct(mined['precision'])}% one person)"
+    for array, score in _pair_figures(method, rec):
+        msg += f", {score['pairs']} {array.label} ({_pct(score['precision'])}% one person)"
     if "eval" in rec:
         msg += (f", mAP {_pct(rec['eval']['mAP'])} (trapezoid {_pct(rec['eval'].get('mAP_trapezoid'))}), "
                 f"R1 {_pct(rec['eval']['rank1'])}")
@@ -149,10 +148,11 @@ def _print_epoch(rec: dict[str, Any]) -> None:
         warn_single_camera(ref)
 
 
-def _mined(rec: dict[str, Any]) -> dict[str, Any] | None:
-    """The quality of the pairs a method mined this epoch (MAR), when ground truth scored them."""
-    mined = rec.get("train", {}).get("mined_pairs_quality")
-    return mined if mined and mined.get("precision") is not None else None
+def _pair_figures(method: str, rec: dict[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """The pairs the method claims show one person this epoch (its declared pair arrays: MAR's
+    mined pairs), where ground truth scored them."""
+    return [(array, score) for array, score in get_method(method).pair_figures(rec.get("train", {}))
+            if score.get("precision") is not None]
 
 
 def reuse_line(stages: list[dict[str, Any]]) -> str:
@@ -188,8 +188,9 @@ def summary_table(result: dict[str, Any]) -> Table:
     with both AP conventions (sklearn, the CC family's; trapezoid, MAR's), rank-1 and rank-10;
     rates in percent. Narrow enough for an 80-column terminal (rank-5 is in ``summary.json``)."""
     clusters = any("refine" in rec for rec in result["epochs"])
+    arrays = get_method(result["method"]).pair_arrays
     label_cols = (("clus-\nters", "multi-\ncam", "out-\nliers", "pair\nF %", "NMI\n%") if clusters
-                  else ("mined\npairs", "pair\nprec. %"))
+                  else tuple(col for array in arrays for col in (array.column, "pair\nprec. %")))
     table = Table(title=f"{result['run_dir']} ({result['method']})", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   padding=(0, 0, 0, 1), pad_edge=False, caption="rates in %; mAP trapz: MAR's trapezoid AP",
                   caption_justify="left")
@@ -202,8 +203,10 @@ def summary_table(result: dict[str, Any]) -> Table:
             cells = (str(ref.get("clusters", "—")), multi_camera_cell(ref), str(ref.get("outliers", "—")),
                      _pct(q.get("f_score")), _pct(q.get("nmi")))
         else:
-            mined = _mined(rec)
-            cells = (str(mined["pairs"]) if mined else "—", _pct(mined["precision"]) if mined else "—")
+            scored = {array.name: score for array, score in _pair_figures(result["method"], rec)}
+            cells = tuple(cell for array in arrays for cell in (
+                (str(scored[array.name]["pairs"]), _pct(scored[array.name]["precision"])) if array.name in scored
+                else ("—", "—")))
         table.add_row(str(rec["epoch"]), *cells, f"{rec['train']['loss']:.3f}" if "train" in rec else "—",
                       _pct(ev.get("mAP")), _pct(ev.get("mAP_trapezoid")), _pct(ev.get("rank1")), _pct(ev.get("rank10")))
     for label in ("best", "last"):

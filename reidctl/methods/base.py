@@ -37,7 +37,7 @@ from reidctl.methods.prelude import Prelude
 from reidctl.methods.registry import METHODS
 from reidctl.train.contract import Batch, EpochData, TrainingMethod, TrainParams
 
-__all__ = ["Batch", "EpochData", "Method", "NoOptions", "Refined", "Routed", "RunDefaults", "TrainParams",
+__all__ = ["Batch", "EpochData", "Method", "NoOptions", "PairArray", "Refined", "Routed", "RunDefaults", "TrainParams",
            "TrainingMethod"]
 
 
@@ -53,6 +53,23 @@ class Refined:
     #: Row pairs the method claims show one person (MAR's agreement pairs): reported against
     #: ground truth by ``run_refine`` when it is known, never stored as labels.
     pairs: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PairArray:
+    """A persistent array of pairs of train rows a method claims show one person (MAR's mined
+    positive pairs): ``loop`` scores it against ground truth each epoch, under
+    :func:`pair_key`, and its table and epoch lines show it with these words."""
+
+    name: str  # the array in the method's state file
+    label: str  # in the epoch line: "412 mined positive pairs (93.1% one person)"
+    column: str  # the loop table's column head
+
+
+def pair_key(name: str) -> str:
+    """The key of a pair array's score in an epoch's train record (written by the loop, read by
+    :meth:`Method.pair_figures`): the one place the record's key is spelled."""
+    return f"{name}_quality"
 
 
 @dataclass(frozen=True)
@@ -106,9 +123,15 @@ class Method(TrainingMethod):
     #: Training options that ``loop`` sets from its own values unless given (MAR's schedule
     #: follows the run's length: ``{"schedule_epochs": "epochs"}``); part of the train key.
     train_context: ClassVar[dict[str, str]] = {}
-    #: Names of persistent arrays (``persistent_arrays``) holding pairs of train rows the method
-    #: claims show one person; ``loop`` reports their precision when ground truth is known.
-    pair_arrays: ClassVar[tuple[str, ...]] = ()
+    #: Persistent arrays (``persistent_arrays``) holding pairs of train rows the method claims
+    #: show one person; ``loop`` reports their precision when ground truth is known.
+    pair_arrays: ClassVar[tuple[PairArray, ...]] = ()
+
+    @classmethod
+    def pair_figures(cls, train: Mapping[str, Any]) -> list[tuple[PairArray, dict[str, Any]]]:
+        """Each pair array scored in an epoch's train record, with its score (``pairs``,
+        ``judged``, ``precision``: None when ground truth judged none)."""
+        return [(array, train[pair_key(array.name)]) for array in cls.pair_arrays if pair_key(array.name) in train]
 
     @classmethod
     def official_model(cls, options: Mapping[str, Any]) -> dict[str, Any]:

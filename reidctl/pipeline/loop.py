@@ -52,6 +52,7 @@ from reidctl.stages.evaluate import evaluate_feature_file
 from reidctl.runtime.processes import check_loader_options
 from reidctl.stages.extract import ExtractRequest, run_extract
 from reidctl.methods import Method, get_method
+from reidctl.methods.base import pair_key
 from reidctl.models.spec import ModelSpec
 from reidctl.options import flag_of, option_fields
 from reidctl.runtime.precision import DEFAULT_AMP, precision_name
@@ -354,7 +355,7 @@ class _Loop:
                                     deterministic=cfg.deterministic)
             res = run_train_epoch(req, out)
             summary = {k: v for k, v in res.items() if k not in ("params", "out")}
-            return summary | self.mined_pairs(out, feats)
+            return summary | self.pair_quality(out, feats)
 
         call = StageCall("train", folder, "model.pt", go, options={"method": cfg.method, "params": self.train_params},
                          seed=cfg.seed, inputs={"checkpoint": ckpt, "labels": ref, "features": feats},
@@ -363,17 +364,17 @@ class _Loop:
                                 **self.train_reads})
         return self.stage(call, epoch)
 
-    def mined_pairs(self, ckpt: Path, feats: StageResult) -> dict[str, Any]:
+    def pair_quality(self, ckpt: Path, feats: StageResult) -> dict[str, Any]:
         """The precision of the pairs the method claims show one person (its ``pair_arrays``,
         rows of the features file), against ground truth when the dataset has it: reported only."""
-        names = self.method_cls.pair_arrays
+        names = [array.name for array in self.method_cls.pair_arrays]
         if not names or not method_arrays_path(ckpt).is_file():
             return {}
         pids = read_ground_truth(feats.path)
         if pids is None:
             return {}
         arrays = read_state_arrays(method_arrays_path(ckpt), names)
-        return {f"{name}_quality": pair_precision(pairs, pids) for name, pairs in arrays.items()}
+        return {pair_key(name): pair_precision(pairs, pids) for name, pairs in arrays.items()}
 
     def start_checkpoint(self, preludes: Mapping[str, StageResult]) -> StageResult | None:
         """What epoch 0 starts from: a prelude's checkpoint (MAR's pretraining, or the user's

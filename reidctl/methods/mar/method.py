@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reidctl.errors import ReidctlError
-from reidctl.methods.base import EpochData, Method, Refined, RunDefaults, TrainParams
+from reidctl.methods.base import EpochData, Method, PairArray, Refined, RunDefaults, TrainParams
 from reidctl.methods.mar import losses as L
 from reidctl.methods.mar.agents import AgentClassifier
 from reidctl.methods.mar.pretrain import PRETRAIN, AgentTraining
@@ -120,7 +120,7 @@ class MAR(AgentTraining, Method):
     heads_from = ("pretrain",)
     preludes = (PRETRAIN,)
     train_context = {"schedule_epochs": "epochs"}
-    pair_arrays = ("mined_pairs",)
+    pair_arrays = (PairArray("mined_pairs", "mined positive pairs", "mined\npairs"),)
     #: The official model (§6.2): average pooling, no BN neck, last stride 2, no ReLU after the
     #: last ResNet block, dataset normalisation, 384×128 input.
     RefineOptions = MARRefineOptions
