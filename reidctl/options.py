@@ -33,15 +33,19 @@ class OptionInfo:
     off: str | None = None  # a boolean's "off" spelling (default: --no-<name>)
     unused: bool = False  # an inherited option this class does not use: no flag, refused when given
     path: bool = False  # a file or folder: a run's config.toml records it absolute (reidctl.pipeline.configfile)
+    #: The stages that read it, where that is not (only) the stage of the dataclass declaring it:
+    #: NCPLR's ``lambda1``, a training-section option that only the clustering reads. A
+    #: single-stage command refuses it when its stage is not among them.
+    reads: tuple[str, ...] = ()
 
 
 def option(help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), loop: bool = True,
-           off: str | None = None, path: bool = False) -> dict[str, OptionInfo]:
+           off: str | None = None, path: bool = False, reads: tuple[str, ...] = ()) -> dict[str, OptionInfo]:
     """Field metadata that makes a dataclass field an option: ``field(default=..., metadata=option("..."))``.
 
     ``off``: the spelling that sets a boolean to False, when ``--no-<name>`` reads badly
     (``--global-local/--global-only``)."""
-    return {KEY: OptionInfo(help, flag, aliases, loop, off, path=path)}
+    return {KEY: OptionInfo(help, flag, aliases, loop, off, path=path, reads=reads)}
 
 
 def unused() -> dict[str, OptionInfo]:
@@ -130,6 +134,25 @@ def resolve_names(cls: type, given: Mapping[str, Any], *, what: str) -> set[str]
     if bad:
         raise not_applicable(bad, what)
     return names
+
+
+def reads(cls: type, name: str, stage: str) -> bool:
+    """Whether ``stage`` reads option ``name`` of dataclass ``cls`` (by default, the stage of the
+    dataclass declaring it does; ``reads`` says otherwise)."""
+    info = option_info(cls, name)
+    return info is None or not info.reads or stage in info.reads
+
+
+def read_elsewhere(cls: type, given: Mapping[str, Any], stage: str, command: str) -> None:
+    """Refuse the options of dataclass ``cls`` in ``given`` that ``stage`` does not read (their
+    ``reads`` names other stages), naming the stage that does: a flag that changes nothing in
+    ``command`` is an error, not a silent no-op."""
+    for name in given:
+        info = option_info(cls, name)
+        if not reads(cls, name, stage):
+            stages = " and ".join(info.reads)
+            raise ReidctlError(f"{info.flag or flag_of(name)} is read by the {stages} stage, not by {command}: give it "
+                               f"to `reidctl loop`, which runs the {stages} stage")
 
 
 def not_applicable(keys: list[str], what: str, note: str = "") -> ReidctlError:

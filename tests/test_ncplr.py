@@ -399,6 +399,19 @@ def test_refine_cli_stores_neighbour_sets_and_refuses_foreign_options(tmp_path, 
         get_method("ncplr").resolve_params(None, {"neighbor_weight": "closest"})
 
 
+def test_train_epoch_refuses_lambda1_which_only_the_clustering_reads(tmp_path):
+    """``--lambda1`` sets the clustering's distance mixture: a single training epoch would accept
+    and ignore it (issue 28); it is refused, naming the stage that reads it, before any work."""
+    data = colour_market(tmp_path / "data", train_ids=4, test_ids=2)
+    for method in ("ncplr", "gl-ncplr"):
+        run_error("train-epoch", "--method", method, "--data", data, "--labels", tmp_path / "none.h5",
+                  "--out", tmp_path / "m.pt", "--lambda1", "0.3", "--pretrained", "none",
+                  match=r"--lambda1 is read by the cluster stage, not by `train-epoch`")
+    assert not (tmp_path / "m.pt").exists()
+    # the loop still takes it: the clustering reads it, the training never sees it
+    assert get_method("ncplr").read_by_training({"lambda1": 0.3, "lambda2": 0.1}) == {"lambda2": 0.1}
+
+
 @pytest.mark.slow
 def test_ablation_script_prints_one_row_per_run(tmp_path):
     import os

@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 import numpy as np
 
 from reidctl.cluster.clustering import ClusterParams
-from reidctl.options import not_applicable, option_fields, resolve
+from reidctl.options import not_applicable, option_fields, read_elsewhere, reads, resolve
 from reidctl.methods.prelude import Prelude
 from reidctl.methods.registry import METHODS
 from reidctl.train.contract import Batch, EpochData, TrainingMethod, TrainParams
@@ -178,6 +178,13 @@ class Method(TrainingMethod):
         bad = [k for k in options if k not in _field_names(cls.Params)]
         if bad:
             raise not_applicable(bad, f"--method {cls.name}", _owners(bad, lambda m: _field_names(m.Params)))
+        read_elsewhere(cls.Params, options, "train", "`train-epoch`")
+
+    @classmethod
+    def read_by_training(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The training options that training reads (``loop`` routes an option such as NCPLR's
+        ``lambda1``, declared with the training's but read by the clustering, to both)."""
+        return {k: v for k, v in options.items() if reads(cls.Params, k, "train")}
 
     # ---- refine
 

@@ -173,7 +173,7 @@ class _Loop:
         loop_values = {"epochs": cfg.epochs}
         for name, value in self.method_cls.train_context.items():
             routed.train.setdefault(name, loop_values[value])
-        self.train_overrides = routed.train
+        self.train_overrides = self.method_cls.read_by_training(routed.train)  # (lambda1: the clustering's)
         params = self.method_cls.resolve_params(None, routed.train)
         self.train_params = params.to_dict()
         self.train_reads = self.method_cls.train_reads(self.train_params)  # once: a source's fingerprint

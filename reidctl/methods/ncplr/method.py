@@ -57,7 +57,8 @@ class NCPLRParams(CCParams):
         "ncplr: GL-NCPLR (the official train.sh): up/down halves with their own memories, classifiers and "
         "targets, clustering on the mixed distance; --global-only is plain NCPLR.", off="--global-only"))
     lambda1: float = field(default=0.2, metadata=option(
-        "ncplr: weight λ1 of each half's Jaccard distance in the clustering (global 1−2λ1); --global-local only."))
+        "ncplr: weight λ1 of each half's Jaccard distance in the clustering (global 1−2λ1); --global-local only.",
+        reads=("cluster",)))
     lambda2: float = field(default=0.2, metadata=option(
         "ncplr: weight λ2 of each half's ClusterNCE and refinement loss (global 1−λ2); --global-local only."))
     alpha: float = field(default=0.1, metadata=option(
