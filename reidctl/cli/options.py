@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from reidctl.data.layouts import LAYOUTS
 from reidctl.options import option, option_fields
 
 #: The help panels of a command's options, in the order ``--help`` shows them (options without a
@@ -37,10 +38,12 @@ def panel_rank(panel: str | None) -> float:
 
 Data = Annotated[str, typer.Option("--data", help="Dataset folder, CSV manifest, or synthetic:tiny / synthetic:small.",
                                    rich_help_panel=DATA)]
+# the layouts a path can be read as (not those selected by --data PREFIX:NAME), as registered
+# when the commands are imported: a layout registered before that is listed too
 DatasetName = Annotated[
     Optional[str],
-    typer.Option("--dataset", help="Force a layout instead of detecting it (market1501, dukemtmc, msmt17, cuhk03, "
-                 "cuhk03-labeled, cuhk03-detected, folder, manifest, images).", rich_help_panel=DATA),
+    typer.Option("--dataset", help="Force a layout instead of detecting it "
+                 f"({', '.join(name for name, layout in LAYOUTS.items() if not layout.prefix)}).", rich_help_panel=DATA),
 ]
 Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", help="A reidctl checkpoint (.pt) to take the model from.",
                                                     rich_help_panel=MODEL)]

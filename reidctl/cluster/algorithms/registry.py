@@ -1,29 +1,24 @@
-"""The registry of clustering algorithms: ``--algo`` name → :class:`~.base.ClusterAlgorithm`.
-
-Filled by :mod:`reidctl.cluster.algorithms` (one line per algorithm there); a module of its own
-that imports none of the algorithms, so that anything may read it without an import cycle.
-"""
+"""The registry of clustering algorithms: ``--algo`` name → :class:`~.base.ClusterAlgorithm`,
+filled by :mod:`reidctl.cluster.algorithms` (one line per algorithm there; see
+:mod:`reidctl.registry`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reidctl.errors import ReidctlError
+from reidctl.registry import Registry, one_of
 
 if TYPE_CHECKING:
     from reidctl.cluster.algorithms.base import ClusterAlgorithm
 
-ALGORITHMS: dict[str, ClusterAlgorithm] = {}
+ALGORITHMS: Registry[ClusterAlgorithm] = Registry(
+    lambda name, names: ReidctlError(f"--algo {name}: choose {one_of(names)}"))
 
 
 def get_algorithm(name: str) -> ClusterAlgorithm:
     """The algorithm registered as ``name`` (a one-line user error naming the choices otherwise)."""
-    try:
-        return ALGORITHMS[name]
-    except KeyError:
-        names = list(ALGORITHMS)
-        choices = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else ", ".join(names)
-        raise ReidctlError(f"--algo {name}: choose {choices}") from None
+    return ALGORITHMS.find(name)
 
 
 def distance_names() -> set[str]:
@@ -31,7 +26,7 @@ def distance_names() -> set[str]:
     return {algorithm.distance_name for algorithm in ALGORITHMS.values()}
 
 
-def clustered_distance(extra: dict) -> tuple[str, object] | None:
+def clustered_distance(extra: dict[str, Any]) -> tuple[str, Any] | None:
     """``(name, matrix)`` of the distance a labels file's arrays (``extra``) were clustered on,
     whatever the algorithm; None when they hold none (labels made by hand)."""
     for name in distance_names():
