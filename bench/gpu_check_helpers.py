@@ -190,6 +190,8 @@ def cmd_amp(mode: str, device: str) -> None:
 
     from reidctl.data.datasets import load_dataset
     from reidctl.models.features import extract_features
+    from reidctl.models.spec import ModelSpec
+    from reidctl.runtime import Runtime
     from reidctl.stages.train_epoch import TrainEpochRequest, open_session
     from reidctl.train.trainer import prepare_epoch, train_epoch
     from tests.fakedata import colour_market
@@ -203,8 +205,8 @@ def cmd_amp(mode: str, device: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = colour_market(Path(tmp) / "market", train_ids=6, test_ids=2, per_camera=4, cams=2)
         ds = load_dataset(root)
-        req = TrainEpochRequest(data=str(root), arch="resnet18", height=64, width=32, workers=0, device=device,
-                                amp=mode, overrides={"iters": 4, "batch_size": 16, "num_instances": 4,
+        req = TrainEpochRequest(ModelSpec(arch="resnet18", height=64, width=32),
+                                Runtime(workers=0, device=device, amp=mode), data=str(root), overrides={"iters": 4, "batch_size": 16, "num_instances": 4,
                                                      "bn_chunks": 2})
         session, _ = open_session(req, dev)
         ext = extract_features(session.model, ds.train, batch_size=64, workers=0, device=dev)

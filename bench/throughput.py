@@ -237,6 +237,7 @@ def measure_model(name: str, args: argparse.Namespace, device: torch.device, sam
 def loop_share(args: argparse.Namespace, device: torch.device, root: Path) -> dict[str, Any]:
     """One ``loop`` epoch (no evaluation): seconds per stage and the share outside train+extract."""
     from reidctl.models.spec import ModelSpec
+    from reidctl.runtime import Runtime
     from reidctl.pipeline.loop import LoopConfig, run_loop
 
     name = args.models[0]
@@ -245,7 +246,7 @@ def loop_share(args: argparse.Namespace, device: torch.device, root: Path) -> di
                      model=ModelSpec(arch=name, height=height, width=width,
                                      weights=Path(args.weights) if args.weights else None),
                      options={"iters": args.loop_iters, "batch_size": args.batch_size, "num_instances": 4},
-                     workers=args.workers, device=str(device), amp=args.amp)
+                     runtime=Runtime(workers=args.workers, device=str(device), amp=args.amp))
     t = time.perf_counter()
     run_loop(cfg)
     total = time.perf_counter() - t

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from reidctl.models.spec import ModelSpec
 from reidctl.pipeline.loop import LoopConfig
+from reidctl.runtime import Runtime
+from tests.requests import RUNTIME_FIELDS
 
 MODEL = ModelSpec(arch="resnet18", height=64, width=32, pretrained="none")
 CLUSTER = {"k1": 6, "k2": 2, "eps": 0.5, "min_samples": 3}
@@ -22,7 +24,8 @@ def loop_config(data, run_dir, **kw) -> LoopConfig:
     base = dict(data=str(data), run_dir=run_dir, epochs=2, model=MODEL, options={**CLUSTER, **TRAIN},
                 eval_every=1, workers=0, device="cpu", deterministic=True)
     base.update(kw)
-    return LoopConfig(**base)
+    runtime = Runtime(**{k: base.pop(k) for k in RUNTIME_FIELDS & set(base)})
+    return LoopConfig(**base, runtime=runtime)
 
 
 def read_log(run_dir) -> list[dict]:

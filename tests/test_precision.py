@@ -9,7 +9,7 @@ import torch
 import typer.main
 
 from reidctl.cli.common import app
-from reidctl.cli.options import Runtime
+from reidctl.runtime import Runtime
 from reidctl.errors import ReidctlError
 from reidctl.stages.extract import ExtractRequest
 from reidctl.methods import ClusterContrast
@@ -26,8 +26,8 @@ CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
 def test_float32_is_the_default_everywhere():
     assert DEFAULT_AMP == "off" and resolve_amp(DEFAULT_AMP, CUDA) is None
-    for default in (Runtime().amp, LoopConfig(data="d", run_dir="r").amp, TrainEpochRequest().amp,
-                    ExtractRequest().amp, IntraCameraRequest().amp):
+    for default in (Runtime().amp, LoopConfig(data="d", run_dir="r").runtime.amp, TrainEpochRequest().runtime.amp,
+                    ExtractRequest().runtime.amp, IntraCameraRequest().runtime.amp):
         assert default == "off"
     model = build_model(ModelConfig("resnet18", "gem", 0, 1, 64, 32), pretrained="none", weights=None)
     assert TrainSession(model, ClusterContrast()).amp_dtype is None

@@ -26,6 +26,7 @@ from reidctl.train.bn_chunks import get_bn_chunks, set_bn_chunks
 from reidctl.models.checkpoint import load_checkpoint, model_from_checkpoint
 from reidctl.train.memory import ClusterMemory, cluster_centroids, update_hard, update_mean, update_sample
 from reidctl.stages.train_epoch import TrainEpochRequest, open_session, run_train_epoch
+from tests.requests import split_request
 from reidctl.train.trainer import prepare_epoch, train_epoch
 from tests.clitools import run_error, run_ok
 
@@ -313,7 +314,7 @@ def _request(market, labels_path, feats_path, **kw):
                 workers=0, device="cpu", deterministic=True,
                 overrides={"iters": 2, "batch_size": 8, "num_instances": 4, "bn_chunks": 2})
     base.update(kw)
-    return TrainEpochRequest(**base)
+    return split_request(TrainEpochRequest, **base)
 
 
 def test_checkpoint_round_trip_continues_exactly(labelled, tmp_path):

@@ -22,6 +22,7 @@ from reidctl.models.spec import ModelSpec
 from reidctl.models.checkpoint import checkpoint_digest, load_checkpoint
 from reidctl.train.contract import Batch, StreamContext, trainable_parameters
 from reidctl.stages.train_epoch import TrainEpochRequest, open_session, run_train_epoch
+from tests.requests import split_request
 from reidctl.train.trainer import TrainSession, prepare_epoch, train_epoch
 from tests.fakedata import colour_market
 from tests.toy_method import Toy, ToyParams, is_bn
@@ -79,7 +80,7 @@ def request(target, tmp_path, source, **kw) -> TrainEpochRequest:
     base = dict(data=str(target), labels=tmp_path / "labels.h5", features=tmp_path / "feats.h5", method="toy",
                 arch="resnet18", pretrained="none", height=64, width=32, workers=0, device="cpu",
                 deterministic=True, overrides=toy_params(source))
-    return TrainEpochRequest(**{**base, **kw})
+    return split_request(TrainEpochRequest, **{**base, **kw})
 
 
 def arrays_in(value, found=None) -> list:

@@ -22,7 +22,7 @@ def cluster(
     features: Annotated[Path, typer.Argument(metavar="FEATURES", help="Features file (reidctl extract).")],
     out: Annotated[Path, typer.Option("--out", help="Labels file to write (HDF5).")],
     options: dict = None,  # ClusterParams (reidctl.cli.method_options)
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
     """Cluster features into pseudo identities on the k-reciprocal Jaccard distance."""
     params = resolve(ClusterParams, {**options, "device": run["device"]}, what="`cluster`")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -15,6 +16,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from reidctl.cli.options import panel_rank
 from reidctl.errors import ReidctlError
+from reidctl.runtime import Runtime
 
 try:  # Typer vendors Click since 0.2x; before, Typer ran on the click package
     from typer._click.exceptions import ClickException
@@ -179,7 +181,7 @@ def command(name: str, *, help: str | None = None, **groups: Any) -> Callable[[C
 
 
 def _quiet_option(func: Callable[..., Any], name: str) -> Callable[..., Any]:
-    """``--quiet`` (a runtime option, :class:`reidctl.cli.options.Runtime`): taken out of the
+    """``--quiet`` (a runtime option, :class:`reidctl.cli.options.CommandOptions`): taken out of the
     command's ``run`` options and held as :func:`reidctl.progress.quiet` while the command runs,
     so every progress bar and line of the library below is silenced without a parameter. A
     command that has it runs as a :func:`reidctl.progress.activity`: in a log, a line at least
@@ -210,15 +212,24 @@ def notice(message: str) -> None:
 
 
 def settings(run: dict[str, Any], *drop: str) -> dict[str, Any]:
-    """A command's run options (:class:`reidctl.cli.options.Runtime`) as keyword arguments of a
+    """A command's run options (:class:`reidctl.cli.options.CommandOptions`) as keyword arguments of a
     library call, without those it does not take (``json`` ...)."""
     return {k: v for k, v in run.items() if k not in drop}
+
+
+def runtime_of(run: dict[str, Any]) -> Runtime:
+    """The library's :class:`~reidctl.runtime.Runtime` from a command's run options (where a
+    command spells the extraction batch ``--batch-size``, that is it)."""
+    values = {f.name: run[f.name] for f in dataclasses.fields(Runtime) if f.name in run}
+    if "batch_size" in run:
+        values["extract_batch_size"] = run["batch_size"]
+    return Runtime(**values)
 
 
 def run_request(ctx: typer.Context, request: Any, runner: Callable[[Any, Any], Any], out: Any) -> Any:
     """Check that no model option the user gave is silently overridden by ``--checkpoint``
     (:meth:`ModelSpec.check_given <reidctl.models.spec.ModelSpec.check_given>`), then run."""
-    request.check_given(given_options(ctx))
+    request.model.check_given(given_options(ctx))
     return runner(request, out)
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from reidctl.cli import options as o
 from reidctl.cli.method_options import model_flags, runtime_flags
-from reidctl.cli.common import command, err_console, flags, given_options, out_console, print_json
+from reidctl.cli.common import command, err_console, flags, given_options, out_console, print_json, runtime_of
 from reidctl.errors import ReidctlError
 from reidctl.stages.evaluate import WorstSheet, evaluate_feature_file, evaluate_model
 from reidctl.models.spec import ModelSpec
@@ -37,7 +37,7 @@ def evaluate(
     queries: Annotated[int, typer.Option("--queries", help="Rows (worst queries) on the --sheet.")] = 10,
     top_k: Annotated[int, typer.Option("--top-k", help="Matches per row on the --sheet.")] = 10,
     model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
     """Evaluate a features file, or a model on --data (a --checkpoint, or a fresh model: ImageNet by default)."""
     given = given_options(ctx)
@@ -54,10 +54,10 @@ def evaluate(
         result = evaluate_feature_file(features, ap=ap, rerank=rerank, pairs=pairs, sheet=worst)
         source = str(features)
     elif data is not None:
-        spec = ModelSpec(checkpoint=checkpoint, **model, seed=run["seed"])
+        spec = ModelSpec(checkpoint=checkpoint, **model)
         spec.check_given(given)
-        result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs, batch_size=run["batch_size"],
-                                workers=run["workers"], device=run["device"], sheet=worst)
+        result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs, runtime=runtime_of(run),
+                                sheet=worst)
         source = f"{checkpoint or 'a fresh ' + spec.arch + ' (' + result['init'] + ')'} on {data}"
     else:
         raise ReidctlError("nothing to evaluate: give a features file, or --data (with --checkpoint, or a fresh model)")

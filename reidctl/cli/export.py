@@ -22,7 +22,7 @@ def export(
     fmt: Annotated[Optional[str], typer.Option("--format", help=(
         "torchscript or onnx (needs the onnx package). Default: onnx for an --out ending in .onnx, else "
         "torchscript."))] = None,
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
     """Export the model: a normalised image batch → L2-normalised features; the preprocessing
     (input size, mean, std) goes to OUT.json beside it."""

@@ -9,7 +9,8 @@ import typer
 
 from reidctl.cli import options as o
 from reidctl.cli.method_options import model_flags, runtime_flags
-from reidctl.cli.common import command, err_console, print_json, run_request, settings
+from reidctl.cli.common import command, err_console, print_json, run_request, runtime_of
+from reidctl.models.spec import ModelSpec
 from reidctl.stages.extract import ExtractRequest, run_extract
 
 
@@ -24,12 +25,11 @@ def extract(
     dataset: o.DatasetName = None,
     checkpoint: o.Checkpoint = None,
     model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
     """Extract L2-normalised eval-mode features of one split (rows = sorted relative paths)."""
-    req = ExtractRequest(
-        data=data, dataset=dataset, split=split, checkpoint=checkpoint, **model, **settings(run, "json"),
-    )
+    req = ExtractRequest(ModelSpec(checkpoint=checkpoint, **model), runtime_of(run), data=data, dataset=dataset,
+                         split=split, skip_bad_images=run["skip_bad_images"], force=run["force"])
     result = run_request(ctx, req, run_extract, out)
     if run["json"]:
         print_json(result)

@@ -20,7 +20,7 @@ def inspect(
     file: Annotated[Path, typer.Argument(metavar="FILE", help=(
         "A file reidctl wrote: an HDF5 artifact, a checkpoint (.pt), an exported model (.ts, .onnx) or its "
         ".json record, a run's summary.json or config.toml."))],
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
     """Print what a file reidctl wrote holds: an artifact's schema and provenance, a checkpoint's model and history, an exported model, a run's summary.json or config.toml.
 

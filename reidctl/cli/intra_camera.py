@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from reidctl.cli import options as o
-from reidctl.cli.common import command, err_console, out_console, print_json, run_request, settings
+from reidctl.cli.common import command, err_console, out_console, print_json, run_request, runtime_of
+from reidctl.models.spec import ModelSpec
 from reidctl.cli.method_options import model_flags, prelude_flags, runtime_flags
 from reidctl.methods.icrefine.prelude import INTRA_CAMERA
 from reidctl.methods.icrefine.stage1 import IntraCameraRequest, resolve_params, run_intra_camera
@@ -28,13 +29,12 @@ def intra_camera(
     dataset: o.DatasetName = None,
     checkpoint: o.Checkpoint = None,
     model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
     """icrefine stage 1: train a fresh model on each camera alone and keep its best clustering."""
     params = resolve_params(options)
-    req = IntraCameraRequest(
-        data=data, dataset=dataset, params=params, checkpoint=checkpoint, **model, **settings(run, "json"),
-    )
+    req = IntraCameraRequest(ModelSpec(checkpoint=checkpoint, **model), runtime_of(run), data=data, dataset=dataset,
+                             params=params, force=run["force"])
     summary = run_request(ctx, req, run_intra_camera, out)
     if run["json"]:
         print_json(summary)

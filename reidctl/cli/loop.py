@@ -14,7 +14,7 @@ from reidctl import progress
 from reidctl.cli import options as o
 from reidctl.cli.method_options import loop_flags, model_flags, run_default_text, runtime_flags
 from reidctl.cli.common import (command, err_console, error, given_options, multi_camera_cell, notice, out_console,
-                                print_json, settings, warn_single_camera)
+                                print_json, runtime_of, warn_single_camera)
 from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
 from reidctl.methods import get_method
@@ -50,7 +50,7 @@ def loop(
     keep: Annotated[Optional[int], Opt("--keep", help=(
         "Keep the artifacts (features, labels, checkpoints) of the last N epochs and of the best one; older "
         "epochs keep only their records and results."), rich_help_panel=o.RUN)] = None,
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
     config: Annotated[Optional[Path], Opt(
         "--config", is_eager=True, callback=lambda ctx, value: _load_config(ctx, value),
         help="A TOML file of loop options (a run's config.toml); options given on the command line override it.",
@@ -64,14 +64,12 @@ def loop(
         rich_help_panel=o.RUN)] = False,
 ) -> None:
     """Extract → cluster → refine → train-epoch each epoch; re-running resumes where it stopped."""
-    spec = ModelSpec(**{**model, **get_method(method).model_settings(model, options)}, checkpoint=checkpoint,
-                     seed=run["seed"])
+    spec = ModelSpec(**{**model, **get_method(method).model_settings(model, options)}, checkpoint=checkpoint)
     spec.check_given(given_options(ctx))
     cfg = LoopConfig(
         data=data, run_dir=run_dir, method=method, epochs=epochs, dataset=dataset, model=spec,
-        options=options,
+        options=options, runtime=runtime_of(run), skip_bad_images=run["skip_bad_images"],
         eval_every=eval_every, eval_init=not no_eval_init, force_from=force_from, keep=keep, verify=verify,
-        **settings(run, "json"),
     )
     if dry_run:
         out_console.print(resolved_config_text(cfg), end="", markup=False, highlight=False, soft_wrap=True)

@@ -23,12 +23,13 @@ from typing import Annotated, Any, Callable, Iterable, Optional
 
 import typer
 
-from reidctl.cli.options import CLUSTERING, METHOD, MODEL, RUNTIME, TRAINING, Runtime, method_panel
+from reidctl.cli.options import CLUSTERING, METHOD, MODEL, RUNTIME, TRAINING, CommandOptions, method_panel
 from reidctl.cluster.clustering import ClusterParams
 from reidctl.methods import METHODS, Method
 from reidctl.models.spec import ModelSpec
 from reidctl.options import OptionInfo, declaring_class, flag_of, option_fields
 from reidctl.methods.prelude import Prelude
+from reidctl.runtime import Runtime
 
 
 @dataclass
@@ -192,9 +193,11 @@ def run_default_text(name: str) -> str:
 
 
 def runtime_flags(*names: str) -> list[Flag]:
-    """Options of how a command runs (:class:`reidctl.cli.options.Runtime`), in the order named."""
+    """Options of how a command runs (:class:`reidctl.runtime.Runtime` and the command line's own
+    :class:`reidctl.cli.options.CommandOptions`), in the order named."""
     table: dict[str, Flag] = {}
     _collect(table, Runtime, "", panel=RUNTIME)
+    _collect(table, CommandOptions, "", panel=RUNTIME)
     for flag in table.values():
         flag.plain = True
     return [table[n] for n in names]

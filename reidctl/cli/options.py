@@ -10,6 +10,7 @@ import typer
 
 from reidctl.data.layouts import LAYOUTS
 from reidctl.options import option, option_fields
+from reidctl.runtime import Runtime
 
 #: The help panels of a command's options, in the order ``--help`` shows them (options without a
 #: panel come first, under "Options"). A method's own options go under "Method: NAME"
@@ -50,27 +51,15 @@ Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", help="A reid
 
 
 @dataclass
-class Runtime:
-    """How a command runs (not what it computes): declared once, taken by name by each command
-    (``with_options(runtime_flags("workers", "device"), into="run")``)."""
+class CommandOptions:
+    """The run options that only the command line has (how a command reads and prints), beside
+    the library's :class:`reidctl.runtime.Runtime` (device, precision, workers, seed ...): each
+    command takes both by name (``runtime_flags("workers", "device", "json")``)."""
 
     batch_size: int | None = field(default=None, metadata=option(
         "Images per forward pass (default: 64 on a CPU, where smaller batches stay in cache; 256 with CUDA)."))
-    extract_batch_size: int | None = field(default=None, metadata=option(
-        "Images per forward pass when extracting (default: 64 on a CPU, 256 with CUDA)."))
-    workers: int | None = field(default=None, metadata=option(
-        "Data-loading worker processes (default: none on a CPU, whose cores the model already uses; "
-        "min(8, CPUs − 1) with CUDA)."))
-    device: str = field(default="auto", metadata=option("auto, cpu, cuda or cuda:N."))
-    amp: str = field(default="off", metadata=option(
-        "Mixed precision on CUDA: off (float32, as the official codes), bf16, fp16, or auto (bf16 where the GPU "
-        "supports it, else fp16). A CPU always computes in float32."))
-    deterministic: bool = field(default=False, metadata=option(
-        "Deterministic kernels: bit-exact resume and repeat runs (slower on GPU)."))
     skip_bad_images: bool = field(default=False, metadata=option(
         "Skip and count unreadable images instead of failing."))
-    seed: int = field(default=1, metadata=option(
-        "Random seed: the same seed gives the same result (random initialisation, sampling, drawing)."))
     force: bool = field(default=False, metadata=option(
         "Overwrite an existing output (--out, --sheet) even when it holds something else than this command's "
         "kind of output (a photo, a file of another kind); an input is never overwritten."))
@@ -82,4 +71,4 @@ class Runtime:
 
 
 #: The help text of each shared runtime option, for commands that declare such a flag themselves.
-RUNTIME_HELP = {name: info.help for name, _, info in option_fields(Runtime)}
+RUNTIME_HELP = {name: info.help for cls in (Runtime, CommandOptions) for name, _, info in option_fields(cls)}

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from reidctl.cli import options as o
-from reidctl.cli.common import command, out_console, print_json, settings
+from reidctl.cli.common import command, out_console, print_json, runtime_of
+from reidctl.models.spec import ModelSpec
 from reidctl.cli.method_options import mar_model_flags, pretrain_flags, runtime_flags
 from reidctl.methods.mar import MAR, PretrainRequest, run_pretrain
 from reidctl.methods.mar.pretrain import PretrainParams
@@ -30,13 +31,13 @@ def pretrain(
     dataset: o.DatasetName = None,
     options: dict = None,  # PretrainParams (reidctl.cli.method_options)
     model: dict = None,  # ModelSpec options, MAR's model by default
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
     """Train a fresh model with a normalised softmax over a labelled dataset's identities; its
     classifier rows are MAR's agents, and the checkpoint starts any method (`loop --checkpoint`)."""
     params = resolve(PretrainParams, options, what="`reidctl pretrain`")
-    req = PretrainRequest(**{**model, **MAR.model_settings(model)}, data=data, dataset=dataset, splits=splits,
-                          params=params, **settings(run, "json"))
+    req = PretrainRequest(ModelSpec(**{**model, **MAR.model_settings(model)}), runtime_of(run), data=data,
+                          dataset=dataset, splits=splits, params=params, force=run["force"])
     result = run_pretrain(req, out)
     if run["json"]:
         print_json(result)

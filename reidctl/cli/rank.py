@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from reidctl.cli import options as o
-from reidctl.cli.common import command, err_console, flags, given_options, print_json
+from reidctl.cli.common import command, err_console, flags, given_options, print_json, runtime_of
+from reidctl.models.spec import ModelSpec
 from reidctl.cli.method_options import model_flags, runtime_flags
 from reidctl.evaluation.ranking import as_json, csv_text
 from reidctl.stages.rank import RankRequest, run_rank
@@ -39,18 +40,18 @@ def rank(
         "identities are known.")] = None,
     queries: Annotated[int, typer.Option("--queries", help="Rows (queries) on the --sheet, from the first.")] = 20,
     model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
     """Rank GALLERY for every QUERY image: the --top-k nearest, with distances (no identities needed).
 
     Prints CSV (query, query_camid, query_pid, rank, gallery, gallery_camid, gallery_pid, distance, match)
     unless --out or --json is given; unknown cells are empty.
     """
-    req = RankRequest(query=query, gallery=gallery, checkpoint=checkpoint, top_k=top_k, rerank=rerank,
-                      cross_camera_only=cross_camera_only, same_image=same_image, out=out, sheet=sheet,
-                      queries=queries, force=run["force"], batch_size=run["batch_size"], workers=run["workers"], device=run["device"],
-                      extraction_flags=flags(ctx, given_options(ctx) & EXTRACTION_OPTIONS), **model)
-    req.check_given(given_options(ctx))
+    req = RankRequest(ModelSpec(checkpoint=checkpoint, **model), runtime_of(run), query=query, gallery=gallery,
+                      top_k=top_k, rerank=rerank, cross_camera_only=cross_camera_only, same_image=same_image, out=out,
+                      sheet=sheet, queries=queries, force=run["force"],
+                      extraction_flags=flags(ctx, given_options(ctx) & EXTRACTION_OPTIONS))
+    req.model.check_given(given_options(ctx))
     ranking, summary = run_rank(req)
     if run["json"]:
         print_json({**as_json(ranking), **{k: summary[k] for k in ("out", "sheet") if k in summary}})

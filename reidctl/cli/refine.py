@@ -28,7 +28,7 @@ def refine(
                                                     rich_help_panel=METHOD)] = "cc",
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels from `reidctl cluster` (default: cluster here).")] = None,
     options: dict = None,  # clustering and every method's refine options (reidctl.cli.method_options)
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
     routed = get_method(method).route(options, loop=False)
     if out is None:  # `reidctl refine --method icrefine feats.h5` works as written

@@ -23,7 +23,7 @@ def report(
     tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help=(
         "Also write the series as TensorBoard scalars, one sub-folder per run (needs the tensorboard "
         "package: pip install 'reidctl[tensorboard]')."))] = None,
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
     """Draw runs per epoch: (a) mAP and rank-1, (b) pseudo-label F and NMI against ground truth,
     (c) clusters, outliers and multi-camera clusters, (d) the training loss per iteration."""

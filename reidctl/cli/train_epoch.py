@@ -9,7 +9,8 @@ import typer
 
 from reidctl.runtime import dist
 from reidctl.cli import options as o
-from reidctl.cli.common import command, err_console, print_json, run_request, settings
+from reidctl.cli.common import command, err_console, print_json, run_request, runtime_of
+from reidctl.models.spec import ModelSpec
 from reidctl.cli.method_options import model_flags, runtime_flags, train_flags
 from reidctl.methods import METHODS, get_method
 from reidctl.stages.train_epoch import TrainEpochRequest, run_train_epoch
@@ -36,16 +37,14 @@ def train_epoch(
     )] = None,
     epoch: Annotated[Optional[int], typer.Option("--epoch", help="Epoch number (default: the checkpoint's + 1, or 0).")] = None,
     options: dict = None,  # the methods' training options (reidctl.cli.method_options)
-    run: dict = None,  # how it runs (reidctl.cli.options.Runtime)
+    run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
     dataset: o.DatasetName = None,
     model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
 ) -> None:
     """Train one epoch on pseudo labels (run under torchrun for several GPUs/processes)."""
-    req = TrainEpochRequest(
-        data=data, labels=labels, dataset=dataset, method=method, features=features, epoch=epoch,
-        overrides=options,
-        checkpoint=checkpoint, **{**model, **get_method(method).model_settings(model, options)}, **settings(run, "json"),
-    )
+    spec = ModelSpec(checkpoint=checkpoint, **{**model, **get_method(method).model_settings(model, options)})
+    req = TrainEpochRequest(spec, runtime_of(run), data=data, labels=labels, dataset=dataset, method=method,
+                            features=features, epoch=epoch, overrides=options, force=run["force"])
     result = run_request(ctx, req, run_train_epoch, out)
     if dist.env_rank() != 0:
         return

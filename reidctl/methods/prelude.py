@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from reidctl.data.base import Dataset
 from reidctl.models.spec import ModelSpec
+from reidctl.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -22,13 +23,8 @@ class RunContext:
 
     data: str
     dataset: str | None
-    model: ModelSpec  # the fresh model of epoch 0 (no checkpoint), its seed set
-    seed: int
-    workers: int | None
-    device: str
-    amp: str
-    deterministic: bool
-    extract_batch_size: int | None
+    model: ModelSpec  # the fresh model of epoch 0 (no checkpoint)
+    runtime: Runtime  # the run's device, precision, workers, seed ...
 
 
 @dataclass(frozen=True)

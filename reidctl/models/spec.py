@@ -54,7 +54,6 @@ class ModelSpec:
     pretrained: str | None = field(default=None, metadata=option(
         "Start of a fresh model: imagenet (torchvision's weights, as the official commands; fetched once into "
         "torch's cache) or none (random weights, on purpose). Default: imagenet, unless --weights FILE is given."))
-    seed: int = 1
 
     def check_given(self, given: Iterable[str]) -> None:
         """With a checkpoint the model comes from it: refuse model options the user *gave* that it
@@ -100,8 +99,9 @@ class ModelSpec:
         return ModelConfig(self.arch, self.pooling, self.parts, self.last_stride, self.height, self.width,
                            self.part_split, self.neck, self.last_relu, self.input_norm)
 
-    def build(self) -> tuple[ReidModel, dict[str, Any]]:
-        """The model and its provenance (what the artifact's ``params`` should record).
+    def build(self, seed: int = 1) -> tuple[ReidModel, dict[str, Any]]:
+        """The model and its provenance (what the artifact's ``params`` should record); ``seed``
+        (the run's, :class:`reidctl.runtime.Runtime`) draws a fresh model's random weights.
 
         Weights whose features would be NaN are refused here, before any image is read
         (:func:`~reidctl.models.weights.check_weights`)."""
@@ -113,7 +113,7 @@ class ModelSpec:
             source = str(self.checkpoint)
         else:
             config = self.model_config()
-            torch.manual_seed(self.seed)  # random initialisation is part of the experiment
+            torch.manual_seed(seed)  # random initialisation is part of the experiment
             model = build_model(config, pretrained=self.pretrained, weights=self.weights)
             provenance = {"model": config.to_dict(), "init": init_description(self.pretrained, self.weights)}
             source = str(self.weights) if self.weights is not None else f"the {self.start} {config.arch} weights"

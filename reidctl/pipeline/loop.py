@@ -55,7 +55,8 @@ from reidctl.methods import Method, get_method
 from reidctl.methods.base import pair_key
 from reidctl.models.spec import ModelSpec
 from reidctl.options import flag_of, option_fields
-from reidctl.runtime.precision import DEFAULT_AMP, precision_name
+from reidctl.runtime import Runtime
+from reidctl.runtime.precision import precision_name
 from reidctl.stages.refine import default_cluster_params, run_refine
 from reidctl.pipeline.rundir import (Notice, RunDir, StageResult, refuse_pruned, stage_key,
                             write_json)
@@ -90,14 +91,9 @@ class LoopConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     eval_every: int | None = None  # None: the method's official cadence (CC 10, PPLR 5, ...)
     eval_init: bool = True
-    extract_batch_size: int | None = None  # None: reidctl.runtime.device.resolve_extract_batch
-    workers: int | None = None  # None: reidctl.runtime.device.resolve_workers
-    device: str = "auto"
-    amp: str = DEFAULT_AMP  # float32; bf16 / fp16 autocast on CUDA only when asked
-    deterministic: bool = False
+    runtime: Runtime = field(default_factory=Runtime)  # device, precision, workers, seed ... of every stage
     skip_bad_images: bool = False
     force_from: str | None = None
-    seed: int = 1
     keep: int | None = None  # keep the artifacts of the last N epochs (and the best); None: all
     verify: bool = False  # re-hash every input and output instead of trusting size + mtime (``--verify``)
 
@@ -128,9 +124,10 @@ def location(value: Any) -> Any:
     return str(Path(value).expanduser().absolute())
 
 
-def model_key(spec: ModelSpec) -> dict[str, Any]:
-    """What builds a fresh model, location-free: the options, and the weights file's content."""
-    d = dataclasses.asdict(spec)
+def model_key(spec: ModelSpec, seed: int) -> dict[str, Any]:
+    """What builds a fresh model, location-free: the options, the seed that draws its random
+    weights, and the weights file's content."""
+    d = {**dataclasses.asdict(spec), "seed": seed}
     d.pop("checkpoint")
     if spec.weights is not None:
         d["weights"] = file_digest(spec.weights)
@@ -168,8 +165,9 @@ class _Loop:
         self.stages_done: list[dict[str, Any]] = []  # each stage this invocation ran or reused, in order
         self.method_cls: type[Method] = get_method(cfg.method)
         routed = self.method_cls.route(cfg.options)
-        device = resolve_device(cfg.device)
-        self.precision = precision_name(cfg.amp, device)
+        self.runtime = run = cfg.runtime
+        device = resolve_device(run.device)
+        self.precision = precision_name(run.amp, device)
         loop_values = {"epochs": cfg.epochs}
         for name, value in self.method_cls.train_context.items():
             routed.train.setdefault(name, loop_values[value])
@@ -193,11 +191,11 @@ class _Loop:
                 self.given[p.feeds] = str(self.start)
         self.prelude_options = {p.name: self._prelude_options(p, routed.preludes.get(p.name, {}), routed.train)
                                 for p in self.method_cls.preludes}
-        self.model = dataclasses.replace(cfg.model, checkpoint=None, seed=cfg.seed)
+        self.model = dataclasses.replace(cfg.model, checkpoint=None)
         if cfg.model.checkpoint is None:  # a fresh model: its start is recorded (ImageNet unless told otherwise)
             self.model = self.model.resolved()
             self.model.model_config()  # a bad architecture or input size fails before the run folder is made
-        self.model_key = model_key(self.model)
+        self.model_key = model_key(self.model, run.seed)
         self.data = {"train": split_fingerprint(ds.train), "test": split_fingerprint(ds.samples("test"))}
 
     def resolved_config(self) -> dict[str, dict[str, Any]]:
@@ -211,9 +209,10 @@ class _Loop:
             "run": {"data": location(cfg.data), "dataset": cfg.dataset, "run_dir": location(cfg.run_dir),
                     "method": cfg.method,
                     "epochs": cfg.epochs, "eval_every": cfg.eval_every, "no_eval_init": not cfg.eval_init,
-                    "checkpoint": start, "seed": cfg.seed, "keep": cfg.keep},
-            "runtime": {k: getattr(cfg, k) for k in ("extract_batch_size", "workers", "device", "amp", "deterministic",
-                                                     "skip_bad_images")},
+                    "checkpoint": start, "seed": cfg.runtime.seed, "keep": cfg.keep},
+            "runtime": {**{k: getattr(cfg.runtime, k) for k in ("extract_batch_size", "workers", "device", "amp",
+                                                                 "deterministic")},
+                        "skip_bad_images": cfg.skip_bad_images},
             "model": {name: location(getattr(self.model, name)) if name == "weights" else getattr(self.model, name)
                       for name, _, _ in option_fields(ModelSpec)},
         }
@@ -270,6 +269,10 @@ class _Loop:
         """What a stage reading ``split``'s images depends on: their fingerprint and the layout."""
         return {"data": self.data[split], "layout": self.ds.layout}
 
+    def model_from(self, ckpt: StageResult | None) -> ModelSpec:
+        """The model a stage runs: the checkpoint ``ckpt`` when there is one, else the fresh model."""
+        return self.model if ckpt is None else dataclasses.replace(self.model, checkpoint=ckpt.path)
+
     def fresh_model(self, ckpt: StageResult | None) -> dict[str, Any] | None:
         """The fresh model's key where a stage builds one (no checkpoint), else None."""
         return None if ckpt else self.model_key
@@ -281,23 +284,19 @@ class _Loop:
             digest = given_digest(Path(given), prelude.read_given(Path(given), self.ds))
             return StageResult(Path(given).absolute(), digest, {"file": str(given)}, cached=True)
         options = self.prelude_options[prelude.name]
-        ctx = RunContext(data=cfg.data, dataset=cfg.dataset, model=self.model, seed=cfg.seed, workers=cfg.workers,
-                         device=cfg.device, amp=cfg.amp, deterministic=cfg.deterministic,
-                         extract_batch_size=cfg.extract_batch_size)
+        ctx = RunContext(data=cfg.data, dataset=cfg.dataset, model=self.model, runtime=self.runtime)
         call = StageCall(prelude.name, prelude.name, prelude.output, lambda out: prelude.run(ctx, options, out),
-                         options=dataclasses.asdict(options), seed=cfg.seed, group="prelude",
+                         options=dataclasses.asdict(options), seed=cfg.runtime.seed, group="prelude",
                          reads={**self.images("train"), "model": self.model_key, "precision": self.precision,
-                                "deterministic": cfg.deterministic, **(prelude.reads(options) if prelude.reads else {})})
+                                "deterministic": cfg.runtime.deterministic, **(prelude.reads(options) if prelude.reads else {})})
         return self.stage(call, prelude.name)
 
     def extract(self, folder: str, split: str, ckpt: StageResult | None, epoch: int | str) -> StageResult:
         cfg = self.cfg
 
         def go(out: Path) -> dict[str, Any]:
-            req = ExtractRequest(**{**dataclasses.asdict(self.model), "checkpoint": ckpt and ckpt.path},
-                                 data=cfg.data, dataset=cfg.dataset, split=split,
-                                 batch_size=cfg.extract_batch_size, workers=cfg.workers, device=cfg.device,
-                                 amp=cfg.amp, skip_bad_images=cfg.skip_bad_images)
+            req = ExtractRequest(self.model_from(ckpt), self.runtime, data=cfg.data, dataset=cfg.dataset, split=split,
+                                 skip_bad_images=cfg.skip_bad_images)
             res = run_extract(req, out)
             return {k: res[k] for k in ("rows", "dim", "parts", "skipped_images")}
 
@@ -321,7 +320,7 @@ class _Loop:
                                     inputs={"test": test}), epoch).summary
 
     def cluster(self, folder: str, feats: StageResult, epoch: int) -> StageResult:
-        params, seed = self.cluster_params, self.cfg.seed
+        params, seed = self.cluster_params, self.cfg.runtime.seed
         call = StageCall("cluster", folder, "labels.h5", lambda out: run_cluster(feats.path, out, params, seed=seed),
                          options=dataclasses.asdict(params), seed=seed, inputs={"features": feats})
         return self.stage(call, epoch)
@@ -335,7 +334,7 @@ class _Loop:
         options = {**self.refine_given, **{k: loop_values[k] for k in method.refine_context}}
         fed = {p.feeds: str(preludes[p.name].path) for p in method.preludes if not p.starts_model}
         resolved = {k: v for k, v in method.refine_options({**options, **fed}).items() if k not in fed}
-        seed = cfg.seed + epoch
+        seed = cfg.runtime.seed + epoch
         call = StageCall("refine", folder, "refined.h5",
                          lambda out: run_refine(cfg.method, feats.path, out, labels_path=clus.path,
                                                 options={**options, **fed}, seed=seed, borrow=True),
@@ -348,19 +347,17 @@ class _Loop:
         cfg = self.cfg
 
         def go(out: Path) -> dict[str, Any]:
-            req = TrainEpochRequest(**{**dataclasses.asdict(self.model), "checkpoint": ckpt and ckpt.path},
-                                    data=cfg.data, dataset=cfg.dataset, labels=ref and ref.path, method=cfg.method,
-                                    overrides=self.train_overrides, features=feats.path, epoch=epoch,
-                                    workers=cfg.workers, device=cfg.device, amp=cfg.amp,
-                                    deterministic=cfg.deterministic)
+            req = TrainEpochRequest(self.model_from(ckpt), self.runtime, data=cfg.data, dataset=cfg.dataset,
+                                    labels=ref and ref.path, method=cfg.method, overrides=self.train_overrides,
+                                    features=feats.path, epoch=epoch)
             res = run_train_epoch(req, out)
             summary = {k: v for k, v in res.items() if k not in ("params", "out")}
             return summary | self.pair_quality(out, feats)
 
         call = StageCall("train", folder, "model.pt", go, options={"method": cfg.method, "params": self.train_params},
-                         seed=cfg.seed, inputs={"checkpoint": ckpt, "labels": ref, "features": feats},
+                         seed=cfg.runtime.seed, inputs={"checkpoint": ckpt, "labels": ref, "features": feats},
                          reads={**self.images("train"), "model": self.fresh_model(ckpt),
-                                "precision": self.precision, "deterministic": cfg.deterministic,
+                                "precision": self.precision, "deterministic": cfg.runtime.deterministic,
                                 **self.train_reads})
         return self.stage(call, epoch)
 
@@ -399,12 +396,12 @@ class _Loop:
                              options={"copy": "checkpoint"}, inputs={"checkpoint": start}, group="extract")
         else:
             call = StageCall("init_model", "epoch_init", "model.pt", self._save_fresh_model,
-                             options={"save": "fresh model"}, seed=self.cfg.seed, group="extract",
+                             options={"save": "fresh model"}, seed=self.cfg.runtime.seed, group="extract",
                              reads={**self.images("train"), "model": self.model_key})
         return self.stage(call, "init")
 
     def _save_fresh_model(self, out: Path) -> dict[str, Any]:
-        model, provenance = self.model.build()
+        model, provenance = self.model.build(self.runtime.seed)
         norm = input_norm(model.config, self.ds.train)
         digest = save_checkpoint(out, model, provenance={
             **provenance, "data": str(self.cfg.data), "dataset": self.ds.name,
@@ -550,7 +547,7 @@ def check_config(cfg: LoopConfig, ds: Dataset) -> None:
         raise ReidctlError("--eval-every must be 0 (never) or positive")
     if cfg.keep is not None and cfg.keep < 1:
         raise ReidctlError("--keep must be at least 1: the next epoch starts from the last one's checkpoint")
-    check_loader_options(cfg.extract_batch_size, cfg.workers, batch_flag="--extract-batch-size")
+    check_loader_options(cfg.runtime.extract_batch_size, cfg.runtime.workers, batch_flag="--extract-batch-size")
     get_method(cfg.method)  # an unknown method fails here
     if not ds.train:
         raise ReidctlError(f"{ds.root}: the dataset has no train images to learn from")

@@ -15,10 +15,9 @@ from __future__ import annotations
 import torch
 
 from reidctl.errors import ReidctlError
+from reidctl.runtime import DEFAULT_AMP  # noqa: F401 (the default of --amp, re-exported)
 
 AMP_MODES = ("off", "auto", "bf16", "fp16")
-#: The default ``--amp``: float32, as the official codes.
-DEFAULT_AMP = "off"
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:

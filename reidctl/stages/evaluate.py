@@ -15,6 +15,7 @@ from reidctl.errors import ReidctlError
 from reidctl.evaluation.metrics import count_valid_queries, evaluate_features, protocol_masks
 from reidctl.stages.extract import extract_split
 from reidctl.models.spec import ModelSpec
+from reidctl.runtime import Runtime
 from reidctl.progress import callback, progress_bar
 from reidctl.stages.rank import features_model, match_tile, sheet_rows, source_files, under_each
 from reidctl.evaluation.ranking import Ranking, RankSide, rank_gallery
@@ -152,8 +153,8 @@ def evaluate_feature_file(path: str | Path, *, ap: str = "sklearn", rerank: bool
 
 
 def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap: str = "sklearn",
-                   rerank: bool = False, pairs: str = "market", batch_size: int | None = None, workers: int | None = None,
-                   device: str = "auto", sheet: WorstSheet | None = None) -> dict[str, Any]:
+                   rerank: bool = False, pairs: str = "market", runtime: Runtime = Runtime(),
+                   sheet: WorstSheet | None = None) -> dict[str, Any]:
     """Extract query + gallery in memory with the model of ``spec`` and evaluate.
 
     Without a checkpoint the model is a fresh one, started as every other command starts it
@@ -162,8 +163,9 @@ def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap
     if sheet is not None:
         sheet.check(data, spec.checkpoint, spec.weights)
     ds = load_dataset(data, dataset)
-    model, provenance = spec.build()
-    ext, rows = extract_split(model, ds, "test", batch_size=batch_size, workers=workers, device=device)
+    model, provenance = spec.build(runtime.seed)
+    ext, rows = extract_split(model, ds, "test", batch_size=runtime.extract_batch_size, workers=runtime.workers,
+                              device=runtime.device, amp=runtime.amp)
     pids = np.array([s.pid for s in rows])
     camids = np.array([s.camid for s in rows])
     result = evaluate_arrays(ext.feats, pids, camids, ds.split_of("test"), ap=ap, rerank=rerank, pairs=pairs,

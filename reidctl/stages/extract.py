@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,16 +23,19 @@ from reidctl.runtime.processes import check_loader_options
 from reidctl.models.reid import ReidModel
 from reidctl.progress import progress_bar
 from reidctl.models.checkpoint import checkpoint_digest
+from reidctl.runtime import Runtime
+
 
 @dataclass
-class ExtractRequest(ModelSpec):
+class ExtractRequest:
+    """One split of a dataset through a model: what to read (``data``, ``dataset``, ``split``),
+    the model (``model``), how to run (``runtime``) and the stage's own options."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    runtime: Runtime = field(default_factory=Runtime)
     data: str = ""
     dataset: str | None = None
     split: str = "train"
-    batch_size: int | None = None  # None: reidctl.runtime.device.resolve_extract_batch
-    workers: int | None = None  # None: reidctl.runtime.device.resolve_workers
-    device: str = "auto"
-    amp: str = DEFAULT_AMP  # float32; bf16 / fp16 autocast on CUDA when asked
     skip_bad_images: bool = False
     force: bool = False  # overwrite an existing --out that is not a features file
 
@@ -73,29 +76,30 @@ def check_finite_features(ext: Extracted, rows: Sequence[Sample]) -> None:
 
 def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
     """Extract ``req.split`` of ``req.data`` and write a features artifact to ``out``."""
-    check_output(out, schema=FEATURES, inputs=(req.checkpoint, req.weights), force=req.force)
+    model_spec, run = req.model, req.runtime
+    check_output(out, schema=FEATURES, inputs=(model_spec.checkpoint, model_spec.weights), force=req.force)
     ds = load_dataset(req.data, req.dataset)
-    wanted = resolve_device(req.device)  # a missing GPU fails before any weights are fetched
-    model, provenance = req.build()
+    wanted = resolve_device(run.device)  # a missing GPU fails before any weights are fetched
+    model, provenance = model_spec.build(run.seed)
     # Under torchrun every rank extracts its block; rank 0 writes the file.
     with dist.distributed(wanted) as device:
-        ext, rows = extract_split(model, ds, req.split, batch_size=req.batch_size, workers=req.workers,
-                                  device=str(device), amp=req.amp, skip_bad_images=req.skip_bad_images)
+        ext, rows = extract_split(model, ds, req.split, batch_size=run.extract_batch_size, workers=run.workers,
+                                  device=str(device), amp=run.amp, skip_bad_images=req.skip_bad_images)
         main = dist.is_main()
     split_names = [n for n, k in zip(ds.split_of(req.split), ext.keep) if k]
     # ground truth: `all` joins train and test, whose identities are keyed by split (Dataset.pids)
     pids = [p for p, k in zip(ds.pids(req.split), ext.keep) if k]
     params = {**provenance, "layout": ds.layout, "split": req.split, "skip_bad_images": req.skip_bad_images,
-              "precision": precision_name(req.amp, device),
+              "precision": precision_name(run.amp, device),
               "weights_digest": model_digest(model)}  # the model's identity (``rank`` compares it)
-    inputs = {"checkpoint": checkpoint_digest(req.checkpoint)} if req.checkpoint else {}
+    inputs = {"checkpoint": checkpoint_digest(model_spec.checkpoint)} if model_spec.checkpoint else {}
     if main:
         write_features(
             out, ext.feats, parts=ext.parts,
             camids=np.array([s.camid for s in rows], dtype=np.int64),
             pids=np.array(pids, dtype=np.int64),
             paths=[s.relpath for s in rows], split=split_names,
-            params=params, inputs=inputs, seed=req.seed,
+            params=params, inputs=inputs, seed=run.seed,
             attrs={"skipped_images": len(ext.bad), "sources": {"data": str(req.data), "dataset": ds.name, "dataset_root": str(ds.root)}},
         )
     return {"out": str(out), "split": req.split, "rows": len(rows), "dim": int(ext.feats.shape[1]),

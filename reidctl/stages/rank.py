@@ -10,7 +10,7 @@ different models are refused: their distances would mean nothing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import Norm, input_norm
 from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
+from reidctl.runtime import Runtime
 from reidctl.evaluation.ranking import MEASURES, Ranking, RankSide, csv_text, rank_gallery, write_text
 from reidctl.evaluation.sheet import SheetRow, Tile, draw_sheet, identity_line
 
@@ -30,7 +31,12 @@ ROLES = ("query", "gallery")
 
 
 @dataclass
-class RankRequest(ModelSpec):
+class RankRequest:
+    """Rank a gallery for queries: each side a features file, or images extracted by ``model``
+    (run as ``runtime`` says)."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    runtime: Runtime = field(default_factory=Runtime)
     query: str = ""
     gallery: str = ""
     top_k: int = 10
@@ -41,14 +47,12 @@ class RankRequest(ModelSpec):
     sheet: Path | None = None
     queries: int = 20  # rows of the sheet
     force: bool = False  # replace an existing --out / --sheet that is not reidctl's CSV / sheet
-    batch_size: int | None = None
-    workers: int | None = None
-    device: str = "auto"
     extraction_flags: str = ""  # the extraction options the user gave ("--arch, --workers"), for errors
 
     def model_chosen(self) -> bool:
         """A model option was given (without one, images are extracted by a fresh ImageNet model)."""
-        return self.checkpoint is not None or self.weights is not None or self.pretrained is not None
+        spec = self.model
+        return spec.checkpoint is not None or spec.weights is not None or spec.pretrained is not None
 
 
 @dataclass
@@ -78,7 +82,7 @@ def run_rank(req: RankRequest) -> tuple[Ranking, dict[str, Any]]:
         raise ReidctlError(f"{req.query} and {req.gallery} come from different models ({_describe(q)} vs "
                            f"{_describe(g)}); extract both with the same model")
     ranking = rank_gallery(sides["query"], sides["gallery"], req.top_k, rerank=req.rerank,
-                           cross_camera_only=req.cross_camera_only, same_image=req.same_image, device=req.device)
+                           cross_camera_only=req.cross_camera_only, same_image=req.same_image, device=req.runtime.device)
     summary = {"queries": len(ranking.query), "gallery": len(ranking.gallery), "top_k": req.top_k,
                "rerank": req.rerank, "cross_camera_only": req.cross_camera_only}
     if req.out is not None:
@@ -96,7 +100,7 @@ def check_rank_outputs(req: RankRequest) -> None:
     """Refuse, before any work, an ``--out`` or ``--sheet`` that would overwrite one of the
     inputs (QUERY, GALLERY, an image inside either folder, the checkpoint or weights), each
     other, or an existing file that is not a ranking CSV / picture sheet (without ``--force``)."""
-    inputs = (req.query, req.gallery, req.checkpoint, req.weights)
+    inputs = (req.query, req.gallery, req.model.checkpoint, req.model.weights)
     if req.out is not None:
         check_output(req.out, schema=RANKING_CSV, inputs=inputs, force=req.force, flag="--out")
     if req.sheet is not None:
@@ -138,7 +142,7 @@ def _materialise(raw: dict[str, Features | _Images], req: RankRequest) -> tuple[
             identities[role] = _file_identity(item)
             continue
         if model is None:  # one model for both sides: built, and its weights hashed, once
-            model, provenance = req.build()
+            model, provenance = req.model.build(req.runtime.seed)
             identity = _run_identity(req, provenance, model)
         norm = _norm_for(model, raw, role)
         sides[role] = _extract_side(model, item, norm, req)
@@ -179,10 +183,10 @@ def _extract_side(model: Any, side: _Images, norm: Norm, req: RankRequest) -> Ra
     from reidctl.models.features import extract_features
     from reidctl.progress import progress_bar
 
-    check_loader_options(req.batch_size, req.workers)
+    check_loader_options(req.runtime.extract_batch_size, req.runtime.workers)
     with progress_bar(f"extract {side.source}", len(side.samples), unit="img") as advance:
-        ext = extract_features(model, side.samples, batch_size=req.batch_size, workers=req.workers,
-                               device=resolve_device(req.device), progress=advance, norm=norm)
+        ext = extract_features(model, side.samples, batch_size=req.runtime.extract_batch_size, workers=req.runtime.workers,
+                               device=resolve_device(req.runtime.device), progress=advance, norm=norm)
     check_finite_features(ext, side.samples)
     pids = np.array([s.pid for s in side.samples], dtype=np.int64)
     return RankSide(ext.feats, [str(s.path) for s in side.samples], [s.path for s in side.samples],
@@ -219,10 +223,10 @@ def _file_identity(feats: Features) -> dict:
 def _run_identity(req: RankRequest, provenance: dict[str, Any], model: Any) -> dict:
     from reidctl.models.weights import model_digest
 
-    if req.checkpoint is not None:
+    if req.model.checkpoint is not None:
         from reidctl.models.checkpoint import checkpoint_digest
 
-        legacy = {"checkpoint": checkpoint_digest(req.checkpoint)}
+        legacy = {"checkpoint": checkpoint_digest(req.model.checkpoint)}
     else:
         legacy = {"model": provenance.get("model"), "init": provenance.get("init")}
     return {"weights": model_digest(model), "legacy": legacy}
@@ -300,13 +304,13 @@ def under_each(rerank: bool) -> str:
 def model_words(req: RankRequest, raw: dict[str, Any]) -> str:
     """The model that made the features, as a sheet's title names it: the checkpoint given, or
     what a features file records (architecture and start), or the fresh model's options."""
-    if req.checkpoint is not None:
-        return f"checkpoint {req.checkpoint}"
+    if req.model.checkpoint is not None:
+        return f"checkpoint {req.model.checkpoint}"
     for item in raw.values():
         if isinstance(item, Features):
             return features_model(item)
-    start = req.weights or req.pretrained or "imagenet"
-    return f"{req.arch} from {start}"
+    start = req.model.weights or req.model.pretrained or "imagenet"
+    return f"{req.model.arch} from {start}"
 
 
 def features_model(feats: Features) -> str:

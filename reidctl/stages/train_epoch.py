@@ -28,22 +28,23 @@ from reidctl.models.features import extract_features
 from reidctl.methods import get_method
 from reidctl.models.reid import ReidModel
 from reidctl.models.weights import init_description
-from reidctl.runtime.precision import DEFAULT_AMP
+from reidctl.runtime import Runtime
 from reidctl.progress import progress_bar
 from reidctl.models.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, method_arrays_path
 from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, resume, train_epoch
 
 
 @dataclass
-class TrainEpochRequest(ModelSpec):
+class TrainEpochRequest:
     """Inputs and options of one training epoch.
 
-    Model fields (``arch`` ... ``pretrained``, ``seed``) build a fresh model when ``checkpoint``
-    is None. ``overrides`` holds the method options the user gave (``iters``, ``batch_size``,
-    ``momentum`` ...); the others come from the checkpoint (same method) or the method's
-    defaults (``reidctl.methods.<name>.Params``).
+    ``model`` builds a fresh model when its ``checkpoint`` is None. ``overrides`` holds the
+    method options the user gave (``iters``, ``batch_size``, ``momentum`` ...); the others come
+    from the checkpoint (same method) or the method's defaults (``reidctl.methods.<name>.Params``).
     """
 
+    model: ModelSpec = field(default_factory=ModelSpec)
+    runtime: Runtime = field(default_factory=Runtime)
     data: str = ""
     labels: Path | None = None
     dataset: str | None = None
@@ -51,26 +52,21 @@ class TrainEpochRequest(ModelSpec):
     overrides: Mapping[str, Any] = field(default_factory=dict)
     features: Path | None = None
     epoch: int | None = None
-    workers: int | None = None  # None: reidctl.runtime.device.resolve_workers
-    device: str = "auto"
-    amp: str = DEFAULT_AMP
-    deterministic: bool = False
-    extract_batch_size: int | None = None  # None: reidctl.runtime.device.resolve_extract_batch
     force: bool = False  # overwrite an existing --out that is not a reidctl checkpoint
 
 
 def open_session(req: TrainEpochRequest, device: torch.device) -> tuple[TrainSession, dict[str, Any]]:
-    """A session continuing ``req.checkpoint``, or a fresh one; and the model's provenance."""
+    """A session continuing ``req.model.checkpoint``, or a fresh one; and the model's provenance."""
     method_cls = get_method(req.method)
-    if req.checkpoint is not None:
-        payload = load_checkpoint(req.checkpoint)
-        session = resume(payload, method_cls, overrides=req.overrides, device=device, amp=req.amp,
-                         seed=req.seed, source=req.checkpoint)
-        return session, {"init": f"checkpoint:{Path(req.checkpoint).name}", "from_epoch": session.epoch}
-    model, provenance = req.build()
+    if req.model.checkpoint is not None:
+        payload = load_checkpoint(req.model.checkpoint)
+        session = resume(payload, method_cls, overrides=req.overrides, device=device, amp=req.runtime.amp,
+                         seed=req.runtime.seed, source=req.model.checkpoint)
+        return session, {"init": f"checkpoint:{Path(req.model.checkpoint).name}", "from_epoch": session.epoch}
+    model, provenance = req.model.build(req.runtime.seed)
     params = method_cls.resolve_params(None, req.overrides)
-    session = TrainSession(model, method_cls(params), device=device, amp=req.amp, seed=req.seed)
-    return session, {"init": init_description(req.pretrained, req.weights)}
+    session = TrainSession(model, method_cls(params), device=device, amp=req.runtime.amp, seed=req.runtime.seed)
+    return session, {"init": init_description(req.model.pretrained, req.model.weights)}
 
 
 def train_rows(train: Sequence[Sample], paths: Sequence[str], source: Path) -> list[Sample]:
@@ -141,8 +137,8 @@ def check_state_output(arrays: Mapping[str, Any], req: TrainEpochRequest, out: s
     (unless ``--force``), or over the state of the checkpoint this epoch continues."""
     if not arrays:
         return
-    inputs = (req.labels, req.features, req.checkpoint,
-              None if req.checkpoint is None else method_arrays_path(req.checkpoint))
+    inputs = (req.labels, req.features, req.model.checkpoint,
+              None if req.model.checkpoint is None else method_arrays_path(req.model.checkpoint))
     check_output(method_arrays_path(out), schema=METHOD_STATE, inputs=inputs, force=req.force)
 
 
@@ -154,8 +150,8 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
         raise ReidctlError("--labels is required (a labels file from `reidctl cluster` or `reidctl refine`)")
     if req.labels is not None and not method_cls.clusters:
         raise ReidctlError(f"--method {req.method} trains on every train image without pseudo labels: drop --labels")
-    check_loader_options(req.extract_batch_size, req.workers, batch_flag="--extract-batch-size")
-    check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.labels, req.features, req.checkpoint, req.weights),
+    check_loader_options(req.runtime.extract_batch_size, req.runtime.workers, batch_flag="--extract-batch-size")
+    check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.labels, req.features, req.model.checkpoint, req.model.weights),
                  force=req.force)
     ds = load_dataset(req.data, req.dataset)
     if not ds.train:
@@ -165,9 +161,9 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
     if feats is not None:
         check_rows(feats.path, feats.paths, rows.paths)
     train, labels = rows.train, rows.labels
-    if req.deterministic:
+    if req.runtime.deterministic:
         prepare_determinism()
-    with dist.distributed(resolve_device(req.device)) as device:
+    with dist.distributed(resolve_device(req.runtime.device)) as device:
         session, provenance = open_session(req, device)
         epoch = session.epoch + 1 if req.epoch is None else req.epoch
         if epoch < 0:
@@ -180,19 +176,19 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
         else:
             with progress_bar("extract train", len(train), enabled=None if dist.is_main() else False,
                               unit="img") as adv:
-                ext = extract_features(session.model, train, batch_size=req.extract_batch_size,
-                                       workers=req.workers, device=device, amp=req.amp, progress=adv, norm=norm)
+                ext = extract_features(session.model, train, batch_size=req.runtime.extract_batch_size,
+                                       workers=req.runtime.workers, device=device, amp=req.runtime.amp, progress=adv, norm=norm)
             features, parts, feats_digest = ext.feats, ext.parts, "extracted"
         if session.method.uses_parts and parts is None:
-            source = req.features if req.features is not None else req.checkpoint or "the fresh model"
+            source = req.features if req.features is not None else req.model.checkpoint or "the fresh model"
             raise ReidctlError(f"--method {req.method} needs part features, and {source} has none: "
                                "train a model with --parts")
         data = prepare_epoch(labels, np.array([s.camid for s in train]), features, parts, rows.extra)
         samples = [train[i] for i in data.rows]
         steps = session.method.epoch_length(dataclasses.replace(data, epoch=epoch, device=device))
         with progress_bar(f"train epoch {epoch}", steps, enabled=None if dist.is_main() else False) as advance:
-            stats = train_epoch(session, samples, data, epoch=epoch, workers=req.workers,
-                                deterministic=req.deterministic, progress=advance, norm=norm)
+            stats = train_epoch(session, samples, data, epoch=epoch, workers=req.runtime.workers,
+                                deterministic=req.runtime.deterministic, progress=advance, norm=norm)
         if dist.is_main():
             arrays = session.method.persistent_arrays()  # once: a MAR memory is hundreds of MB
             check_state_output(arrays, req, out)

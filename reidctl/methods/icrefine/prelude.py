@@ -4,7 +4,6 @@ own stage-1 file, ``loop --intra FILE``)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,7 @@ from reidctl.methods.prelude import Prelude, RunContext
 
 
 def _run(ctx: RunContext, params: IntraCameraParams, out: Path) -> dict[str, Any]:
-    req = IntraCameraRequest(**dataclasses.asdict(ctx.model), data=ctx.data, dataset=ctx.dataset, params=params,
-                             workers=ctx.workers, device=ctx.device, amp=ctx.amp, deterministic=ctx.deterministic,
-                             extract_batch_size=ctx.extract_batch_size)
+    req = IntraCameraRequest(ctx.model, ctx.runtime, data=ctx.data, dataset=ctx.dataset, params=params)
     return run_intra_camera(req, out)
 
 

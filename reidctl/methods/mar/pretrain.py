@@ -38,7 +38,7 @@ from reidctl.methods.mar.source import DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, Sou
 from reidctl.models.reid import ReidModel
 from reidctl.models.spec import ModelSpec
 from reidctl.options import option, resolve, unused
-from reidctl.runtime.precision import DEFAULT_AMP
+from reidctl.runtime import Runtime
 from reidctl.progress import progress_bar
 from reidctl.methods.prelude import Prelude, RunContext
 from reidctl.models.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, payload_digest
@@ -139,17 +139,15 @@ class SourcePretraining(AgentTraining, TrainingMethod):
 
 
 @dataclass
-class PretrainRequest(ModelSpec):
+class PretrainRequest:
     """``reidctl pretrain``: a labelled dataset and the fresh model to train on it."""
 
+    model: ModelSpec = field(default_factory=ModelSpec)
+    runtime: Runtime = field(default_factory=Runtime)
     data: str = ""
     dataset: str | None = None
     splits: str = DEFAULT_SOURCE_SPLITS
     params: PretrainParams = field(default_factory=PretrainParams)
-    workers: int | None = None
-    device: str = "auto"
-    amp: str = DEFAULT_AMP
-    deterministic: bool = False
     force: bool = False
 
 
@@ -160,28 +158,28 @@ def run_pretrain(req: PretrainRequest, out: str | Path) -> dict[str, Any]:
     p.check()
     if req.splits not in SOURCE_SPLITS:  # (in `loop`, the prelude refused it as --aux-splits already)
         raise ReidctlError(f"--splits {req.splits}: choose train or train,test")
-    check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.checkpoint, req.weights), force=req.force)
+    check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.model.checkpoint, req.model.weights), force=req.force)
     source = load_source(req.data, req.dataset, req.splits)
     if len(source.samples) < p.batch_size:
         raise ReidctlError(f"{source.root}: {len(source.samples)} labelled images cannot fill a batch of "
                            f"{p.batch_size}; lower --batch-size")
-    if req.deterministic:
+    if req.runtime.deterministic:
         prepare_determinism()
-    model, provenance = req.build()
+    model, provenance = req.model.build(req.runtime.seed)
     n = len(source.samples)
     data = EpochData(labels=source.labels, camids=np.array([s.camid for s in source.samples], np.int64),
                      features=np.zeros((n, 0), np.float32), parts=None, rows=np.arange(n, dtype=np.int64),
                      num_clusters=source.identities)
     start = time.perf_counter()
-    with dist.distributed(resolve_device(req.device)) as device:
-        session = TrainSession(model, SourcePretraining(p, source), device=device, amp=req.amp, seed=req.seed)
+    with dist.distributed(resolve_device(req.runtime.device)) as device:
+        session = TrainSession(model, SourcePretraining(p, source), device=device, amp=req.runtime.amp, seed=req.runtime.seed)
         norm = input_norm(model.config, source.train or source.samples)
         history = []
         for epoch in range(p.epochs):
             steps = session.method.epoch_length(data)
             with progress_bar(f"pretrain epoch {epoch}", steps, enabled=None if dist.is_main() else False) as adv:
-                stats = train_epoch(session, source.samples, data, epoch=epoch, workers=req.workers,
-                                    deterministic=req.deterministic, progress=adv, norm=norm)
+                stats = train_epoch(session, source.samples, data, epoch=epoch, workers=req.runtime.workers,
+                                    deterministic=req.runtime.deterministic, progress=adv, norm=norm)
             history.append({"epoch": epoch, "loss": stats.loss, **stats.logs, "lr": stats.lr})
             if dist.is_main():
                 _epoch_line(history[-1], p.epochs, stats.seconds, time.perf_counter() - start)
@@ -240,9 +238,8 @@ def _resolve(given: Mapping[str, Any], train: Mapping[str, Any]) -> PretrainOpti
 
 def _run(ctx: RunContext, options: PretrainOptions, out: Path) -> dict[str, Any]:
     params = PretrainParams(**{f.name: getattr(options, f.name) for f in dataclasses.fields(PretrainParams)})
-    req = PretrainRequest(**dataclasses.asdict(ctx.model), data=options.data, dataset=options.dataset,
-                          splits=options.splits, params=params, workers=ctx.workers, device=ctx.device, amp=ctx.amp,
-                          deterministic=ctx.deterministic)
+    req = PretrainRequest(ctx.model, ctx.runtime, data=options.data, dataset=options.dataset, splits=options.splits,
+                          params=params)
     summary = run_pretrain(req, out)
     return {k: summary[k] for k in ("images", "identities", "splits", "epochs", "seconds")} | {
         "final": summary["history"][-1]}
