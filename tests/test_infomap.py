@@ -23,7 +23,8 @@ from reidctl.cluster.algorithms import get_algorithm
 from reidctl.cluster.clustering import ClusterParams, cluster_features
 from reidctl.errors import ReidctlError
 from reidctl.options import resolve
-from reidctl.stages.refine import default_cluster_params
+from reidctl.methods import get_method
+from reidctl.methods.plan import cluster_params
 from tests.clitools import run_error, run_ok
 
 
@@ -194,12 +195,12 @@ def test_per_algorithm_defaults():
     assert {f.name: f.default for f in dataclasses.fields(ClusterParams) if f.name in ("k1", "eps")} == \
         {"k1": None, "eps": None}
     # the layered construction of `refine` and `loop`: CC's defaults, the method's, the user's
-    p = default_cluster_params("cc", algo="infomap")
+    p = cluster_params(get_method("cc"), algo="infomap")
     assert (p.algo, p.k1, p.k2, p.eps) == ("infomap", 15, 4, 0.5)
     assert json.loads(json.dumps(dataclasses.asdict(p)))["k1"] == 15
-    p = default_cluster_params("pplr", algo="infomap", k2=2)
+    p = cluster_params(get_method("pplr"), algo="infomap", k2=2)
     assert (p.k1, p.k2, p.eps) == (15, 2, 0.5)
-    p = default_cluster_params("icrefine", n_samples=100, algo="infomap")
+    p = cluster_params(get_method("icrefine"), n_samples=100, algo="infomap")
     assert (p.algo, p.k1, p.n_clusters) == ("infomap", 15, None)
 
 
@@ -210,7 +211,7 @@ def test_options_infomap_does_not_use_are_refused():
     with pytest.raises(ReidctlError, match="--n-clusters does not apply to --algo infomap"):
         ClusterParams(algo="infomap", n_clusters=10)
     with pytest.raises(ReidctlError, match="global features only"):
-        default_cluster_params("ncplr", options={"global_local": True}, algo="infomap")
+        cluster_params(get_method("ncplr"), options={"global_local": True}, algo="infomap")
     for given, message in [({"eps": 1.0}, "--eps must lie in"), ({"eps": 0.0}, "--eps must lie in"),
                            ({"k1": 1}, "--k1 must be at least 2")]:
         with pytest.raises(ReidctlError, match=message):

@@ -33,6 +33,7 @@ import numpy as np
 
 from reidctl.cluster.clustering import ClusterParams
 from reidctl.options import not_applicable, option_fields, read_elsewhere, reads, resolve
+from reidctl.methods.plan import make_plan
 from reidctl.methods.prelude import Prelude
 from reidctl.methods.registry import METHODS
 from reidctl.train.contract import Batch, EpochData, TrainingMethod, TrainParams
@@ -126,6 +127,9 @@ class Method(TrainingMethod):
     #: Persistent arrays (``persistent_arrays``) holding pairs of train rows the method claims
     #: show one person; ``loop`` reports their precision when ground truth is known.
     pair_arrays: ClassVar[tuple[PairArray, ...]] = ()
+
+    #: The method's options resolved once for every stage it runs (:func:`reidctl.methods.plan.make_plan`).
+    plan = classmethod(make_plan)
 
     @classmethod
     def pair_figures(cls, train: Mapping[str, Any]) -> list[tuple[PairArray, dict[str, Any]]]:

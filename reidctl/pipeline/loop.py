@@ -54,10 +54,10 @@ from reidctl.stages.extract import ExtractRequest, run_extract
 from reidctl.methods import Method, get_method
 from reidctl.methods.base import pair_key
 from reidctl.models.spec import ModelSpec
-from reidctl.options import flag_of, option_fields
+from reidctl.options import option_fields
 from reidctl.runtime import Runtime
 from reidctl.runtime.precision import precision_name
-from reidctl.stages.refine import default_cluster_params, run_refine
+from reidctl.stages.refine import run_refine
 from reidctl.pipeline.rundir import (Notice, RunDir, StageResult, refuse_pruned, stage_key,
                             write_json)
 from reidctl.methods.prelude import Prelude, RunContext
@@ -164,33 +164,16 @@ class _Loop:
         self.config_saved = False  # config.toml is written once every check has passed (:meth:`save_config`)
         self.stages_done: list[dict[str, Any]] = []  # each stage this invocation ran or reused, in order
         self.method_cls: type[Method] = get_method(cfg.method)
-        routed = self.method_cls.route(cfg.options)
         self.runtime = run = cfg.runtime
         device = resolve_device(run.device)
         self.precision = precision_name(run.amp, device)
-        loop_values = {"epochs": cfg.epochs}
-        for name, value in self.method_cls.train_context.items():
-            routed.train.setdefault(name, loop_values[value])
-        self.train_overrides = self.method_cls.read_by_training(routed.train)  # (lambda1: the clustering's)
-        params = self.method_cls.resolve_params(None, routed.train)
-        self.train_params = params.to_dict()
-        self.train_reads = self.method_cls.train_reads(self.train_params)  # once: a source's fingerprint
-        self._check_parts(self.method_cls(params))
-        self.refine_given = routed.refine
-        if self.method_cls.clusters:
-            self.cluster_params = default_cluster_params(cfg.method, n_samples=len(ds.train), options=cfg.options,
-                                                         **routed.cluster)
-            self.method_cls.refine_options(routed.refine)  # another method's options fail before any work
-            if len(ds.train) <= self.cluster_params.k1:
-                raise ReidctlError(f"{len(ds.train)} train images are too few for --k1 {self.cluster_params.k1} "
-                                   "(clustering needs more images than k1)")
-        self.given = routed.given
         self.start = cfg.model.checkpoint  # the checkpoint epoch 0 starts from (None: a fresh model)
-        for p in self.method_cls.preludes:
-            if p.starts_model and self.start is not None:
-                self.given[p.feeds] = str(self.start)
-        self.prelude_options = {p.name: self._prelude_options(p, routed.preludes.get(p.name, {}), routed.train)
-                                for p in self.method_cls.preludes}
+        plan = self.method_cls.plan(cfg.options, n_samples=len(ds.train), context={"epochs": cfg.epochs},
+                                    checkpoint=self.start)
+        self.plan = plan
+        self.train_params = plan.train.to_dict()
+        self.train_reads = self.method_cls.train_reads(self.train_params)  # once: a source's fingerprint
+        self._check_parts(self.method_cls(plan.train))
         self.model = dataclasses.replace(cfg.model, checkpoint=None)
         if cfg.model.checkpoint is None:  # a fresh model: its start is recorded (ImageNet unless told otherwise)
             self.model = self.model.resolved()
@@ -217,18 +200,18 @@ class _Loop:
                       for name, _, _ in option_fields(ModelSpec)},
         }
         if m.clusters:
-            sections["clustering"] = {name: getattr(self.cluster_params, name)
+            sections["clustering"] = {name: getattr(self.plan.cluster, name)
                                       for name, _, _ in option_fields(ClusterParams)}
             fed = {p.feeds for p in m.preludes}
-            refine = {**dataclasses.asdict(m.RefineOptions()), **self.refine_given}
+            refine = {**dataclasses.asdict(m.RefineOptions()), **self.plan.refine}
             sections["refine"] = {name: refine.get(name) for name, _, info in option_fields(m.RefineOptions)
                                   if info.loop and name not in fed}
         training = self.train_params
         sections["training"] = {name: location(training.get(name)) if info.path else training.get(name)
                                 for name, _, info in option_fields(m.Params)}
         for p in m.preludes:
-            given = self.given.get(p.feeds)
-            opts = self.prelude_options.get(p.name)
+            given = self.plan.given.get(p.feeds)
+            opts = self.plan.preludes.get(p.name)
             values = {} if opts is None else {f"{p.name}_{name}": getattr(opts, name)
                                               for name, _, info in option_fields(p.Options) if info.loop}
             if given is not None and p.feeds != "checkpoint":
@@ -242,15 +225,6 @@ class _Loop:
             parts = self.method_cls.official_model(self.cfg.options).get("parts")
             raise ReidctlError(f"--method {self.cfg.method} needs part features: --parts 0 leaves the model without "
                                "them" + (f" (its official model has {parts} stripes)" if parts else ""))
-
-    def _prelude_options(self, prelude: Prelude, given: Mapping[str, Any], train: Mapping[str, Any]) -> Any:
-        if prelude.feeds in self.given:
-            if given:
-                flags = ", ".join(flag_of(f"{prelude.name}_{k}") for k in given)
-                raise ReidctlError(f"{flag_of(prelude.feeds)} FILE replaces the {prelude.name} stage, so {flags} "
-                                   "do not apply with it")
-            return None
-        return prelude.resolve(given, train)
 
     # ---------------------------------------------------------------------------------- stages
 
@@ -279,11 +253,11 @@ class _Loop:
 
     def prelude(self, prelude: Prelude) -> StageResult:
         """A method's stage before epoch 0, into ``RUN/<name>/`` (or the user's ready-made file)."""
-        cfg, given = self.cfg, self.given.get(prelude.feeds)
+        cfg, given = self.cfg, self.plan.given.get(prelude.feeds)
         if given is not None:
             digest = given_digest(Path(given), prelude.read_given(Path(given), self.ds))
             return StageResult(Path(given).absolute(), digest, {"file": str(given)}, cached=True)
-        options = self.prelude_options[prelude.name]
+        options = self.plan.preludes[prelude.name]
         ctx = RunContext(data=cfg.data, dataset=cfg.dataset, model=self.model, runtime=self.runtime)
         call = StageCall(prelude.name, prelude.name, prelude.output, lambda out: prelude.run(ctx, options, out),
                          options=dataclasses.asdict(options), seed=cfg.runtime.seed, group="prelude",
@@ -320,7 +294,7 @@ class _Loop:
                                     inputs={"test": test}), epoch).summary
 
     def cluster(self, folder: str, feats: StageResult, epoch: int) -> StageResult:
-        params, seed = self.cluster_params, self.cfg.runtime.seed
+        params, seed = self.plan.cluster, self.cfg.runtime.seed
         call = StageCall("cluster", folder, "labels.h5", lambda out: run_cluster(feats.path, out, params, seed=seed),
                          options=dataclasses.asdict(params), seed=seed, inputs={"features": feats})
         return self.stage(call, epoch)
@@ -331,7 +305,7 @@ class _Loop:
         the options they feed); the outputs are keyed by their content, not by where they lie."""
         cfg, method = self.cfg, self.method_cls
         loop_values = {"epoch": epoch, "epochs": cfg.epochs}
-        options = {**self.refine_given, **{k: loop_values[k] for k in method.refine_context}}
+        options = {**self.plan.refine, **{k: loop_values[k] for k in method.refine_context}}
         fed = {p.feeds: str(preludes[p.name].path) for p in method.preludes if not p.starts_model}
         resolved = {k: v for k, v in method.refine_options({**options, **fed}).items() if k not in fed}
         seed = cfg.runtime.seed + epoch
@@ -348,7 +322,7 @@ class _Loop:
 
         def go(out: Path) -> dict[str, Any]:
             req = TrainEpochRequest(self.model_from(ckpt), self.runtime, data=cfg.data, dataset=cfg.dataset,
-                                    labels=ref and ref.path, method=cfg.method, overrides=self.train_overrides,
+                                    labels=ref and ref.path, method=cfg.method, overrides=self.plan.train_given,
                                     features=feats.path, epoch=epoch)
             res = run_train_epoch(req, out)
             summary = {k: v for k, v in res.items() if k not in ("params", "out")}

@@ -16,30 +16,10 @@ from reidctl.artifacts import LABELS, check_output, read_features, read_ground_t
 from reidctl.cluster.algorithms import distance_names
 from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.report import labels_report
-from reidctl.cluster.clustering import ClusterParams, size_choices, cluster_features
+from reidctl.cluster.clustering import size_choices, cluster_features
 from reidctl.errors import ReidctlError, naming
 from reidctl.methods import get_method
-
-
-def default_cluster_params(method: str, *, n_samples: int | None = None, options: Mapping[str, Any] | None = None,
-                           **overrides: Any) -> ClusterParams:
-    """The clustering a method's official command runs, with the user's overrides on top.
-
-    ``options``: the flat options given to the command, from which a method may derive its
-    official clustering (NCPLR's branch mixture with ``--global-local``).
-
-    With ``n_samples`` the method fills in what depends on N (icrefine's number of clusters) and
-    average linkage is checked to fit in memory, before any expensive stage runs.
-    """
-    method_cls = get_method(method)
-    values = dict(method_cls.official_clustering(options or {}))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    params = ClusterParams(**values)
-    if n_samples is not None:
-        params = method_cls.resolve_clustering(params, n_samples)
-        params.algorithm.check_fits(n_samples, params)
-    params.check()
-    return params
+from reidctl.methods.plan import cluster_params
 
 
 def run_refine(
@@ -81,7 +61,7 @@ def run_refine(
         labels, extra, cluster_info = given.labels, given.extra, {"labels": "given"}
         inputs["labels"] = given.meta.digest
     else:
-        params = default_cluster_params(method, n_samples=len(fe), options=options, **(cluster or {}))
+        params = cluster_params(method_cls, options, n_samples=len(fe), **(cluster or {}))
         res = cluster_features(fe.feats, params, parts=fe.parts)
         labels = res["labels"]
         extra = {k: res[k] for k in ("knn_index", "knn_dist", res["distance"])}
