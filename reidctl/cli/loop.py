@@ -19,6 +19,7 @@ from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
 from reidctl.methods import get_method
 from reidctl.pipeline.loop import STAGES, LoopConfig, resolved_config_text, run_loop
+from reidctl.pipeline.records import EpochRecord, RunSummary
 
 Opt = typer.Option
 
@@ -79,8 +80,9 @@ def loop(
     if run["json"]:
         print_json(result)
     else:
-        out_console.print(summary_table(result))
-        print_run_files(result)
+        run_summary = RunSummary.from_json(result)
+        out_console.print(summary_table(run_summary))
+        print_run_files(run_summary)
 
 
 def _load_config(ctx: typer.Context, path: Optional[Path]) -> None:
@@ -128,28 +130,28 @@ def _pct(x: Any) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _print_epoch(method: str, rec: dict[str, Any]) -> None:
-    ref = rec.get("refine")
-    msg = f"epoch {rec['epoch']}: "
+def _print_epoch(method: str, rec: EpochRecord) -> None:
+    ref = rec.refine
+    msg = f"epoch {rec.epoch}: "
     if ref is not None:
         q = ref.get("quality", {})
         msg += (f"{ref['clusters']} clusters ({multi_camera_cell(ref)} multi-camera), "
                 f"{ref['outliers']} outliers{', F ' + _pct(q.get('f_score')) if q else ''}, ")
-    msg += f"loss {rec['train']['loss']:.3f}"
+    msg += f"loss {rec.train['loss']:.3f}"
     for array, score in _pair_figures(method, rec):
         msg += f", {score['pairs']} {array.label} ({_pct(score['precision'])}% one person)"
-    if "eval" in rec:
-        msg += (f", mAP {_pct(rec['eval']['mAP'])} (trapezoid {_pct(rec['eval'].get('mAP_trapezoid'))}), "
-                f"R1 {_pct(rec['eval']['rank1'])}")
+    if rec.eval is not None:
+        msg += (f", mAP {_pct(rec.eval['mAP'])} (trapezoid {_pct(rec.eval.get('mAP_trapezoid'))}), "
+                f"R1 {_pct(rec.eval['rank1'])}")
     err_console.print(msg, highlight=False)
     if ref is not None:
         warn_single_camera(ref)
 
 
-def _pair_figures(method: str, rec: dict[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
+def _pair_figures(method: str, rec: EpochRecord) -> list[tuple[Any, dict[str, Any]]]:
     """The pairs the method claims show one person this epoch (its declared pair arrays: MAR's
     mined pairs), where ground truth scored them."""
-    return [(array, score) for array, score in get_method(method).pair_figures(rec.get("train", {}))
+    return [(array, score) for array, score in get_method(method).pair_figures(rec.train or {})
             if score.get("precision") is not None]
 
 
@@ -167,10 +169,10 @@ def reuse_line(stages: list[dict[str, Any]]) -> str:
     return f"{n} of {len(stages)} stages reused from cache ({where})"
 
 
-def print_run_files(result: dict[str, Any]) -> None:
+def print_run_files(run: RunSummary) -> None:
     """The end of a run: what came from the cache, and where its files are."""
-    err_console.print(reuse_line(result["stages"]), highlight=False)
-    files, models = result["files"], result.get("models") or {}
+    err_console.print(reuse_line(run.stages), highlight=False)
+    files, models = run.files, run.models
     for name in ("summary", "log", "config"):
         err_console.print(f"{name + ':':9}{files[name]}", highlight=False)
     for name in ("best", "last"):  # a run always has a model: best.pt (the initial one included), last.pt
@@ -181,34 +183,33 @@ def print_run_files(result: dict[str, Any]) -> None:
             err_console.print(f"{'best:':9}none: {entry['why']}", highlight=False)
 
 
-def summary_table(result: dict[str, Any]) -> Table:
+def summary_table(run: RunSummary) -> Table:
     """Per epoch: the labels (clustering methods) or the mined pairs (MAR), the loss, and mAP
     with both AP conventions (sklearn, the CC family's; trapezoid, MAR's), rank-1 and rank-10;
     rates in percent. Narrow enough for an 80-column terminal (rank-5 is in ``summary.json``)."""
-    clusters = any("refine" in rec for rec in result["epochs"])
-    arrays = get_method(result["method"]).pair_arrays
+    clusters = any(rec.refine is not None for rec in run.epochs)
+    arrays = get_method(run.method).pair_arrays
     label_cols = (("clus-\nters", "multi-\ncam", "out-\nliers", "pair\nF %", "NMI\n%") if clusters
                   else tuple(col for array in arrays for col in (array.column, "pair\nprec. %")))
-    table = Table(title=f"{result['run_dir']} ({result['method']})", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+    table = Table(title=f"{run.run_dir} ({run.method})", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   padding=(0, 0, 0, 1), pad_edge=False, caption="rates in %; mAP trapz: MAR's trapezoid AP",
                   caption_justify="left")
     for col in ("epoch", *label_cols, "loss", "mAP\n%", "mAP\ntrapz", "R1\n%", "R10\n%"):
         table.add_column(col, justify="right", no_wrap=True)
-    for rec in result["epochs"]:
-        ref, ev = rec.get("refine", {}), rec.get("eval", {})
+    for rec in run.epochs:
+        ref, ev = rec.refine or {}, rec.eval or {}
         if clusters:
             q = ref.get("quality", {})
             cells = (str(ref.get("clusters", "—")), multi_camera_cell(ref), str(ref.get("outliers", "—")),
                      _pct(q.get("f_score")), _pct(q.get("nmi")))
         else:
-            scored = {array.name: score for array, score in _pair_figures(result["method"], rec)}
+            scored = {array.name: score for array, score in _pair_figures(run.method, rec)}
             cells = tuple(cell for array in arrays for cell in (
                 (str(scored[array.name]["pairs"]), _pct(scored[array.name]["precision"])) if array.name in scored
                 else ("—", "—")))
-        table.add_row(str(rec["epoch"]), *cells, f"{rec['train']['loss']:.3f}" if "train" in rec else "—",
+        table.add_row(str(rec.epoch), *cells, f"{rec.train['loss']:.3f}" if rec.train is not None else "—",
                       _pct(ev.get("mAP")), _pct(ev.get("mAP_trapezoid")), _pct(ev.get("rank1")), _pct(ev.get("rank10")))
-    for label in ("best", "last"):
-        ev = result.get(label)
+    for label, ev in (("best", run.best), ("last", run.last)):
         if ev:
             table.add_row(f"[bold]{label}[/] {ev['epoch']}", *[""] * (len(label_cols) + 1), _pct(ev["mAP"]),
                           _pct(ev.get("mAP_trapezoid")), _pct(ev["rank1"]), _pct(ev["rank10"]))

@@ -58,6 +58,7 @@ from reidctl.options import option_fields
 from reidctl.runtime import Runtime
 from reidctl.runtime.precision import precision_name
 from reidctl.stages.refine import run_refine
+from reidctl.pipeline.records import SUMMARY_FILE, EpochRecord, RunSummary
 from reidctl.pipeline.rundir import (Notice, RunDir, StageResult, refuse_pruned, stage_key,
                             write_json)
 from reidctl.methods.prelude import Prelude, RunContext
@@ -425,7 +426,7 @@ class _Loop:
         best_link, last_link = root / BEST_MODEL, root / LAST_MODEL
         if best is None:
             best_link.unlink(missing_ok=True)  # a link left by an earlier run with other options
-        return {"summary": str(root / "summary.json"), "log": str(root / "log.jsonl"),
+        return {"summary": str(root / SUMMARY_FILE), "log": str(root / "log.jsonl"),
                 "config": str(root / CONFIG_NAME), "best": str(best_link) if best_link.exists() else None,
                 "last": str(last_link) if last_link.exists() else None}
 
@@ -451,35 +452,35 @@ class _Loop:
 
     # ------------------------------------------------------------------------------------ loop
 
-    def epochs(self, run: RunDir, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    def epochs(self, run: RunDir, on_epoch: Callable[[EpochRecord], None] | None) -> dict[str, Any]:
         cfg, self.run = self.cfg, run
         evaluating = bool(cfg.eval_every) and bool(self.ds.query and self.ds.gallery)
         preludes = {p.name: self.prelude(p) for p in self.method_cls.preludes}
         ckpt = self.start_checkpoint(preludes)
         start, best_ckpt = ckpt, None
-        history: list[dict[str, Any]] = []
+        history: list[EpochRecord] = []
         best: dict[str, Any] | None = None
         if evaluating and cfg.eval_init:
             init_eval = self.evaluate("epoch_init", ckpt, "init")
-            history.append({"epoch": "init", "eval": init_eval})
+            history.append(EpochRecord("init", eval=init_eval))
             best = {"epoch": "init", **init_eval}
         for epoch in range(cfg.epochs):
             folder = f"epoch_{epoch:03d}"
-            record: dict[str, Any] = {"epoch": epoch}
+            record = EpochRecord(epoch)
             feats = self.extract(folder, "train", ckpt, epoch)
             ref = None
             if self.method_cls.clusters:
                 clus = self.cluster(folder, feats, epoch)
                 ref = self.refine(folder, feats, clus, preludes, epoch)
-                record.update(cluster=clus.summary, refine=ref.summary)
+                record.cluster, record.refine = clus.summary, ref.summary
             ckpt = self.train(folder, ckpt, feats, ref, epoch)
             self.point(LAST_MODEL, ckpt)
-            record["train"] = ckpt.summary
+            record.train = ckpt.summary
             last = epoch == cfg.epochs - 1
             if evaluating and ((epoch + 1) % cfg.eval_every == 0 or last):
-                record["eval"] = self.evaluate(folder, ckpt, epoch)
-                if best is None or record["eval"]["mAP"] > best["mAP"]:
-                    best, best_ckpt = {"epoch": epoch, **record["eval"]}, ckpt
+                record.eval = self.evaluate(folder, ckpt, epoch)
+                if best is None or record.eval["mAP"] > best["mAP"]:
+                    best, best_ckpt = {"epoch": epoch, **record.eval}, ckpt
                     self.point(BEST_MODEL, ckpt)
             history.append(record)
             self.prune_old(epoch, best)
@@ -489,16 +490,17 @@ class _Loop:
             best_ckpt = self.init_model(start)
             self.point(BEST_MODEL, best_ckpt)
         self.save_config()  # every stage came from the cache, or the run went through
-        evals = [h for h in history if "eval" in h]
-        result = {"run_dir": str(self.run.root), "method": cfg.method, "epochs": history,
-                  "last": {"epoch": evals[-1]["epoch"], **evals[-1]["eval"]} if evals else None,
-                  "best": best, "checkpoint": str(ckpt.path.relative_to(self.run.root)) if ckpt else None,
-                  "models": self.models(best, best_ckpt, ckpt, cfg.epochs - 1, len(evals)),
-                  "stages": self.stages_done, "files": self.files(best)}
-        result.update({name: r.summary for name, r in preludes.items()})
-        # the log's size now: a log that grew since tells `report` that a later run did not finish
-        result["log_bytes"] = self.run.log_path.stat().st_size if self.run.log_path.exists() else 0
-        write_json(self.run.root / "summary.json", result)
+        evals = [h for h in history if h.eval is not None]
+        summary = RunSummary(
+            run_dir=str(self.run.root), method=cfg.method, epochs=history,
+            last={"epoch": evals[-1].epoch, **evals[-1].eval} if evals else None, best=best,
+            checkpoint=str(ckpt.path.relative_to(self.run.root)) if ckpt else None,
+            models=self.models(best, best_ckpt, ckpt, cfg.epochs - 1, len(evals)), stages=self.stages_done,
+            files=self.files(best), preludes={name: r.summary for name, r in preludes.items()},
+            # the log's size now: a log that grew since tells `report` that a later run did not finish
+            log_bytes=self.run.log_path.stat().st_size if self.run.log_path.exists() else 0)
+        result = summary.to_json()
+        write_json(self.run.root / SUMMARY_FILE, result)
         return result
 
 
@@ -533,7 +535,7 @@ def check_config(cfg: LoopConfig, ds: Dataset) -> None:
                                "(a single-camera test set?), so nothing can be evaluated; use --eval-every 0")
 
 
-def run_loop(cfg: LoopConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+def run_loop(cfg: LoopConfig, on_epoch: Callable[[EpochRecord], None] | None = None,
              notice: Notice | None = None) -> dict[str, Any]:
     """Run (or resume) the loop; returns per-epoch records plus the best and the last evaluation.
 

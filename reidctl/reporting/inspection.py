@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reidctl.errors import ArtifactError
+from reidctl.pipeline.records import RunSummary
 
 TORCHSCRIPT, ONNX, EXPORT_RECORD, SUMMARY, CONFIG = "torchscript", "onnx", "export record", "run summary", "run config"
 #: Larger JSON/TOML files are not read whole (a run's summary.json is a few hundred kB at most).
@@ -156,16 +157,13 @@ def describe_record(path: Path) -> dict[str, Any]:
 
 def describe_summary(path: Path) -> dict[str, Any]:
     """A run's ``summary.json`` in short: method, epochs, evaluations, the best and the last model."""
-    doc = _json(path)
-    epochs = [e for e in doc.get("epochs") or [] if isinstance(e, dict)]
-    trained = [e["epoch"] for e in epochs if isinstance(e.get("epoch"), int)]
-    evaluated = [{"epoch": e["epoch"], "mAP": e["eval"].get("mAP"), "rank1": e["eval"].get("rank1")}
-                 for e in epochs if isinstance(e.get("eval"), dict)]
-    models = doc.get("models") or {}
-    return {"method": doc.get("method"), "run_dir": doc.get("run_dir"), "epochs_trained": len(trained),
+    run = RunSummary.from_json(_json(path), str(path))
+    trained = [e.epoch for e in run.epochs if e.trained]
+    evaluated = [{"epoch": e.epoch, "mAP": e.eval.get("mAP"), "rank1": e.eval.get("rank1")} for e in run.evaluated]
+    return {"method": run.method, "run_dir": run.run_dir, "epochs_trained": len(trained),
             "last_epoch": trained[-1] if trained else None, "evaluations": evaluated,
-            "best": models.get("best") or _short(doc.get("best")), "last_model": models.get("last"),
-            "files": doc.get("files") or {}}
+            "best": run.models.get("best") or _short(run.best), "last_model": run.models.get("last"),
+            "files": run.files}
 
 
 def _short(ev: Any) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 import shutil
@@ -29,6 +28,7 @@ from typing import Any
 
 from reidctl.artifacts import PNG_KIND_KEY, REPORT, atomic_path, check_output, html_kind_tag
 from reidctl.errors import ReidctlError
+from reidctl.pipeline.records import SUMMARY_FILE, EpochRecord, RunSummary
 
 #: The x position of the evaluation before training ("init") on per-epoch axes.
 INIT_X = -1
@@ -147,19 +147,19 @@ def read_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
     a ReidctlError naming it."""
     root = Path(path)
     summary = _read_summary(root)
-    records = summary["epochs"]
-    rows = [EpochRow(rec["epoch"], _values(rec)) for rec in records]
-    clusters = any(_labels(rec) is not None for rec in records)
+    records = summary.epochs
+    rows = [EpochRow(rec.epoch, _values(rec)) for rec in records]
+    clusters = any(rec.labels is not None for rec in records)
     try:
         loss = loss_curve(records)
     except (TypeError, ValueError):
         raise ReidctlError(f"{root / 'summary.json'}: a train record's step_losses are not a list of numbers") from None
     note = stale_summary_note(root, summary)
-    return RunRecord(path=root, label=label or _name(root), method=str(summary.get("method", "?")),
+    return RunRecord(path=root, label=label or _name(root), method=summary.method,
                      rows=rows, loss=loss, clusters=clusters, notes=[note] if note else [])
 
 
-def stale_summary_note(root: Path, summary: dict[str, Any]) -> str | None:
+def stale_summary_note(root: Path, summary: RunSummary) -> str | None:
     """A sentence when ``summary.json`` is older than the run's log, else None.
 
     Why: ``loop`` writes summary.json last, so a later ``loop`` in the folder that was killed,
@@ -167,19 +167,18 @@ def stale_summary_note(root: Path, summary: dict[str, Any]) -> str | None:
     looks like the state of the run. The summary records the log's size when it was written
     (``log_bytes``); a log that grew since is newer. Summaries of older reidctl versions lack
     it, and then the files' modification times decide (a copy that kept them, ``cp -a``)."""
-    summary_file, log = root / "summary.json", root / "log.jsonl"
+    summary_file, log = root / SUMMARY_FILE, root / "log.jsonl"
     try:
         log_stat, summary_stat = log.stat(), summary_file.stat()
     except OSError:
         return None
-    recorded = summary.get("log_bytes")
-    if isinstance(recorded, int) and not isinstance(recorded, bool):
-        newer = log_stat.st_size > recorded
+    if summary.log_bytes is not None:
+        newer = log_stat.st_size > summary.log_bytes
     else:
         newer = log_stat.st_mtime > summary_stat.st_mtime
     if not newer:
         return None
-    epochs = [rec["epoch"] for rec in summary["epochs"] if isinstance(rec["epoch"], int)]
+    epochs = [rec.epoch for rec in summary.epochs if rec.trained]
     last = f"epoch {max(epochs)}" if epochs else "the initial evaluation"
     return (f"{summary_file} is older than {log}: a later `loop` in this folder did not finish (stopped, failed "
             f"or still running); the report shows the epochs of the last finished run, up to {last}")
@@ -210,51 +209,26 @@ def _name(root: Path) -> str:
     return root.resolve().name or str(root)
 
 
-def _read_summary(root: Path) -> dict[str, Any]:
+def _read_summary(root: Path) -> RunSummary:
     if not root.exists():
         raise ReidctlError(f"{root}: no such run folder")
     if not root.is_dir():
         raise ReidctlError(f"{root} is a file, not a run folder (give the folder `loop --run-dir` made)")
-    file = root / "summary.json"
-    if not file.is_file():
+    if not (root / SUMMARY_FILE).is_file():
         why = ("log.jsonl is there: the loop is still running or was stopped before its end"
                if (root / "log.jsonl").is_file() else "give a folder `reidctl loop --run-dir` wrote")
-        raise ReidctlError(f"{root} is not a loop run folder: it has no summary.json ({why})")
-    try:
-        summary = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ReidctlError(f"{file}: cannot read it as JSON ({exc})") from None
-    _check_summary(file, summary)
+        raise ReidctlError(f"{root} is not a loop run folder: it has no {SUMMARY_FILE} ({why})")
+    summary = RunSummary.read(root)  # (a file that is not a loop's summary is refused there, in one line)
+    if not summary.epochs:
+        raise ReidctlError(f"{root / SUMMARY_FILE}: the run has no epochs to report")
     return summary
 
 
-def _check_summary(file: Path, summary: Any) -> None:
-    """Refuse a summary.json that is not a loop's, before a KeyError deep in the drawing would."""
-    epochs = summary.get("epochs") if isinstance(summary, dict) else None
-    if not isinstance(epochs, list):
-        raise ReidctlError(f"{file}: not a loop summary (no list of \"epochs\")")
-    if not epochs:
-        raise ReidctlError(f"{file}: the run has no epochs to report")
-    for i, rec in enumerate(epochs):
-        epoch = rec.get("epoch") if isinstance(rec, dict) else None
-        if epoch != "init" and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
-            raise ReidctlError(f"{file}: epoch record {i} has epoch {epoch!r} (expected \"init\" or 0, 1, ...)")
-
-
-def _labels(rec: dict[str, Any]) -> dict[str, Any] | None:
-    """The pseudo labels the epoch trained on: refine's record (what training reads), else the
-    cluster stage's; None for a method without a cluster stage (MAR)."""
-    for stage in ("refine", "cluster"):
-        if isinstance(rec.get(stage), dict):
-            return rec[stage]
-    return None
-
-
-def _values(rec: dict[str, Any]) -> dict[str, float | int | None]:
+def _values(rec: EpochRecord) -> dict[str, float | int | None]:
     values: dict[str, float | int | None] = {}
     for col in COLUMNS:
         head, *rest = col.source
-        value = _dig(_labels(rec) if head == "labels" else rec.get(head), rest)
+        value = _dig(rec.stage(head), rest)
         values[col.key] = None if value is None else (
             100.0 * value if col.percent else int(value) if col.integer else value)
     return values
@@ -272,14 +246,14 @@ def _dig(node: Any, path: Iterable[str]) -> float | None:
     return float(node)
 
 
-def loss_curve(records: Sequence[dict[str, Any]]) -> LossCurve:
+def loss_curve(records: Sequence[EpochRecord]) -> LossCurve:
     """The per-iteration loss of every trained epoch in order; where an epoch has no
     ``step_losses`` (runs older than the field), its mean loss over its iterations. ``level``
     holds each epoch's mean at each of its iterations, for every epoch."""
     curve = LossCurve()
     for rec in records:
-        train = rec.get("train")
-        if not isinstance(train, dict) or rec["epoch"] == "init":
+        train = rec.train
+        if train is None or not rec.trained:
             continue
         steps = [float(v) for v in train.get("step_losses") or []]
         mean = _dig(train, ["loss"])
@@ -291,7 +265,7 @@ def loss_curve(records: Sequence[dict[str, Any]]) -> LossCurve:
         curve.loss.extend(steps or [mean] * n)
         curve.measured.extend([bool(steps)] * n)
         curve.level.extend([mean if mean is not None else sum(steps) / n] * n)
-        curve.spans[rec["epoch"]] = (start, start + n)
+        curve.spans[rec.epoch] = (start, start + n)
     return curve
 
 
