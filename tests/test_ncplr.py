@@ -23,6 +23,7 @@ from reidctl.methods.base import Batch, EpochData
 from reidctl.methods.ncplr import neighbours as nb
 from reidctl.methods.ncplr import targets as tg
 from reidctl.methods.ncplr.method import NCPLRParams, mixture
+from reidctl.methods.plan import read_by_training
 from reidctl.models.reid import GeneralizedMeanPooling, ModelConfig, ReidModel, stripe_bounds
 from reidctl.train.heads import CentroidClassifiers
 from tests.clitools import run_error, run_ok
@@ -409,7 +410,7 @@ def test_train_epoch_refuses_lambda1_which_only_the_clustering_reads(tmp_path):
                   match=r"--lambda1 is read by the cluster stage, not by `train-epoch`")
     assert not (tmp_path / "m.pt").exists()
     # the loop still takes it: the clustering reads it, the training never sees it
-    assert get_method("ncplr").read_by_training({"lambda1": 0.3, "lambda2": 0.1}) == {"lambda2": 0.1}
+    assert read_by_training(get_method("ncplr"), {"lambda1": 0.3, "lambda2": 0.1}) == {"lambda2": 0.1}
 
 
 @pytest.mark.slow

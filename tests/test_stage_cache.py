@@ -11,6 +11,7 @@ import pytest
 from reidctl.pipeline import rundir
 from reidctl.errors import ReidctlError
 from reidctl.methods import get_method
+from reidctl.methods.plan import route
 from reidctl.pipeline.loop import STAGES, StageCall, artifact_digest
 from reidctl.pipeline.rundir import RunDir, StageResult
 
@@ -97,12 +98,12 @@ def test_a_changed_output_is_noticed_and_the_stage_reruns(tmp_path):
 
 
 def test_a_method_routes_flat_options_to_its_stages():
-    routed = get_method("icrefine").route(
-        {"eps": 0.4, "decay": "cosine", "iters": 3, "intra_epochs": 2, "intra": "s1.h5", "beta": None})
+    routed = route(get_method("icrefine"),
+                   {"eps": 0.4, "decay": "cosine", "iters": 3, "intra_epochs": 2, "intra": "s1.h5", "beta": None})
     assert routed.cluster == {"eps": 0.4} and routed.refine == {"decay": "cosine"}
     assert routed.train == {"iters": 3} and routed.preludes == {"intra": {"epochs": 2}}
     assert routed.given == {"intra": "s1.h5"}
-    pplr = get_method("pplr").route({"k": 5, "beta": 0.3})
+    pplr = route(get_method("pplr"), {"k": 5, "beta": 0.3})
     assert pplr.refine == {"k": 5} and pplr.train == {"beta": 0.3}
 
 
@@ -115,11 +116,11 @@ def test_a_method_routes_flat_options_to_its_stages():
 ])
 def test_options_of_another_stage_or_method_are_refused_by_name(method, options, message):
     with pytest.raises(ReidctlError, match=message):
-        get_method(method).route(options)
+        route(get_method(method), options)
 
 
 def test_outside_the_loop_refine_takes_what_the_loop_supplies():
-    routed = get_method("icrefine").route({"epoch": 3, "epochs": 10, "intra": "s1.h5"}, loop=False)
+    routed = route(get_method("icrefine"), {"epoch": 3, "epochs": 10, "intra": "s1.h5"}, loop=False)
     assert routed.refine == {"epoch": 3, "epochs": 10, "intra": "s1.h5"} and not routed.given
 
 

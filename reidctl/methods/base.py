@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from reidctl.cluster.clustering import ClusterParams
-from reidctl.options import not_applicable, option_fields, read_elsewhere, reads, resolve
-from reidctl.methods.plan import make_plan
+from reidctl.options import not_applicable, read_elsewhere, resolve
+from reidctl.methods.plan import field_names, make_plan, owners
 from reidctl.methods.prelude import Prelude
-from reidctl.methods.registry import METHODS
 from reidctl.train.contract import Batch, EpochData, TrainingMethod, TrainParams
 
-__all__ = ["Batch", "EpochData", "Method", "NoOptions", "PairArray", "Refined", "Routed", "RunDefaults", "TrainParams",
+__all__ = ["Batch", "EpochData", "Method", "NoOptions", "PairArray", "Refined", "RunDefaults", "TrainParams",
            "TrainingMethod"]
 
 
@@ -85,17 +83,6 @@ class RunDefaults:
 @dataclass
 class NoOptions:
     """The refine options of a method whose ``refine`` has none (labels pass through)."""
-
-
-@dataclass
-class Routed:
-    """A flat mapping of given options, split by the stage each one belongs to."""
-
-    cluster: dict[str, Any] = field(default_factory=dict)
-    refine: dict[str, Any] = field(default_factory=dict)
-    train: dict[str, Any] = field(default_factory=dict)
-    preludes: dict[str, dict[str, Any]] = field(default_factory=dict)  # prelude name → its options
-    given: dict[str, str] = field(default_factory=dict)  # prelude name → a ready-made output file
 
 
 #: The model settings a method may set its own default for (CC's values).
@@ -179,16 +166,10 @@ class Method(TrainingMethod):
     @classmethod
     def refuse_foreign(cls, options: Mapping[str, Any]) -> None:
         """Refuse training options this method does not have, naming the method they belong to."""
-        bad = [k for k in options if k not in _field_names(cls.Params)]
+        bad = [k for k in options if k not in field_names(cls.Params)]
         if bad:
-            raise not_applicable(bad, f"--method {cls.name}", _owners(bad, lambda m: _field_names(m.Params)))
+            raise not_applicable(bad, f"--method {cls.name}", owners(bad, lambda m: field_names(m.Params)))
         read_elsewhere(cls.Params, options, "train", "`train-epoch`")
-
-    @classmethod
-    def read_by_training(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The training options that training reads (``loop`` routes an option such as NCPLR's
-        ``lambda1``, declared with the training's but read by the clustering, to both)."""
-        return {k: v for k, v in options.items() if reads(cls.Params, k, "train")}
 
     # ---- refine
 
@@ -204,62 +185,3 @@ class Method(TrainingMethod):
         """The ``refine`` stage: features + clustering labels → refined labels. Default: unchanged."""
         cls.refine_options(options)
         return Refined(np.asarray(labels, dtype=np.int32))
-
-    # ---- options
-
-    @classmethod
-    def route(cls, options: Mapping[str, Any], *, loop: bool = True) -> Routed:
-        """Split a flat mapping of given options (``None`` = not given) by stage, as ``loop``
-        takes them (``loop=False``: as ``refine`` does): clustering, refine, training, each
-        prelude's (``<prelude>_<option>``) and ready-made prelude outputs (``<feeds>``).
-
-        An option that belongs to no stage of this method is a user error naming it."""
-        routed = Routed()
-        stage_of = cls.option_stages(loop=loop)
-        bad = []
-        for key, value in options.items():
-            if value is None:
-                continue
-            if key not in stage_of:
-                bad.append(key)
-                continue
-            stage, name = stage_of[key]
-            if stage in ("cluster", "refine", "train"):
-                getattr(routed, stage)[name] = value
-            elif stage == "given":
-                routed.given[name] = str(value)
-            else:
-                routed.preludes.setdefault(stage, {})[name] = value
-        if bad:
-            raise not_applicable(bad, f"--method {cls.name}", _owners(bad, lambda m: m.option_stages(loop=loop)))
-        return routed
-
-    @classmethod
-    def option_stages(cls, *, loop: bool = True) -> dict[str, tuple[str, str]]:
-        """Option key → (stage, field) for every option this method takes (``loop`` or not)."""
-        stages: dict[str, tuple[str, str]] = {}
-        if cls.clusters:
-            stages.update({n: ("cluster", n) for n, _, _ in option_fields(ClusterParams)})
-        if cls.clusters or not loop:  # a method that does not cluster has no refine stage in `loop`
-            fed = {p.feeds: p.name for p in cls.preludes}
-            for n, _, info in option_fields(cls.RefineOptions):
-                if loop and n in fed:
-                    stages[n] = ("given", fed[n])
-                elif info.loop or not loop:
-                    stages[n] = ("refine", n)
-        if loop:  # `refine` takes no training options (a name both have, as MAR's --scale, is refine's there)
-            stages.update({n: ("train", n) for n, _, _ in option_fields(cls.Params)})
-            for p in cls.preludes:
-                stages.update({f"{p.name}_{n}": (p.name, n) for n, _, info in option_fields(p.Options) if info.loop})
-        return stages
-
-
-def _field_names(cls: type) -> set[str]:
-    """The option names of an options dataclass (inherited fields it marks unused left out)."""
-    return {name for name, _, _ in option_fields(cls)}
-
-
-def _owners(keys: list[str], options_of: Callable[[type[Method]], Iterable[str]]) -> str:
-    """" (an option of icrefine)" for options another registered method takes, else ""."""
-    owners = sorted({m.name for m in METHODS.values() for k in keys if k in options_of(m)})
-    return f" (an option of {', '.join(owners)})" if owners else ""

@@ -12,11 +12,12 @@ it; nothing downstream routes or resolves an option again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from reidctl.cluster.clustering import ClusterParams
 from reidctl.errors import ReidctlError
-from reidctl.options import flag_of
+from reidctl.methods.registry import METHODS
+from reidctl.options import flag_of, not_applicable, option_fields, reads
 
 if TYPE_CHECKING:
     from reidctl.methods.base import Method
@@ -73,7 +74,7 @@ def make_plan(method: type[Method], options: Mapping[str, Any], *, n_samples: in
     schedule length follows ``epochs``); ``checkpoint``: the file epoch 0 starts from, which
     replaces a prelude that makes the starting model. An option no stage of the method reads,
     another method's option, and every bad value are refused here, in one line."""
-    routed = method.route(options)
+    routed = route(method, options)
     for name, value in method.train_context.items():
         routed.train.setdefault(name, (context or {})[value])
     train = method.resolve_params(None, routed.train)
@@ -90,7 +91,7 @@ def make_plan(method: type[Method], options: Mapping[str, Any], *, n_samples: in
             given[p.feeds] = str(checkpoint)
     preludes = {p.name: _prelude_options(p, routed.preludes.get(p.name, {}), routed.train, given)
                 for p in method.preludes}
-    return Plan(method, cluster, dict(routed.refine), train, method.read_by_training(routed.train), preludes, given)
+    return Plan(method, cluster, dict(routed.refine), train, read_by_training(method, routed.train), preludes, given)
 
 
 def _prelude_options(prelude: Prelude, options: Mapping[str, Any], train: Mapping[str, Any],
@@ -104,3 +105,77 @@ def _prelude_options(prelude: Prelude, options: Mapping[str, Any], train: Mappin
                                "do not apply with it")
         return None
     return prelude.resolve(options, train)
+
+
+@dataclass
+class Routed:
+    """A flat mapping of given options, split by the stage each one belongs to."""
+
+    cluster: dict[str, Any] = field(default_factory=dict)
+    refine: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    preludes: dict[str, dict[str, Any]] = field(default_factory=dict)  # prelude name → its options
+    given: dict[str, str] = field(default_factory=dict)  # prelude name → a ready-made output file
+
+
+def route(method: type[Method], options: Mapping[str, Any], *, loop: bool = True) -> Routed:
+    """Split a flat mapping of given options (``None`` = not given) by stage, as ``loop`` takes
+    them (``loop=False``: as ``refine`` does): clustering, refine, training, each prelude's
+    (``<prelude>_<option>``) and ready-made prelude outputs (``<feeds>``).
+
+    An option that belongs to no stage of this method is a user error naming it."""
+    routed = Routed()
+    stage_of = option_stages(method, loop=loop)
+    bad = []
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in stage_of:
+            bad.append(key)
+            continue
+        stage, name = stage_of[key]
+        if stage in ("cluster", "refine", "train"):
+            getattr(routed, stage)[name] = value
+        elif stage == "given":
+            routed.given[name] = str(value)
+        else:
+            routed.preludes.setdefault(stage, {})[name] = value
+    if bad:
+        raise not_applicable(bad, f"--method {method.name}", owners(bad, lambda m: option_stages(m, loop=loop)))
+    return routed
+
+
+def option_stages(method: type[Method], *, loop: bool = True) -> dict[str, tuple[str, str]]:
+    """Option key → (stage, field) for every option ``method`` takes (in ``loop`` or not)."""
+    stages: dict[str, tuple[str, str]] = {}
+    if method.clusters:
+        stages.update({n: ("cluster", n) for n, _, _ in option_fields(ClusterParams)})
+    if method.clusters or not loop:  # a method that does not cluster has no refine stage in `loop`
+        fed = {p.feeds: p.name for p in method.preludes}
+        for n, _, info in option_fields(method.RefineOptions):
+            if loop and n in fed:
+                stages[n] = ("given", fed[n])
+            elif info.loop or not loop:
+                stages[n] = ("refine", n)
+    if loop:  # `refine` takes no training options (a name both have, as MAR's --scale, is refine's there)
+        stages.update({n: ("train", n) for n, _, _ in option_fields(method.Params)})
+        for p in method.preludes:
+            stages.update({f"{p.name}_{n}": (p.name, n) for n, _, info in option_fields(p.Options) if info.loop})
+    return stages
+
+
+def read_by_training(method: type[Method], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The training options that training reads (``loop`` routes an option such as NCPLR's
+    ``lambda1``, declared with the training's but read by the clustering, to both)."""
+    return {k: v for k, v in options.items() if reads(method.Params, k, "train")}
+
+
+def field_names(cls: type) -> set[str]:
+    """The option names of an options dataclass (inherited fields it marks unused left out)."""
+    return {name for name, _, _ in option_fields(cls)}
+
+
+def owners(keys: list[str], options_of: Callable[[type[Method]], Iterable[str]]) -> str:
+    """" (an option of icrefine)" for options another registered method takes, else ""."""
+    names = sorted({m.name for m in METHODS.values() for k in keys if k in options_of(m)})
+    return f" (an option of {', '.join(names)})" if names else ""
