@@ -10,6 +10,7 @@ and is not rewritten by a refused run (reliability defect 9).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -46,7 +47,7 @@ def init_best(data, tmp_path_factory) -> Path:
 
     def evaluate(path, **kw):
         result = real(path, **kw)
-        return {**result, "mAP": 0.9 if "epoch_init" in str(path) else 0.1}
+        return dataclasses.replace(result, mAP=0.9 if "epoch_init" in str(path) else 0.1)
 
     run = tmp_path_factory.mktemp("init_best") / "run"
     with pytest.MonkeyPatch.context() as patch:

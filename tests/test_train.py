@@ -322,7 +322,7 @@ def test_checkpoint_round_trip_continues_exactly(labelled, tmp_path):
     # two epochs of two iterations through checkpoints ...
     r0 = run_train_epoch(_request(market, labels_path, feats_path), tmp_path / "e0.pt")
     r1 = run_train_epoch(_request(market, labels_path, feats_path, checkpoint=tmp_path / "e0.pt"), tmp_path / "e1.pt")
-    assert (r0["epoch"], r1["epoch"]) == (0, 1) and r0["iterations"] == 2
+    assert (r0.stats.epoch, r1.stats.epoch) == (0, 1) and r0.stats.iterations == 2
     # ... equal four iterations straight in one session
     req = _request(market, labels_path, feats_path)
     session, _ = open_session(req, torch.device("cpu"))
@@ -334,7 +334,7 @@ def test_checkpoint_round_trip_continues_exactly(labelled, tmp_path):
     data = prepare_epoch(lab, np.array([s.camid for s in ds.train]), feats)
     samples = [ds.train[i] for i in data.rows]
     losses = [train_epoch(session, samples, data, workers=0, deterministic=True).loss for _ in range(2)]
-    assert losses == [r0["loss"], r1["loss"]]
+    assert losses == [r0.stats.loss, r1.stats.loss]
     saved = load_checkpoint(tmp_path / "e1.pt")
     for k, v in session.model.state_dict().items():
         assert torch.equal(v, saved["model"][k]), k
@@ -366,7 +366,7 @@ def test_lr_follows_step_schedule(labelled, tmp_path):
     market, labels_path, feats_path = labelled
     over = {"iters": 1, "batch_size": 8, "num_instances": 4, "bn_chunks": 1, "step_size": 2, "gamma": 0.5}
     r = run_train_epoch(_request(market, labels_path, feats_path, overrides=over, epoch=4), tmp_path / "e4.pt")
-    assert r["lr"] == pytest.approx(3.5e-4 * 0.25)
+    assert r.stats.lr == pytest.approx(3.5e-4 * 0.25)
     assert load_checkpoint(tmp_path / "e4.pt")["optimizer"]["param_groups"][0]["weight_decay"] == 5e-4
 
 

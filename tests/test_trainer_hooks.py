@@ -179,12 +179,12 @@ def test_toy_state_lies_beside_the_checkpoint_and_continues(toy, source, target,
                         torch.device("cpu"))[0].method.visits.sum() == 16  # reloaded on resume
 
     r1 = run_train_epoch(request(target, tmp_path, source, checkpoint=tmp_path / "e0.pt"), tmp_path / "e1.pt")
-    assert (r0["iterations"], r1["iterations"]) == (2, 2) and r1["lr"] == pytest.approx(LR * DECAY ** 2)
+    assert (r0.stats.iterations, r1.stats.iterations) == (2, 2) and r1.stats.lr == pytest.approx(LR * DECAY ** 2)
     # the same two epochs in one session: the memory continued exactly through the state file
     session, _ = open_session(request(target, tmp_path, source), torch.device("cpu"))
     samples, data = epoch_inputs(target, tmp_path)
     losses = [train_epoch(session, samples, data, workers=0, deterministic=True).loss for _ in range(2)]
-    assert losses == [r0["loss"], r1["loss"]]
+    assert losses == [r0.stats.loss, r1.stats.loss]
     memory1, _ = read_method_state(tmp_path / "e1.state.h5")
     assert memory1["visits"].sum() == 32
     assert np.array_equal(memory1["memory"], session.method.memory)

@@ -26,9 +26,10 @@ def cluster(
 ) -> None:
     """Cluster features into pseudo identities on the k-reciprocal Jaccard distance."""
     params = resolve(ClusterParams, {**options, "device": run["device"]}, what="`cluster`")
-    summary = run_cluster(features, out, params, seed=run["seed"], force=run["force"])
-    if summary.get("rank", 0) != 0:
+    result = run_cluster(features, out, params, seed=run["seed"], force=run["force"])
+    if result.rank != 0:
         return  # under torchrun rank 0 alone reports
+    summary = result.to_json()
     if run["json"]:
         print_json(summary)
         return

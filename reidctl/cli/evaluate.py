@@ -58,19 +58,20 @@ def evaluate(
         spec.check_given(given)
         result = evaluate_model(spec, data, dataset, ap=ap, rerank=rerank, pairs=pairs, runtime=runtime_of(run),
                                 sheet=worst)
-        source = f"{checkpoint or 'a fresh ' + spec.arch + ' (' + result['init'] + ')'} on {data}"
+        source = f"{checkpoint or 'a fresh ' + spec.arch + ' (' + result.init + ')'} on {data}"
     else:
         raise ReidctlError("nothing to evaluate: give a features file, or --data (with --checkpoint, or a fresh model)")
     if run["json"]:
-        print_json(result)
+        print_json(result.to_json())
         return
-    table = Table(title=f"{source} — {result['queries']} queries × {result['gallery']} gallery, "
+    table = Table(title=f"{source} — {result.queries} queries × {result.gallery} gallery, "
                   f"AP {ap}{', re-ranked' if rerank else ''}, pairs {pairs}", title_justify="left")
     other = "trapezoid" if ap == "sklearn" else "sklearn"
     for col in ("mAP %", f"mAP ({other} AP) %", "rank-1 %", "rank-5 %", "rank-10 %", "mINP %"):
         table.add_column(col, justify="right")
-    table.add_row(*(f"{100 * result[k]:.2f}" for k in ("mAP", f"mAP_{other}", "rank1", "rank5", "rank10", "mINP")))
+    record = result.to_json()
+    table.add_row(*(f"{100 * record[k]:.2f}" for k in ("mAP", f"mAP_{other}", "rank1", "rank5", "rank10", "mINP")))
     out_console.print(table)
-    if "sheet" in result:
-        err_console.print(f"wrote the {len(result['sheet']['queries'])} worst queries to {result['sheet']['out']}",
+    if result.sheet is not None:
+        err_console.print(f"wrote the {len(result.sheet['queries'])} worst queries to {result.sheet['out']}",
                           highlight=False)

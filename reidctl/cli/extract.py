@@ -32,9 +32,9 @@ def extract(
                          split=split, skip_bad_images=run["skip_bad_images"], force=run["force"])
     result = run_request(ctx, req, run_extract, out)
     if run["json"]:
-        print_json(result)
+        print_json(result.to_json())
     else:
-        msg = f"wrote {result['rows']} × {result['dim']} features ({result['split']}) to {out}"
-        if result["skipped_images"]:
-            msg += f"; skipped {result['skipped_images']} unreadable images"
+        msg = f"wrote {result.rows} × {result.dim} features ({result.split}) to {out}"
+        if result.skipped_images:
+            msg += f"; skipped {result.skipped_images} unreadable images"
         err_console.print(msg, highlight=False)

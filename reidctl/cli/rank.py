@@ -53,12 +53,12 @@ def rank(
                       extraction_flags=flags(ctx, given_options(ctx) & EXTRACTION_OPTIONS))
     req.model.check_given(given_options(ctx))
     ranking, summary = run_rank(req)
+    wrote = {k: v for k, v in (("out", summary.out), ("sheet", summary.sheet)) if v is not None}
     if run["json"]:
-        print_json({**as_json(ranking), **{k: summary[k] for k in ("out", "sheet") if k in summary}})
+        print_json({**as_json(ranking), **wrote})
     elif out is None:
         sys.stdout.write(csv_text(ranking))
     if not run["json"]:
-        wrote = [f"{summary[k]}" for k in ("out", "sheet") if k in summary]
-        err_console.print(f"ranked {summary['gallery']} gallery images for {summary['queries']} "
-                          f"quer{'y' if summary['queries'] == 1 else 'ies'}"
-                          + (f"; wrote {', '.join(wrote)}" if wrote else ""), highlight=False)
+        err_console.print(f"ranked {summary.gallery} gallery images for {summary.queries} "
+                          f"quer{'y' if summary.queries == 1 else 'ies'}"
+                          + (f"; wrote {', '.join(wrote.values())}" if wrote else ""), highlight=False)

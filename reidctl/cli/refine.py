@@ -35,7 +35,7 @@ def refine(
     if out is None:  # `reidctl refine --method icrefine feats.h5` works as written
         out = features.with_name(f"{features.stem}.{method}.h5")
     summary = run_refine(method, features, out, labels_path=labels, cluster=routed.cluster, options=routed.refine,
-                         **settings(run, "json"))
+                         **settings(run, "json")).to_json()
     if run["json"]:
         print_json(summary)
         return

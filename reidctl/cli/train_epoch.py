@@ -49,11 +49,12 @@ def train_epoch(
     if dist.env_rank() != 0:
         return
     if run["json"]:
-        print_json(result)
+        print_json(result.to_json())
     else:
-        clusters = f" in {result['clusters']} clusters" if get_method(method).clusters else ""
+        stats = result.stats
+        clusters = f" in {stats.clusters} clusters" if get_method(method).clusters else ""
         err_console.print(
-            f"epoch {result['epoch']}: loss {result['loss']:.4f}, {result['iterations']} iterations on "
-            f"{result['images']} images{clusters}, {result['seconds']:.1f} s → {out}",
+            f"epoch {stats.epoch}: loss {stats.loss:.4f}, {stats.iterations} iterations on "
+            f"{stats.images} images{clusters}, {stats.seconds:.1f} s → {out}",
             highlight=False,
         )

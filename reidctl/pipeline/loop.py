@@ -273,7 +273,7 @@ class _Loop:
             req = ExtractRequest(self.model_from(ckpt), self.runtime, data=cfg.data, dataset=cfg.dataset, split=split,
                                  skip_bad_images=cfg.skip_bad_images)
             res = run_extract(req, out)
-            return {k: res[k] for k in ("rows", "dim", "parts", "skipped_images")}
+            return {"rows": res.rows, "dim": res.dim, "parts": res.parts, "skipped_images": res.skipped_images}
 
         images = "train" if split == "train" else "test"
         call = StageCall("extract" if split == "train" else "extract_test", folder, f"{split}.h5", go,
@@ -287,7 +287,7 @@ class _Loop:
         test = self.extract(folder, "test", ckpt, epoch)
 
         def go(out: Path) -> dict[str, Any]:
-            result = evaluate_feature_file(test.path, **EVAL_SETTINGS)  # with mAP_trapezoid beside mAP
+            result = evaluate_feature_file(test.path, **EVAL_SETTINGS).to_json()  # with mAP_trapezoid beside mAP
             write_json(out, result)
             return result
 
@@ -296,7 +296,7 @@ class _Loop:
 
     def cluster(self, folder: str, feats: StageResult, epoch: int) -> StageResult:
         params, seed = self.plan.cluster, self.cfg.runtime.seed
-        call = StageCall("cluster", folder, "labels.h5", lambda out: run_cluster(feats.path, out, params, seed=seed),
+        call = StageCall("cluster", folder, "labels.h5", lambda out: run_cluster(feats.path, out, params, seed=seed).to_json(),
                          options=dataclasses.asdict(params), seed=seed, inputs={"features": feats})
         return self.stage(call, epoch)
 
@@ -312,7 +312,7 @@ class _Loop:
         seed = cfg.runtime.seed + epoch
         call = StageCall("refine", folder, "refined.h5",
                          lambda out: run_refine(cfg.method, feats.path, out, labels_path=clus.path,
-                                                options={**options, **fed}, seed=seed, borrow=True),
+                                                options={**options, **fed}, seed=seed, borrow=True).to_json(),
                          options={"method": cfg.method, **resolved}, seed=seed,
                          inputs={"features": feats, "labels": clus, **preludes})
         return self.stage(call, epoch)
@@ -326,7 +326,7 @@ class _Loop:
                                     labels=ref and ref.path, method=cfg.method, overrides=self.plan.train_given,
                                     features=feats.path, epoch=epoch)
             res = run_train_epoch(req, out)
-            summary = {k: v for k, v in res.items() if k not in ("params", "out")}
+            summary = {k: v for k, v in res.to_json().items() if k not in ("params", "out")}
             return summary | self.pair_quality(out, feats)
 
         call = StageCall("train", folder, "model.pt", go, options={"method": cfg.method, "params": self.train_params},

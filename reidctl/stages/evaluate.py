@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,25 @@ import torch
 from reidctl.artifacts import SHEET, check_output, read_features, read_ground_truth
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
-from reidctl.evaluation.metrics import count_valid_queries, evaluate_features, protocol_masks
-from reidctl.stages.extract import extract_split
-from reidctl.models.spec import ModelSpec
-from reidctl.runtime import Runtime
-from reidctl.progress import callback, progress_bar
-from reidctl.stages.rank import features_model, match_tile, sheet_rows, source_files, under_each
+from reidctl.evaluation.metrics import (
+    count_valid_queries,
+    evaluate_features,
+    protocol_masks,
+)
 from reidctl.evaluation.ranking import Ranking, RankSide, rank_gallery
 from reidctl.evaluation.sheet import draw_sheet
+from reidctl.models.spec import ModelSpec
+from reidctl.progress import callback, progress_bar
+from reidctl.runtime import Runtime
+from reidctl.stages.extract import extract_split
+from reidctl.stages.rank import (
+    features_model,
+    match_tile,
+    sheet_rows,
+    source_files,
+    under_each,
+)
+from reidctl.stages.summary import StageSummary
 
 AP_CHOICES = ("sklearn", "trapezoid")
 PAIRS_CHOICES = ("market", "cross-camera", "same-camera")
@@ -32,15 +44,42 @@ def _check(ap: str, pairs: str) -> None:
         raise ReidctlError(f"--pairs {pairs}: choose one of {', '.join(PAIRS_CHOICES)}")
 
 
-def summarise(result: dict[str, Any], n_query: int, n_gallery: int, **settings: Any) -> dict[str, Any]:
-    """Flatten evaluate_features' result into the record the CLI and the loop log print: ``mAP``
-    with the chosen AP convention and ``mAP_<other>`` with the other one (sklearn, trapezoid)."""
+@dataclass(frozen=True)
+class EvalSummary(StageSummary):
+    """What ``evaluate`` measured: ``mAP`` with the chosen AP convention and ``also`` the other
+    one (``mAP_sklearn`` or ``mAP_trapezoid``), rank-1/5/10 and mINP (fractions), the queries
+    (and how many could be scored) and gallery items, the settings it ran with (``ap``,
+    ``rerank``, ``pairs``), the worst-queries sheet it drew, and how a fresh model started
+    (``init``, when it extracted with one)."""
+
+    mAP: float
+    also: dict[str, float]
+    rank1: float
+    rank5: float
+    rank10: float
+    mINP: float
+    queries: int
+    valid_queries: int
+    gallery: int
+    settings: dict[str, Any]
+    sheet: dict[str, Any] | None = None
+    init: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        record = {"mAP": self.mAP, **self.also, "rank1": self.rank1, "rank5": self.rank5, "rank10": self.rank10,
+                  "mINP": self.mINP, "queries": self.queries, "valid_queries": self.valid_queries,
+                  "gallery": self.gallery, **self.settings}
+        return {**record, **{k: v for k, v in (("sheet", self.sheet), ("init", self.init)) if v is not None}}
+
+
+def summarise(result: dict[str, Any], n_query: int, n_gallery: int, **settings: Any) -> EvalSummary:
+    """evaluate_features' result as the stage's summary: ``mAP`` with the chosen AP convention and
+    ``mAP_<other>`` with the other one (sklearn, trapezoid)."""
     cmc = np.asarray(result["cmc"])
-    rank = {f"rank{k}": float(cmc[k - 1]) if len(cmc) >= k else float("nan") for k in (1, 5, 10)}
+    rank = [float(cmc[k - 1]) if len(cmc) >= k else float("nan") for k in (1, 5, 10)]
     also = {k: float(v) for k, v in result.items() if k.startswith("mAP_")}
-    return {"mAP": float(result["mAP"]), **also, **rank, "mINP": float(result["mINP"]),
-            "queries": n_query, "valid_queries": int(result.get("num_valid_queries", n_query)),
-            "gallery": n_gallery, **settings}
+    return EvalSummary(float(result["mAP"]), also, *rank, float(result["mINP"]), n_query,
+                       int(result.get("num_valid_queries", n_query)), n_gallery, settings)
 
 
 @dataclass
@@ -66,7 +105,7 @@ class WorstSheet:
 def evaluate_arrays(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, split: list[str], *,
                     ap: str = "sklearn", rerank: bool = False, pairs: str = "market", source: str = "",
                     files: list[Path] | None = None, sheet: WorstSheet | None = None,
-                    model: str = "") -> dict[str, Any]:
+                    model: str = "") -> EvalSummary:
     """Evaluate the query rows against the gallery rows of one feature matrix; with ``sheet``,
     also draw the worst queries' rankings from the image ``files`` of the rows (``model``: the
     words its title names the model by)."""
@@ -92,8 +131,8 @@ def evaluate_arrays(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, spl
     if sheet is not None:
         sides = [RankSide(feats[r], [f"row {i}" for i in r], None if files is None else [files[i] for i in r],
                           camids[r], pids[r], source) for r in (q, g)]
-        summary["sheet"] = draw_worst(*sides, result["ap_per_query"], sheet, pairs=pairs, rerank=rerank, ap=ap,
-                                      model=model)
+        drawn = draw_worst(*sides, result["ap_per_query"], sheet, pairs=pairs, rerank=rerank, ap=ap, model=model)
+        summary = dataclasses.replace(summary, sheet=drawn)
     return summary
 
 
@@ -143,7 +182,7 @@ def first_right(match: np.ndarray) -> list[int | None]:
 
 
 def evaluate_feature_file(path: str | Path, *, ap: str = "sklearn", rerank: bool = False,
-                          pairs: str = "market", sheet: WorstSheet | None = None) -> dict[str, Any]:
+                          pairs: str = "market", sheet: WorstSheet | None = None) -> EvalSummary:
     if sheet is not None:
         sheet.check(path)
     feats = read_features(path)
@@ -154,7 +193,7 @@ def evaluate_feature_file(path: str | Path, *, ap: str = "sklearn", rerank: bool
 
 def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap: str = "sklearn",
                    rerank: bool = False, pairs: str = "market", runtime: Runtime = Runtime(),
-                   sheet: WorstSheet | None = None) -> dict[str, Any]:
+                   sheet: WorstSheet | None = None) -> EvalSummary:
     """Extract query + gallery in memory with the model of ``spec`` and evaluate.
 
     Without a checkpoint the model is a fresh one, started as every other command starts it
@@ -171,7 +210,7 @@ def evaluate_model(spec: ModelSpec, data: str, dataset: str | None = None, *, ap
     result = evaluate_arrays(ext.feats, pids, camids, ds.split_of("test"), ap=ap, rerank=rerank, pairs=pairs,
                              source=str(data), files=[s.path for s in rows], sheet=sheet,
                              model=_spec_words(spec, provenance))
-    return {**result, "init": provenance["init"]}
+    return dataclasses.replace(result, init=provenance["init"])
 
 
 def _spec_words(spec: ModelSpec, provenance: dict[str, Any]) -> str:

@@ -4,26 +4,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from reidctl.runtime import dist
 from reidctl.artifacts import FEATURES, check_output, non_finite_rows, write_features
 from reidctl.data.base import SPLIT_CHOICES, Dataset, Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import input_norm
-from reidctl.runtime.device import resolve_device
 from reidctl.errors import ReidctlError
+from reidctl.models.checkpoint import checkpoint_digest
 from reidctl.models.features import Extracted, extract_features
+from reidctl.models.reid import ReidModel
 from reidctl.models.spec import ModelSpec
 from reidctl.models.weights import model_digest
+from reidctl.progress import progress_bar
+from reidctl.runtime import Runtime, dist
+from reidctl.runtime.device import resolve_device
 from reidctl.runtime.precision import DEFAULT_AMP, precision_name
 from reidctl.runtime.processes import check_loader_options
-from reidctl.models.reid import ReidModel
-from reidctl.progress import progress_bar
-from reidctl.models.checkpoint import checkpoint_digest
-from reidctl.runtime import Runtime
+from reidctl.stages.summary import StageSummary
+
+
+@dataclass(frozen=True)
+class ExtractSummary(StageSummary):
+    """What ``extract`` wrote: the features file, the split, its rows and feature sizes, and the
+    unreadable images it skipped (``--skip-bad-images``)."""
+
+    out: str
+    split: str
+    rows: int
+    dim: int
+    parts: int  # part stripes per row (0: global features only)
+    skipped_images: int
+    skipped: list[str]
 
 
 @dataclass
@@ -74,7 +88,7 @@ def check_finite_features(ext: Extracted, rows: Sequence[Sample]) -> None:
                            "forward pass)")
 
 
-def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
+def run_extract(req: ExtractRequest, out: str | Path) -> ExtractSummary:
     """Extract ``req.split`` of ``req.data`` and write a features artifact to ``out``."""
     model_spec, run = req.model, req.runtime
     check_output(out, schema=FEATURES, inputs=(model_spec.checkpoint, model_spec.weights), force=req.force)
@@ -102,7 +116,6 @@ def run_extract(req: ExtractRequest, out: str | Path) -> dict[str, Any]:
             params=params, inputs=inputs, seed=run.seed,
             attrs={"skipped_images": len(ext.bad), "sources": {"data": str(req.data), "dataset": ds.name, "dataset_root": str(ds.root)}},
         )
-    return {"out": str(out), "split": req.split, "rows": len(rows), "dim": int(ext.feats.shape[1]),
-            "parts": 0 if ext.parts is None else int(ext.parts.shape[1]), "skipped_images": len(ext.bad),
-            "skipped": ext.bad}
+    return ExtractSummary(str(out), req.split, len(rows), int(ext.feats.shape[1]),
+                          0 if ext.parts is None else int(ext.parts.shape[1]), len(ext.bad), list(ext.bad))
 

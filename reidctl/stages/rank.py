@@ -16,18 +16,53 @@ from typing import Any
 
 import numpy as np
 
-from reidctl.artifacts import (FEATURES, RANKING_CSV, SHEET, Features, check_output, existing_schema, read_features,
-                               read_ground_truth, same_file)
+from reidctl.artifacts import (
+    FEATURES,
+    RANKING_CSV,
+    SHEET,
+    Features,
+    check_output,
+    existing_schema,
+    read_features,
+    read_ground_truth,
+    same_file,
+)
 from reidctl.data.base import Dataset, Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import Norm, input_norm
 from reidctl.errors import ReidctlError
+from reidctl.evaluation.ranking import (
+    MEASURES,
+    Ranking,
+    RankSide,
+    csv_text,
+    rank_gallery,
+    write_text,
+)
+from reidctl.evaluation.sheet import SheetRow, Tile, draw_sheet, identity_line
 from reidctl.models.spec import ModelSpec
 from reidctl.runtime import Runtime
-from reidctl.evaluation.ranking import MEASURES, Ranking, RankSide, csv_text, rank_gallery, write_text
-from reidctl.evaluation.sheet import SheetRow, Tile, draw_sheet, identity_line
+from reidctl.stages.summary import StageSummary
 
 ROLES = ("query", "gallery")
+
+
+@dataclass(frozen=True)
+class RankSummary(StageSummary):
+    """What ``rank`` did: how many queries and gallery items it ranked and how, and the files it
+    wrote (``out``: the CSV, ``sheet``: the picture, with its size in pixels)."""
+
+    queries: int
+    gallery: int
+    top_k: int
+    rerank: bool
+    cross_camera_only: bool
+    out: str | None = None
+    sheet: str | None = None
+    sheet_size: tuple[int, int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_json().items() if v is not None or k not in ("out", "sheet", "sheet_size")}
 
 
 @dataclass
@@ -64,7 +99,7 @@ class _Images:
     source: str
 
 
-def run_rank(req: RankRequest) -> tuple[Ranking, dict[str, Any]]:
+def run_rank(req: RankRequest) -> tuple[Ranking, RankSummary]:
     """Rank ``req.gallery`` for every row of ``req.query``; write ``req.out`` (CSV) and
     ``req.sheet`` (PNG) when given. Returns the ranking and a summary of what was done."""
     if req.queries < 1:
@@ -83,17 +118,17 @@ def run_rank(req: RankRequest) -> tuple[Ranking, dict[str, Any]]:
                            f"{_describe(g)}); extract both with the same model")
     ranking = rank_gallery(sides["query"], sides["gallery"], req.top_k, rerank=req.rerank,
                            cross_camera_only=req.cross_camera_only, same_image=req.same_image, device=req.runtime.device)
-    summary = {"queries": len(ranking.query), "gallery": len(ranking.gallery), "top_k": req.top_k,
-               "rerank": req.rerank, "cross_camera_only": req.cross_camera_only}
+    written: dict[str, Any] = {}
     if req.out is not None:
         write_text(csv_text(ranking), req.out)
-        summary["out"] = str(req.out)
+        written["out"] = str(req.out)
     if req.sheet is not None:
         shown = min(req.queries, len(ranking.query))
         title = sheet_title(req, ranking, shown, model_words(req, raw))
         layout = draw_sheet(sheet_rows(ranking, np.arange(shown)), req.sheet, title)
-        summary["sheet"], summary["sheet_size"] = str(req.sheet), layout.size
-    return ranking, summary
+        written.update(sheet=str(req.sheet), sheet_size=layout.size)
+    return ranking, RankSummary(len(ranking.query), len(ranking.gallery), req.top_k, req.rerank,
+                                req.cross_camera_only, **written)
 
 
 def check_rank_outputs(req: RankRequest) -> None:
@@ -177,11 +212,11 @@ def source_files(feats: Features) -> list[Path] | None:
 
 
 def _extract_side(model: Any, side: _Images, norm: Norm, req: RankRequest) -> RankSide:
+    from reidctl.models.features import extract_features
+    from reidctl.progress import progress_bar
     from reidctl.runtime.device import resolve_device
     from reidctl.runtime.processes import check_loader_options
     from reidctl.stages.extract import check_finite_features
-    from reidctl.models.features import extract_features
-    from reidctl.progress import progress_bar
 
     check_loader_options(req.runtime.extract_batch_size, req.runtime.workers)
     with progress_bar(f"extract {side.source}", len(side.samples), unit="img") as advance:

@@ -7,19 +7,48 @@ default clustering runs first (its official command's settings).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from reidctl.artifacts import LABELS, check_output, read_features, read_ground_truth, read_labels, write_labels
+from reidctl.artifacts import (
+    LABELS,
+    check_output,
+    read_features,
+    read_ground_truth,
+    read_labels,
+    write_labels,
+)
 from reidctl.cluster.algorithms import distance_names
+from reidctl.cluster.clustering import cluster_features, size_choices
 from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.report import labels_report
-from reidctl.cluster.clustering import size_choices, cluster_features
 from reidctl.errors import ReidctlError, naming
 from reidctl.methods import get_method
 from reidctl.methods.plan import cluster_params
+from reidctl.stages.summary import StageSummary
+
+
+@dataclass(frozen=True)
+class RefineSummary(StageSummary):
+    """What ``refine`` did: the method and rows, what the clustering chose for the data's size
+    (``search``, when this stage clustered), the method's own figures (``figures``: icrefine's
+    discarded rows, NCPLR's neighbour pairs, MAR's agreement pairs ...), the refined labels'
+    report, and the precision of the pairs the method claims show one person (where ground truth
+    is known)."""
+
+    method: str
+    rows: int
+    search: dict[str, Any]
+    figures: dict[str, Any]
+    labels: dict[str, Any]
+    pair_quality: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        record = {"method": self.method, "rows": self.rows, **self.search, **self.figures, **self.labels}
+        return record if self.pair_quality is None else {**record, "pair_quality": self.pair_quality}
 
 
 def run_refine(
@@ -33,7 +62,7 @@ def run_refine(
     seed: int = 1,
     force: bool = False,
     borrow: bool = False,
-) -> dict[str, Any]:
+) -> RefineSummary:
     """Refine the labels of ``labels_path`` (or of the method's default clustering) and write ``out``
     (never over one of its inputs, nor over a file other than a labels artifact unless ``force``).
 
@@ -73,15 +102,15 @@ def run_refine(
         raise naming(features_path, exc) from None
     new_labels = np.asarray(refined.labels, dtype=np.int32)
     truth = read_ground_truth(features_path)
-    summary: dict[str, Any] = {"method": method, "rows": len(new_labels), **searched, **refined.summary,
-                               **labels_report(new_labels, fe.camids, truth)}
-    if refined.pairs is not None and truth is not None:
-        summary["pair_quality"] = pair_precision(refined.pairs, truth)
+    summary = RefineSummary(method, len(new_labels), searched, dict(refined.summary),
+                            labels_report(new_labels, fe.camids, truth),
+                            pair_precision(refined.pairs, truth) if refined.pairs is not None and truth is not None
+                            else None)
     kept = {k: v for k, v in extra.items() if k in ("knn_index", "knn_dist", *distance_names())}
     write_labels(
         out, new_labels, paths=fe.paths, extra={**kept, **refined.extra},
         params={"stage": "refine", "method": method, **cluster_info, "options": refined.options},
-        inputs=inputs, seed=seed, attrs={"summary": summary, **refined.attrs,
+        inputs=inputs, seed=seed, attrs={"summary": summary.to_json(), **refined.attrs,
                                          "sources": {"features": str(features_path), "labels": str(labels_path)}},
         borrow_from=given if borrow else None,
     )

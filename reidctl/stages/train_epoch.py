@@ -15,23 +15,59 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from reidctl.runtime import dist
-from reidctl.artifacts import METHOD_STATE, check_output, check_rows, read_features, read_labels
+from reidctl.artifacts import (
+    METHOD_STATE,
+    check_output,
+    check_rows,
+    read_features,
+    read_labels,
+)
 from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import input_norm
-from reidctl.runtime.device import resolve_device
 from reidctl.errors import ArtifactError, ReidctlError
-from reidctl.runtime.processes import check_loader_options
-from reidctl.models.spec import ModelSpec
-from reidctl.models.features import extract_features
 from reidctl.methods import get_method
+from reidctl.models.checkpoint import (
+    CHECKPOINT_SCHEMA,
+    load_checkpoint,
+    method_arrays_path,
+)
+from reidctl.models.features import extract_features
 from reidctl.models.reid import ReidModel
+from reidctl.models.spec import ModelSpec
 from reidctl.models.weights import init_description
-from reidctl.runtime import Runtime
 from reidctl.progress import progress_bar
-from reidctl.models.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint, method_arrays_path
-from reidctl.train.trainer import TrainSession, prepare_determinism, prepare_epoch, resume, train_epoch
+from reidctl.runtime import Runtime, dist
+from reidctl.runtime.device import resolve_device
+from reidctl.runtime.processes import check_loader_options
+from reidctl.stages.summary import StageSummary
+from reidctl.train.trainer import (
+    EpochStats,
+    TrainSession,
+    prepare_determinism,
+    prepare_epoch,
+    resume,
+    train_epoch,
+)
+
+
+@dataclass(frozen=True)
+class TrainEpochSummary(StageSummary):
+    """What one training epoch did: the checkpoint, the epoch's statistics (loss, rate, steps,
+    the method's logged figures ...), the rows trained on and the parameters it ran with."""
+
+    out: str
+    method: str
+    stats: EpochStats
+    outliers: int  # rows of the labels left out (−1)
+    rows: int  # train images the labels cover
+    train_images_not_in_labels: int
+    params: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": self.out, "method": self.method, **self.stats.to_dict(), "outliers": self.outliers,
+                "rows": self.rows, "train_images_not_in_labels": self.train_images_not_in_labels,
+                "params": self.params}
 
 
 @dataclass
@@ -142,7 +178,7 @@ def check_state_output(arrays: Mapping[str, Any], req: TrainEpochRequest, out: s
     check_output(method_arrays_path(out), schema=METHOD_STATE, inputs=inputs, force=req.force)
 
 
-def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
+def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummary:
     """Train one epoch and write the checkpoint ``out``; returns the epoch's summary."""
     method_cls = get_method(req.method)
     method_cls.refuse_foreign(req.overrides)  # another method's options fail before any work
@@ -198,8 +234,5 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> dict[str, Any]:
                 "inputs": {"labels": rows.digest, "features": feats_digest},
             })
         dist.barrier()
-    return {
-        "out": str(out), "method": req.method, **stats.to_dict(),
-        "outliers": int(np.sum(labels < 0)), "rows": len(train),
-        "train_images_not_in_labels": len(ds.train) - len(train), "params": session.params.to_dict(),
-    }
+    return TrainEpochSummary(str(out), req.method, stats, int(np.sum(labels < 0)), len(train),
+                             len(ds.train) - len(train), session.params.to_dict())
