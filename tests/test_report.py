@@ -112,6 +112,21 @@ def test_series_are_read_per_epoch_in_percent(tmp_path):
     assert table[2]["loss"] == pytest.approx(1.25) and table[2]["iterations"] == 2
 
 
+def test_a_methods_own_figures_are_columns_of_its_runs_only(tmp_path):
+    """MAR declares its mined pairs (``PairArray``): the report shows them, in MAR's words,
+    without naming MAR anywhere in the report's code; a CC run has no such column."""
+    root = mar_run(tmp_path / "mar")
+    summary = json.loads((root / "summary.json").read_text())
+    summary["epochs"][1]["train"]["mined_pairs_quality"] = {"pairs": 40, "judged": 40, "precision": 0.75}
+    (root / "summary.json").write_text(json.dumps(summary))
+    run = read_run(root)
+    assert [c.header for c in run.columns[-2:]] == ["mined positive pairs", "mined positive pairs: one person %"]
+    table = run.table()
+    assert table[1]["mined_pairs_pairs"] == 40 and table[1]["mined_pairs_precision"] == pytest.approx(75.0)
+    assert table[0]["mined_pairs_pairs"] is None  # the initial evaluation trained nothing
+    assert "mined_pairs_pairs" not in read_run(cc_run(tmp_path / "cc")).table()[1]
+
+
 def test_step_losses_are_concatenated_over_epochs(tmp_path):
     curve = read_run(cc_run(tmp_path / "cc")).loss
     assert curve.iteration == [0, 1, 2, 3, 4]

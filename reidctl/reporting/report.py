@@ -125,6 +125,8 @@ class RunRecord:
     loss: LossCurve
     clusters: bool  # the method has a cluster stage (MAR has none)
     notes: list[str] = field(default_factory=list)  # what the reader should know (a stale summary)
+    #: The table's columns: :data:`COLUMNS` and the method's own figures (:func:`method_columns`).
+    columns: tuple[Column, ...] = COLUMNS
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(x, values) of one column over the epochs that measured it (x of init = :data:`INIT_X`)."""
@@ -148,7 +150,8 @@ def read_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
     root = Path(path)
     summary = _read_summary(root)
     records = summary.epochs
-    rows = [EpochRow(rec.epoch, _values(rec)) for rec in records]
+    columns = COLUMNS + method_columns(summary.method)
+    rows = [EpochRow(rec.epoch, _values(rec, columns)) for rec in records]
     clusters = any(rec.labels is not None for rec in records)
     try:
         loss = loss_curve(records)
@@ -156,7 +159,7 @@ def read_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
         raise ReidctlError(f"{root / 'summary.json'}: a train record's step_losses are not a list of numbers") from None
     note = stale_summary_note(root, summary)
     return RunRecord(path=root, label=label or _name(root), method=summary.method,
-                     rows=rows, loss=loss, clusters=clusters, notes=[note] if note else [])
+                     rows=rows, loss=loss, clusters=clusters, notes=[note] if note else [], columns=columns)
 
 
 def stale_summary_note(root: Path, summary: RunSummary) -> str | None:
@@ -224,9 +227,25 @@ def _read_summary(root: Path) -> RunSummary:
     return summary
 
 
-def _values(rec: EpochRecord) -> dict[str, float | int | None]:
+def method_columns(method: str) -> tuple[Column, ...]:
+    """The columns of a method's own per-epoch figures, as the method declares them (its scored
+    pair arrays: MAR's mined pairs and their precision); none for a method this reidctl does
+    not know (a summary of a plug-in that is not installed)."""
+    from reidctl.methods import METHODS  # (only to read a run: the report's import stays light)
+    from reidctl.methods.base import pair_key
+
+    declared = METHODS.get(method)
+    if declared is None:
+        return ()
+    return tuple(col for array in declared.pair_arrays for col in (
+        Column(f"{array.name}_pairs", array.label, ("train", pair_key(array.name), "pairs"), integer=True),
+        Column(f"{array.name}_precision", f"{array.label}: one person %", ("train", pair_key(array.name), "precision"),
+               percent=True)))
+
+
+def _values(rec: EpochRecord, columns: Sequence[Column] = COLUMNS) -> dict[str, float | int | None]:
     values: dict[str, float | int | None] = {}
-    for col in COLUMNS:
+    for col in columns:
         head, *rest = col.source
         value = _dig(rec.stage(head), rest)
         values[col.key] = None if value is None else (
@@ -335,9 +354,9 @@ def _html_table(run: RunRecord) -> str:
     note = {"per-epoch mean": " (no per-iteration losses recorded)", "mixed": " (some epochs without "
             "per-iteration losses)"}.get(run.loss.kind, "")
     caption = f"{run.label} — {run.method}, {run.path}{note}"
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("epoch", *(c.header for c in COLUMNS)))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("epoch", *(c.header for c in run.columns)))
     body = "".join("<tr><td>" + html.escape(str(r.epoch)) + "</td>"
-                   + "".join(f"<td>{format_cell(c, r.values[c.key])}</td>" for c in COLUMNS) + "</tr>"
+                   + "".join(f"<td>{format_cell(c, r.values[c.key])}</td>" for c in run.columns) + "</tr>"
                    for r in run.rows)
     return (f"<table class=\"epochs\"><caption>{html.escape(caption)}</caption>"
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
