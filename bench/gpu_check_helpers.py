@@ -205,7 +205,7 @@ def cmd_amp(mode: str, device: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = colour_market(Path(tmp) / "market", train_ids=6, test_ids=2, per_camera=4, cams=2)
         ds = load_dataset(root)
-        req = TrainEpochRequest(ModelSpec(arch="resnet18", height=64, width=32),
+        req = TrainEpochRequest(ModelSpec(arch="resnet18", height=64, width=32, pretrained="none"),  # offline
                                 Runtime(workers=0, device=device, amp=mode), data=str(root), overrides={"iters": 4, "batch_size": 16, "num_instances": 4,
                                                      "bn_chunks": 2})
         session, _ = open_session(req, dev)
