@@ -42,8 +42,8 @@ T_THROUGHPUT_AMP=55
 T_METHODS=10            # listing the registry (not a check; counted against the deadline)
 
 # The tiny loop settings of tests/pins.py (which tests/test_pins.py runs on the CPU).
-LOOP_COMMON=(--data synthetic:tiny --arch resnet18 --height 64 --width 32 --bn-chunks 2 --epochs 2 --eval-every 1
-             --workers 2 --json)
+LOOP_COMMON=(--data synthetic:tiny --arch resnet18 --pretrained none --height 64 --width 32 --bn-chunks 2 --epochs 2
+             --eval-every 1 --workers 2 --json)  # random weights: the GPU machine is offline
 LOOP_CLUSTERING=(--k1 6 --k2 2 --min-samples 3 --iters 2 --batch-size 8 --num-instances 4)
 # pytest -k expression: the tests that need (or behave differently with) CUDA. Tests that need a
 # GPU are skipped with "needs a CUDA device" / "needs faiss-gpu and a GPU" (tests/test_search.py);
@@ -118,12 +118,12 @@ check_torchrun() {
     run_step "reidctl synth" "$PY" -m reidctl synth "$d/data" --ids 16 --cams 2 --seed 0 --height 64 --width 32 \
         --workers 2 || return 1
     run_step "reidctl extract" "$PY" -m reidctl extract --data "$d/data" --split train --arch resnet18 \
-        --height 64 --width 32 --workers 2 --device "$DEV" --out "$d/feats.h5" --json || return 1
+        --pretrained none --height 64 --width 32 --workers 2 --device "$DEV" --out "$d/feats.h5" --json || return 1
     run_step "reidctl cluster" "$PY" -m reidctl cluster "$d/feats.h5" --out "$d/labels.h5" --k1 6 --k2 2 \
         --eps 0.5 --min-samples 3 --device "$DEV" --json || return 1
     run_step "torchrun train-epoch" "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
         -m reidctl train-epoch --data "$d/data" --labels "$d/labels.h5" --out "$d/ddp.pt" --arch resnet18 \
-        --height 64 --width 32 --workers 2 --device "$DEV" --iters 2 --batch-size 8 --num-instances 4 \
+        --pretrained none --height 64 --width 32 --workers 2 --device "$DEV" --iters 2 --batch-size 8 --num-instances 4 \
         --bn-chunks 2 --json >"$d/train.json"
     rc=$?
     cat "$d/train.json"
