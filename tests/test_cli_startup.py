@@ -63,12 +63,15 @@ OWN_MEANING = {"--batch-size": {"intra-camera", "pretrain", "train-epoch", "loop
 
 def test_shared_options_have_one_help_and_one_default():
     """Every command that has a run option (--workers, --device, --amp, --seed, --json ...) takes it
-    from the one declaration in reidctl.cli.options.Runtime: same help text, same default."""
+    from its one declaration, the library's reidctl.runtime.Runtime or the command line's own
+    reidctl.cli.options.CommandOptions: same help text, same default."""
     from reidctl.cli import app
-    from reidctl.cli.options import Runtime
+    from reidctl.cli.options import CommandOptions
     from reidctl.options import flag_of, option_fields
+    from reidctl.runtime import Runtime
 
-    shared = {flag_of(name): (info.help, getattr(Runtime(), name)) for name, _, info in option_fields(Runtime)}
+    shared = {flag_of(name): (info.help, getattr(cls(), name))
+              for cls in (Runtime, CommandOptions) for name, _, info in option_fields(cls)}
     group = typer.main.get_command(app)
     checked = 0
     for cmd_name, cmd in group.commands.items():
