@@ -116,7 +116,7 @@ check_torchrun() {
     rm -rf "$d" && mkdir -p "$d"
     # inputs as tests/test_train.py::test_torchrun_two_processes has them: a dataset and labels
     run_step "reidctl synth" "$PY" -m reidctl synth "$d/data" --ids 16 --cams 2 --seed 0 --height 64 --width 32 \
-        --workers 2 || return 1
+        --jobs 2 || return 1
     run_step "reidctl extract" "$PY" -m reidctl extract --data "$d/data" --split train --arch resnet18 \
         --pretrained none --height 64 --width 32 --workers 2 --device "$DEV" --out "$d/feats.h5" --json || return 1
     run_step "reidctl cluster" "$PY" -m reidctl cluster "$d/feats.h5" --out "$d/labels.h5" --k1 6 --k2 2 \
