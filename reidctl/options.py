@@ -5,7 +5,7 @@ of a dataclass whose default is the official value; its help text and command-li
 in the field's metadata, written with :func:`option`. A subclass may change a default with a plain
 ``iters: int = 400``: the help is looked up along the class hierarchy. Commands build their flags
 from these declarations (:mod:`reidctl.cli.method_options`) and methods route a flat mapping of
-given options to their stages (:meth:`reidctl.methods.base.Method.route`), so no option is
+given options to their stages (:func:`reidctl.methods.plan.route`), so no option is
 spelled out twice.
 """
 
@@ -148,8 +148,8 @@ def read_elsewhere(cls: type, given: Mapping[str, Any], stage: str, command: str
     ``reads`` names other stages), naming the stage that does: a flag that changes nothing in
     ``command`` is an error, not a silent no-op."""
     for name in given:
-        info = option_info(cls, name)
         if not reads(cls, name, stage):
+            info = option_info(cls, name)
             stages = " and ".join(info.reads)
             raise ReidctlError(f"{info.flag or flag_of(name)} is read by the {stages} stage, not by {command}: give it "
                                f"to `reidctl loop`, which runs the {stages} stage")

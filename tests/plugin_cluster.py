@@ -34,9 +34,6 @@ class Components(ClusterAlgorithm):
         if not 0 < params.eps < 1:
             raise ReidctlError("--eps must lie in (0, 1) with --algo components")
 
-    def memory(self, n: int, params: Any) -> int:
-        return n * params.k1 * 12
-
     def run(self, feats: np.ndarray, params: Any, *, parts: np.ndarray | None,
             keep: float | None) -> Clustered | None:
         t = time.perf_counter()

@@ -432,3 +432,12 @@ def test_ablation_script_prints_one_row_per_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| run")]
     assert [r.split(" | ")[0] for r in rows] == ["| cc", "| ncplr", "| gl_ncplr", "| gl_ncplr_no_refine"]
+
+
+def test_loop_takes_lambda1_and_hands_it_to_the_clustering(tmp_path):
+    """The loop runs the cluster stage that reads ``--lambda1``: it is accepted there (only a
+    single training epoch refuses it), and sets the distance mixture."""
+    data = colour_market(tmp_path / "data", train_ids=4, test_ids=2)
+    out = run_ok("loop", "--method", "gl-ncplr", "--data", data, "--run-dir", tmp_path / "run", "--lambda1", "0.3",
+                 "--k1", "6", "--k2", "2", "--pretrained", "none", "--dry-run").stdout
+    assert 'branches = "global=0.4,part0=0.3,part1=0.3"' in out and "lambda1 = 0.3" in out

@@ -16,6 +16,7 @@ from typing import Any
 
 from reidctl.cli.commands import COMMANDS, load_commands
 
+
 def __getattr__(name: str) -> Any:
     if name == "app":  # the Typer app with every command registered
         load_commands()

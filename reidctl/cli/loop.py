@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -17,7 +18,7 @@ from reidctl.cli.common import (command, err_console, error, given_options, mult
                                 print_json, runtime_of, warn_single_camera)
 from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
-from reidctl.methods import get_method
+from reidctl.methods import Method, get_method
 from reidctl.pipeline.loop import STAGES, LoopConfig, resolved_config_text, run_loop
 from reidctl.pipeline.records import EpochRecord, RunSummary
 
@@ -65,7 +66,8 @@ def loop(
         rich_help_panel=o.RUN)] = False,
 ) -> None:
     """Extract → cluster → refine → train-epoch each epoch; re-running resumes where it stopped."""
-    spec = ModelSpec(**{**model, **get_method(method).model_settings(model, options)}, checkpoint=checkpoint)
+    method_cls = get_method(method)
+    spec = ModelSpec(**{**model, **method_cls.model_settings(model, options)}, checkpoint=checkpoint)
     spec.check_given(given_options(ctx))
     cfg = LoopConfig(
         data=data, run_dir=run_dir, method=method, epochs=epochs, dataset=dataset, model=spec,
@@ -76,7 +78,8 @@ def loop(
         out_console.print(resolved_config_text(cfg), end="", markup=False, highlight=False, soft_wrap=True)
         return
     quiet = progress.is_quiet()  # --quiet: no line per epoch either, only the table at the end
-    result = run_loop(cfg, on_epoch=None if run["json"] or quiet else lambda rec: _print_epoch(cfg.method, rec), notice=notice)
+    on_epoch = None if run["json"] or quiet else functools.partial(_print_epoch, method_cls)
+    result = run_loop(cfg, on_epoch=on_epoch, notice=notice)
     if run["json"]:
         print_json(result)
     else:
@@ -130,7 +133,7 @@ def _pct(x: Any) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _print_epoch(method: str, rec: EpochRecord) -> None:
+def _print_epoch(method: type[Method], rec: EpochRecord) -> None:
     ref = rec.refine
     msg = f"epoch {rec.epoch}: "
     if ref is not None:
@@ -148,10 +151,10 @@ def _print_epoch(method: str, rec: EpochRecord) -> None:
         warn_single_camera(ref)
 
 
-def _pair_figures(method: str, rec: EpochRecord) -> list[tuple[Any, dict[str, Any]]]:
+def _pair_figures(method: type[Method], rec: EpochRecord) -> list[tuple[Any, dict[str, Any]]]:
     """The pairs the method claims show one person this epoch (its declared pair arrays: MAR's
     mined pairs), where ground truth scored them."""
-    return [(array, score) for array, score in get_method(method).pair_figures(rec.train or {})
+    return [(array, score) for array, score in method.pair_figures(rec.train or {})
             if score.get("precision") is not None]
 
 
@@ -188,7 +191,8 @@ def summary_table(run: RunSummary) -> Table:
     with both AP conventions (sklearn, the CC family's; trapezoid, MAR's), rank-1 and rank-10;
     rates in percent. Narrow enough for an 80-column terminal (rank-5 is in ``summary.json``)."""
     clusters = any(rec.refine is not None for rec in run.epochs)
-    arrays = get_method(run.method).pair_arrays
+    method = get_method(run.method)
+    arrays = method.pair_arrays
     label_cols = (("clus-\nters", "multi-\ncam", "out-\nliers", "pair\nF %", "NMI\n%") if clusters
                   else tuple(col for array in arrays for col in (array.column, "pair\nprec. %")))
     table = Table(title=f"{run.run_dir} ({run.method})", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
@@ -203,7 +207,7 @@ def summary_table(run: RunSummary) -> Table:
             cells = (str(ref.get("clusters", "—")), multi_camera_cell(ref), str(ref.get("outliers", "—")),
                      _pct(q.get("f_score")), _pct(q.get("nmi")))
         else:
-            scored = {array.name: score for array, score in _pair_figures(run.method, rec)}
+            scored = {array.name: score for array, score in _pair_figures(method, rec)}
             cells = tuple(cell for array in arrays for cell in (
                 (str(scored[array.name]["pairs"]), _pct(scored[array.name]["precision"])) if array.name in scored
                 else ("—", "—")))

@@ -47,11 +47,12 @@ def rank(
     Prints CSV (query, query_camid, query_pid, rank, gallery, gallery_camid, gallery_pid, distance, match)
     unless --out or --json is given; unknown cells are empty.
     """
+    given = given_options(ctx)
     req = RankRequest(ModelSpec(checkpoint=checkpoint, **model), runtime_of(run), query=query, gallery=gallery,
                       top_k=top_k, rerank=rerank, cross_camera_only=cross_camera_only, same_image=same_image, out=out,
                       sheet=sheet, queries=queries, force=run["force"],
-                      extraction_flags=flags(ctx, given_options(ctx) & EXTRACTION_OPTIONS))
-    req.model.check_given(given_options(ctx))
+                      extraction_flags=flags(ctx, given & EXTRACTION_OPTIONS))
+    req.model.check_given(given)
     ranking, summary = run_rank(req)
     wrote = {k: v for k, v in (("out", summary.out), ("sheet", summary.sheet)) if v is not None}
     if run["json"]:

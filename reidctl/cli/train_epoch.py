@@ -42,7 +42,8 @@ def train_epoch(
     model: dict = None,  # ModelSpec options (reidctl.cli.method_options)
 ) -> None:
     """Train one epoch on pseudo labels (run under torchrun for several GPUs/processes)."""
-    spec = ModelSpec(checkpoint=checkpoint, **{**model, **get_method(method).model_settings(model, options)})
+    method_cls = get_method(method)
+    spec = ModelSpec(checkpoint=checkpoint, **{**model, **method_cls.model_settings(model, options)})
     req = TrainEpochRequest(spec, runtime_of(run), data=data, labels=labels, dataset=dataset, method=method,
                             features=features, epoch=epoch, overrides=options, force=run["force"])
     result = run_request(ctx, req, run_train_epoch, out)
@@ -52,7 +53,7 @@ def train_epoch(
         print_json(result.to_json())
     else:
         stats = result.stats
-        clusters = f" in {stats.clusters} clusters" if get_method(method).clusters else ""
+        clusters = f" in {stats.clusters} clusters" if method_cls.clusters else ""
         err_console.print(
             f"epoch {stats.epoch}: loss {stats.loss:.4f}, {stats.iterations} iterations on "
             f"{stats.images} images{clusters}, {stats.seconds:.1f} s → {out}",

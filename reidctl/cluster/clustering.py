@@ -13,22 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from reidctl.cluster.algorithms import (
-    ALGORITHMS,
-    SHARED,
-    ClusterAlgorithm,
-    get_algorithm,
-)
+from reidctl.cluster.algorithms import ALGORITHMS, ClusterAlgorithm, get_algorithm
 from reidctl.errors import ReidctlError
 from reidctl.options import check_finite, option
+from reidctl.registry import one_of
 from reidctl.search import KNN_BACKENDS, choose_backend
 from reidctl.search.approx import APPROX_BACKENDS, require_faiss
-
-
-def _algorithm_choices() -> str:
-    """``--algo``'s choices as the registry lists them: "dbscan (…), agglomerative (…) or infomap (…)"."""
-    helps = [algorithm.help for algorithm in ALGORITHMS.values()]
-    return f"{', '.join(helps[:-1])} or {helps[-1]}" if len(helps) > 1 else "".join(helps)
 
 
 @dataclass
@@ -45,7 +35,8 @@ class ClusterParams:
     """
 
     algo: str = field(default="dbscan", metadata=option(
-        f"Clustering: {_algorithm_choices()}.", aliases=("--global-clustering",)))
+        f"Clustering: {one_of([algorithm.help for algorithm in ALGORITHMS.values()])}.",
+        aliases=("--global-clustering",)))
     k1: int | None = field(default=None, metadata=option(
         "Neighbourhood size of the k-reciprocal Jaccard distance; infomap: neighbours searched per image, "
         "itself included (15 with --algo infomap)."))
@@ -82,15 +73,16 @@ class ClusterParams:
         algorithm = ALGORITHMS.get(self.algo)
         if algorithm is None:
             return
-        given = {name for name in SHARED if getattr(self, name) is not None}
-        for name, value in algorithm.defaults().items():
+        defaults = algorithm.defaults()
+        given = {name for name in defaults if getattr(self, name) is not None}
+        for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         algorithm.refuse_given(self, given)
 
     def check(self) -> None:
-        check_finite(self)  # (also for params built without resolve(): a loop's default_cluster_params)
-        algorithm = get_algorithm(self.algo)
+        check_finite(self)  # (also for params built without resolve(): reidctl.methods.plan.cluster_params)
+        algorithm = self.algorithm
         if self.n_clusters is not None and self.n_clusters < 1:
             raise ReidctlError(f"--n-clusters must be at least 1 (got {self.n_clusters})")
         if self.knn_backend not in KNN_BACKENDS:

@@ -44,12 +44,14 @@ def load_dataset(data: str | os.PathLike, dataset: str | None = None) -> Dataset
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
     path = path.resolve()
-    layout = forced or get_layout(detect_layout(path))
-    if path.is_file() and not layout.files:
-        raise DatasetError(f"{path}: is a file, not a folder in the {layout.expects}")
-    if not path.is_file() and not layout.folders:
-        raise DatasetError(f"{path}: is a folder, not a {layout.expects}")
-    return layout.read(path)
+    if forced is None:  # read where detection found it: no second look for the dataset's folder
+        name, found = _detect(path)
+        return get_layout(name).read(found)
+    if path.is_file() and not forced.files:
+        raise DatasetError(f"{path}: is a file, not a folder in the {forced.expects}")
+    if not path.is_file() and not forced.folders:
+        raise DatasetError(f"{path}: is a folder, not a {forced.expects}")
+    return forced.read(path)
 
 
 def detect_layout(root: Path) -> str:
@@ -59,27 +61,33 @@ def detect_layout(root: Path) -> str:
     adds one level, e.g. ``market/Market-1501-v15.09.15/``), then at the catch-all layouts
     (images directly in the folder).
     """
-    root = Path(root).expanduser()
+    return _detect(Path(root).expanduser())[0]
+
+
+def _detect(root: Path) -> tuple[str, Path]:
+    """:func:`detect_layout`, and the file or folder that has the layout: ``root`` or the one
+    sub-folder of ``root`` that does."""
     if root.is_file():
         found = _claim(root, root.name, files=True)
         if found:
-            return found
+            return found, root
         wanted = " or a ".join(lay.expects for lay in LAYOUTS.values() if lay.files and not lay.folders)
         raise DatasetError(f"{root}: not a dataset folder or a {wanted}")
     if not root.is_dir():
         raise DatasetError(f"{root}: no such file or folder")
     found = _claim(root, root.name)
     if found:
-        return found
+        return found, root
     inner = {c: _claim(c, f"{root.name}/{c.name}") for c in subdirs(root)}
     inner = {c: lay for c, lay in inner.items() if lay}
     if len(inner) == 1:
-        return next(iter(inner.values()))
+        folder, found = next(iter(inner.items()))
+        return found, folder
     if len(inner) > 1:
         raise several_datasets(root, sorted(c.name + "/" for c in inner))
     found = _claim(root, root.name, descend=False)
     if found:
-        return found
+        return found, root
     looks = list(dict.fromkeys(lay.looks_like for lay in LAYOUTS.values() if lay.looks_like))
     expected = "; or ".join(filter(None, ["; ".join(looks[:-1]), *looks[-1:]]))
     raise DatasetError(f"{root}: no known dataset layout (expected {expected})")
@@ -88,8 +96,14 @@ def detect_layout(root: Path) -> str:
 def _claim(path: Path, names: str, *, files: bool = False, descend: bool = True) -> str | None:
     """The first registered layout that detects ``path`` (a file, or a folder looked at by the
     layouts that ``descend`` or else by the catch-alls); ``names``: its folder name(s)."""
+    families: set[str] = set()  # a family's first layout answers for all its members
     for key, layout in LAYOUTS.items():
         asked = layout.files if files else layout.folders and layout.descend == descend
-        if asked and layout.detect(path, names.lower()):
-            return key
+        if not asked or layout.family in families:
+            continue
+        if layout.family:
+            families.add(layout.family)
+        found = layout.claim(path, names.lower())
+        if found:
+            return key if found == layout.name else found
     return None

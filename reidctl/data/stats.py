@@ -57,7 +57,6 @@ _MEMO: dict[str, Norm] = {}
 def channel_stats(samples: Sequence[Sample], height: int, width: int, workers: int = 0) -> Norm:
     """Mean and (population) standard deviation of every pixel of ``samples`` resized to
     ``height``×``width`` (bicubic, as extraction resizes), per channel, in float64."""
-
     if not samples:
         raise DatasetError("no images to compute the per-channel statistics of (--input-norm dataset)")
     loader = DataLoader(ImageRows(samples, height, width), batch_size=64, num_workers=workers, shuffle=False)

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from reidctl.options import not_applicable, read_elsewhere, resolve
+from reidctl.options import not_applicable, resolve
 from reidctl.methods.plan import field_names, make_plan, owners
 from reidctl.methods.prelude import Prelude
 from reidctl.train.contract import Batch, EpochData, TrainingMethod, TrainParams
@@ -166,10 +166,10 @@ class Method(TrainingMethod):
     @classmethod
     def refuse_foreign(cls, options: Mapping[str, Any]) -> None:
         """Refuse training options this method does not have, naming the method they belong to."""
-        bad = [k for k in options if k not in field_names(cls.Params)]
+        known = field_names(cls.Params)
+        bad = [k for k in options if k not in known]
         if bad:
             raise not_applicable(bad, f"--method {cls.name}", owners(bad, lambda m: field_names(m.Params)))
-        read_elsewhere(cls.Params, options, "train", "`train-epoch`")
 
     # ---- refine
 

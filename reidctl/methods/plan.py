@@ -177,5 +177,5 @@ def field_names(cls: type) -> set[str]:
 
 def owners(keys: list[str], options_of: Callable[[type[Method]], Iterable[str]]) -> str:
     """" (an option of icrefine)" for options another registered method takes, else ""."""
-    names = sorted({m.name for m in METHODS.values() for k in keys if k in options_of(m)})
+    names = sorted(m.name for m in METHODS.values() if not set(keys).isdisjoint(options_of(m)))
     return f" (an option of {', '.join(names)})" if names else ""

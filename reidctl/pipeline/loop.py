@@ -165,13 +165,10 @@ class _Loop:
         self.config_saved = False  # config.toml is written once every check has passed (:meth:`save_config`)
         self.stages_done: list[dict[str, Any]] = []  # each stage this invocation ran or reused, in order
         self.method_cls: type[Method] = get_method(cfg.method)
-        self.runtime = run = cfg.runtime
-        device = resolve_device(run.device)
-        self.precision = precision_name(run.amp, device)
-        self.start = cfg.model.checkpoint  # the checkpoint epoch 0 starts from (None: a fresh model)
-        plan = self.method_cls.plan(cfg.options, n_samples=len(ds.train), context={"epochs": cfg.epochs},
-                                    checkpoint=self.start)
-        self.plan = plan
+        self.precision = precision_name(cfg.runtime.amp, resolve_device(cfg.runtime.device))
+        # cfg.model.checkpoint: the checkpoint epoch 0 starts from (None: a fresh model)
+        self.plan = plan = self.method_cls.plan(cfg.options, n_samples=len(ds.train), context={"epochs": cfg.epochs},
+                                                checkpoint=cfg.model.checkpoint)
         self.train_params = plan.train.to_dict()
         self.train_reads = self.method_cls.train_reads(self.train_params)  # once: a source's fingerprint
         self._check_parts(self.method_cls(plan.train))
@@ -179,7 +176,7 @@ class _Loop:
         if cfg.model.checkpoint is None:  # a fresh model: its start is recorded (ImageNet unless told otherwise)
             self.model = self.model.resolved()
             self.model.model_config()  # a bad architecture or input size fails before the run folder is made
-        self.model_key = model_key(self.model, run.seed)
+        self.model_key = model_key(self.model, cfg.runtime.seed)
         self.data = {"train": split_fingerprint(ds.train), "test": split_fingerprint(ds.samples("test"))}
 
     def resolved_config(self) -> dict[str, dict[str, Any]]:
@@ -254,23 +251,23 @@ class _Loop:
 
     def prelude(self, prelude: Prelude) -> StageResult:
         """A method's stage before epoch 0, into ``RUN/<name>/`` (or the user's ready-made file)."""
-        cfg, given = self.cfg, self.plan.given.get(prelude.feeds)
+        cfg, run, given = self.cfg, self.cfg.runtime, self.plan.given.get(prelude.feeds)
         if given is not None:
             digest = given_digest(Path(given), prelude.read_given(Path(given), self.ds))
             return StageResult(Path(given).absolute(), digest, {"file": str(given)}, cached=True)
         options = self.plan.preludes[prelude.name]
-        ctx = RunContext(data=cfg.data, dataset=cfg.dataset, model=self.model, runtime=self.runtime)
+        ctx = RunContext(data=cfg.data, dataset=cfg.dataset, model=self.model, runtime=run)
         call = StageCall(prelude.name, prelude.name, prelude.output, lambda out: prelude.run(ctx, options, out),
-                         options=dataclasses.asdict(options), seed=cfg.runtime.seed, group="prelude",
+                         options=dataclasses.asdict(options), seed=run.seed, group="prelude",
                          reads={**self.images("train"), "model": self.model_key, "precision": self.precision,
-                                "deterministic": cfg.runtime.deterministic, **(prelude.reads(options) if prelude.reads else {})})
+                                "deterministic": run.deterministic, **(prelude.reads(options) if prelude.reads else {})})
         return self.stage(call, prelude.name)
 
     def extract(self, folder: str, split: str, ckpt: StageResult | None, epoch: int | str) -> StageResult:
         cfg = self.cfg
 
         def go(out: Path) -> dict[str, Any]:
-            req = ExtractRequest(self.model_from(ckpt), self.runtime, data=cfg.data, dataset=cfg.dataset, split=split,
+            req = ExtractRequest(self.model_from(ckpt), cfg.runtime, data=cfg.data, dataset=cfg.dataset, split=split,
                                  skip_bad_images=cfg.skip_bad_images)
             res = run_extract(req, out)
             return {"rows": res.rows, "dim": res.dim, "parts": res.parts, "skipped_images": res.skipped_images}
@@ -296,7 +293,8 @@ class _Loop:
 
     def cluster(self, folder: str, feats: StageResult, epoch: int) -> StageResult:
         params, seed = self.plan.cluster, self.cfg.runtime.seed
-        call = StageCall("cluster", folder, "labels.h5", lambda out: run_cluster(feats.path, out, params, seed=seed).to_json(),
+        call = StageCall("cluster", folder, "labels.h5",
+                         lambda out: run_cluster(feats.path, out, params, seed=seed).to_json(),
                          options=dataclasses.asdict(params), seed=seed, inputs={"features": feats})
         return self.stage(call, epoch)
 
@@ -322,7 +320,7 @@ class _Loop:
         cfg = self.cfg
 
         def go(out: Path) -> dict[str, Any]:
-            req = TrainEpochRequest(self.model_from(ckpt), self.runtime, data=cfg.data, dataset=cfg.dataset,
+            req = TrainEpochRequest(self.model_from(ckpt), cfg.runtime, data=cfg.data, dataset=cfg.dataset,
                                     labels=ref and ref.path, method=cfg.method, overrides=self.plan.train_given,
                                     features=feats.path, epoch=epoch)
             res = run_train_epoch(req, out)
@@ -354,9 +352,9 @@ class _Loop:
         for p in self.method_cls.preludes:
             if p.starts_model:
                 return preludes[p.name]
-        if self.start is None:
+        if self.cfg.model.checkpoint is None:
             return None
-        path = Path(self.start)
+        path = Path(self.cfg.model.checkpoint)
         return StageResult(path.absolute(), checkpoint_digest(path, arrays=True), {"file": str(path)}, cached=True)
 
     def init_model(self, start: StageResult | None) -> StageResult:
@@ -376,7 +374,7 @@ class _Loop:
         return self.stage(call, "init")
 
     def _save_fresh_model(self, out: Path) -> dict[str, Any]:
-        model, provenance = self.model.build(self.runtime.seed)
+        model, provenance = self.model.build(self.cfg.runtime.seed)
         norm = input_norm(model.config, self.ds.train)
         digest = save_checkpoint(out, model, provenance={
             **provenance, "data": str(self.cfg.data), "dataset": self.ds.name,
@@ -547,8 +545,7 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[EpochRecord], None] | None = N
         (notice or logging.getLogger("reidctl").warning)(note)
     if cfg.model.checkpoint is None:
         loop.model.check_start()  # ImageNet weights fetched now (into torch's cache), or refused in one line
-    method_cls = loop.method_cls
-    force_from = "prelude" if cfg.force_from in {p.name for p in method_cls.preludes} else cfg.force_from
+    force_from = "prelude" if cfg.force_from in {p.name for p in loop.method_cls.preludes} else cfg.force_from
     run_dir = RunDir(cfg.run_dir, stages=STAGES, force_from=force_from, notice=notice, verify=cfg.verify)
     with run_dir as run:
         return loop.epochs(run, on_epoch)  # config.toml: written once every check has passed

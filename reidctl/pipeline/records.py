@@ -13,7 +13,7 @@ without numpy or torch).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,6 @@ from reidctl.errors import ReidctlError
 SUMMARY_FILE = "summary.json"
 #: The stage summaries an epoch record may hold, in the order they are written.
 STAGES = ("cluster", "refine", "train", "eval")
-#: The run summary's own keys; any other key holding an object is a prelude's summary.
-_RUN_KEYS = ("run_dir", "method", "epochs", "last", "best", "checkpoint", "models", "stages", "files", "log_bytes")
 
 
 @dataclass
@@ -117,6 +115,10 @@ class RunSummary:
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ReidctlError(f"{file}: cannot read it as JSON ({exc})") from None
         return cls.from_json(doc, str(file))
+
+
+#: The run summary's own keys; any other key holding an object is a prelude's summary.
+_RUN_KEYS = tuple(f.name for f in fields(RunSummary) if f.name != "preludes")
 
 
 def _object(value: Any) -> dict[str, Any] | None:

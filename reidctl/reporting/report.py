@@ -156,7 +156,7 @@ def read_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
     try:
         loss = loss_curve(records)
     except (TypeError, ValueError):
-        raise ReidctlError(f"{root / 'summary.json'}: a train record's step_losses are not a list of numbers") from None
+        raise ReidctlError(f"{root / SUMMARY_FILE}: a train record's step_losses are not a list of numbers") from None
     note = stale_summary_note(root, summary)
     return RunRecord(path=root, label=label or _name(root), method=summary.method,
                      rows=rows, loss=loss, clusters=clusters, notes=[note] if note else [], columns=columns)
@@ -310,7 +310,7 @@ def output_path(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | 
         path = Path(out)
         if path.suffix.lower() not in FORMATS:
             raise ReidctlError(f"--out {path}: the name must end in .png or .html")
-    read = [Path(d) / name for d in run_dirs for name in ("summary.json", "log.jsonl")]
+    read = [Path(d) / name for d in run_dirs for name in (SUMMARY_FILE, "log.jsonl")]
     return check_output(path, schema=REPORT, inputs=read, force=force)
 
 

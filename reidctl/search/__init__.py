@@ -12,8 +12,16 @@ import torch
 from reidctl.errors import ReidctlError
 from reidctl.runtime.device import resolve_device
 from reidctl.search.approx import APPROX_BACKENDS, approx_knn
-from reidctl.search.exact import (Exclude, Progress, knn_faiss, search_blocks, tie_order, check_normalised,
-                                  faiss_gpu_available, search)
+from reidctl.search.exact import (
+    Exclude,
+    Progress,
+    check_normalised,
+    faiss_gpu_available,
+    knn_faiss,
+    search,
+    search_blocks,
+    tie_order,
+)
 
 __all__ = ["APPROX_BACKENDS", "AUTO_APPROX", "EXACT_BUDGET", "KNN_BACKENDS", "Exclude", "Progress", "check_normalised",
            "choose_backend", "faiss_available", "faiss_gpu_available", "knn", "search"]
@@ -100,12 +108,5 @@ def knn(
         if progress:
             progress(hi - lo, hi - lo)
         return tie_order(dist, idx)
-    if rows is None:
-        return _knn_torch(x, k, resolve_device(device), block_size, progress)
-    return search_blocks(x[lo:hi], x, k, resolve_device(device), block_size, progress)
-
-
-def _knn_torch(
-    x: torch.Tensor, k: int, dev: torch.device, block_size: int | None, progress: Progress | None
-) -> tuple[np.ndarray, np.ndarray]:
-    return search_blocks(x, x, k, dev, block_size, progress)
+    queries = x if rows is None else x[lo:hi]  # ``x`` itself: search_blocks moves it to the device once
+    return search_blocks(queries, x, k, resolve_device(device), block_size, progress)

@@ -35,9 +35,7 @@ import numpy as np
 import torch
 
 from reidctl.errors import ReidctlError
-from reidctl.search.exact import search
-
-Progress = Callable[[int, int], None]
+from reidctl.search.exact import Progress, search
 
 APPROX_BACKENDS = ("faiss-ivf", "faiss-hnsw")
 
@@ -207,7 +205,6 @@ def ivf_knn(faiss: Any, x: torch.Tensor, reduced: np.ndarray, k: int, rows: tupl
     dist = np.maximum(2 - 2 * np.take_along_axis(sim, best, 1).astype(np.float64), 0).astype(np.float32)
     short = np.flatnonzero((idx < 0).any(1))  # probed lists held fewer than k rows: search those exactly
     if len(short):
-
         dist[short], idx[short] = search(x[torch.from_numpy(lo + short)], x, k, device=str(device))
     return dist, idx
 

@@ -117,7 +117,8 @@ def run_rank(req: RankRequest) -> tuple[Ranking, RankSummary]:
         raise ReidctlError(f"{req.query} and {req.gallery} come from different models ({_describe(q)} vs "
                            f"{_describe(g)}); extract both with the same model")
     ranking = rank_gallery(sides["query"], sides["gallery"], req.top_k, rerank=req.rerank,
-                           cross_camera_only=req.cross_camera_only, same_image=req.same_image, device=req.runtime.device)
+                           cross_camera_only=req.cross_camera_only, same_image=req.same_image,
+                           device=req.runtime.device)
     written: dict[str, Any] = {}
     if req.out is not None:
         write_text(csv_text(ranking), req.out)
@@ -218,10 +219,11 @@ def _extract_side(model: Any, side: _Images, norm: Norm, req: RankRequest) -> Ra
     from reidctl.runtime.processes import check_loader_options
     from reidctl.stages.extract import check_finite_features
 
-    check_loader_options(req.runtime.extract_batch_size, req.runtime.workers)
+    run = req.runtime
+    check_loader_options(run.extract_batch_size, run.workers)
     with progress_bar(f"extract {side.source}", len(side.samples), unit="img") as advance:
-        ext = extract_features(model, side.samples, batch_size=req.runtime.extract_batch_size, workers=req.runtime.workers,
-                               device=resolve_device(req.runtime.device), progress=advance, norm=norm)
+        ext = extract_features(model, side.samples, batch_size=run.extract_batch_size, workers=run.workers,
+                               device=resolve_device(run.device), progress=advance, norm=norm)
     check_finite_features(ext, side.samples)
     pids = np.array([s.pid for s in side.samples], dtype=np.int64)
     return RankSide(ext.feats, [str(s.path) for s in side.samples], [s.path for s in side.samples],

@@ -72,8 +72,9 @@ def run_refine(
     (:func:`reidctl.artifacts.write_labels`). Without it the file stands alone, so that a later
     ``cluster --out labels.h5`` cannot leave it dangling."""
     method_cls = get_method(method)
-    method_cls.refine_options(options or {})  # another method's options fail before any work
-    fed = [(options or {}).get(p.feeds) for p in method_cls.preludes]  # files the method reads as options
+    options = dict(options or {})
+    method_cls.refine_options(options)  # another method's options fail before any work
+    fed = [options.get(p.feeds) for p in method_cls.preludes]  # files the method reads as options
     check_output(out, schema=LABELS, inputs=(features_path, labels_path, *fed), force=force)
     fe = read_features(features_path)
     inputs = {"features": fe.meta.digest}
@@ -97,7 +98,7 @@ def run_refine(
         cluster_info = {"cluster": dataclasses.asdict(params)}
         searched = size_choices(res)
     try:  # the options were checked above: what fails now is about the features' content
-        refined = method_cls.refine(fe, labels, extra, dict(options or {}), seed=seed)
+        refined = method_cls.refine(fe, labels, extra, options, seed=seed)
     except ReidctlError as exc:
         raise naming(features_path, exc) from None
     new_labels = np.asarray(refined.labels, dtype=np.int32)

@@ -25,6 +25,7 @@ from reidctl.artifacts import (
 from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import input_norm
+from reidctl.options import read_elsewhere
 from reidctl.errors import ArtifactError, ReidctlError
 from reidctl.methods import get_method
 from reidctl.models.checkpoint import (
@@ -93,16 +94,16 @@ class TrainEpochRequest:
 
 def open_session(req: TrainEpochRequest, device: torch.device) -> tuple[TrainSession, dict[str, Any]]:
     """A session continuing ``req.model.checkpoint``, or a fresh one; and the model's provenance."""
-    method_cls = get_method(req.method)
-    if req.model.checkpoint is not None:
-        payload = load_checkpoint(req.model.checkpoint)
-        session = resume(payload, method_cls, overrides=req.overrides, device=device, amp=req.runtime.amp,
-                         seed=req.runtime.seed, source=req.model.checkpoint)
-        return session, {"init": f"checkpoint:{Path(req.model.checkpoint).name}", "from_epoch": session.epoch}
-    model, provenance = req.model.build(req.runtime.seed)
+    method_cls, spec, run = get_method(req.method), req.model, req.runtime
+    if spec.checkpoint is not None:
+        payload = load_checkpoint(spec.checkpoint)
+        session = resume(payload, method_cls, overrides=req.overrides, device=device, amp=run.amp, seed=run.seed,
+                         source=spec.checkpoint)
+        return session, {"init": f"checkpoint:{Path(spec.checkpoint).name}", "from_epoch": session.epoch}
+    model, provenance = spec.build(run.seed)
     params = method_cls.resolve_params(None, req.overrides)
-    session = TrainSession(model, method_cls(params), device=device, amp=req.runtime.amp, seed=req.runtime.seed)
-    return session, {"init": init_description(req.model.pretrained, req.model.weights)}
+    session = TrainSession(model, method_cls(params), device=device, amp=run.amp, seed=run.seed)
+    return session, {"init": init_description(spec.pretrained, spec.weights)}
 
 
 def train_rows(train: Sequence[Sample], paths: Sequence[str], source: Path) -> list[Sample]:
@@ -180,14 +181,15 @@ def check_state_output(arrays: Mapping[str, Any], req: TrainEpochRequest, out: s
 
 def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummary:
     """Train one epoch and write the checkpoint ``out``; returns the epoch's summary."""
-    method_cls = get_method(req.method)
+    method_cls, spec, run = get_method(req.method), req.model, req.runtime
     method_cls.refuse_foreign(req.overrides)  # another method's options fail before any work
+    read_elsewhere(method_cls.Params, req.overrides, "train", "`train-epoch`")  # (NCPLR's --lambda1)
     if req.labels is None and method_cls.clusters:
         raise ReidctlError("--labels is required (a labels file from `reidctl cluster` or `reidctl refine`)")
     if req.labels is not None and not method_cls.clusters:
         raise ReidctlError(f"--method {req.method} trains on every train image without pseudo labels: drop --labels")
-    check_loader_options(req.runtime.extract_batch_size, req.runtime.workers, batch_flag="--extract-batch-size")
-    check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.labels, req.features, req.model.checkpoint, req.model.weights),
+    check_loader_options(run.extract_batch_size, run.workers, batch_flag="--extract-batch-size")
+    check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.labels, req.features, spec.checkpoint, spec.weights),
                  force=req.force)
     ds = load_dataset(req.data, req.dataset)
     if not ds.train:
@@ -197,9 +199,9 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummar
     if feats is not None:
         check_rows(feats.path, feats.paths, rows.paths)
     train, labels = rows.train, rows.labels
-    if req.runtime.deterministic:
+    if run.deterministic:
         prepare_determinism()
-    with dist.distributed(resolve_device(req.runtime.device)) as device:
+    with dist.distributed(resolve_device(run.device)) as device:
         session, provenance = open_session(req, device)
         epoch = session.epoch + 1 if req.epoch is None else req.epoch
         if epoch < 0:
@@ -212,19 +214,19 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummar
         else:
             with progress_bar("extract train", len(train), enabled=None if dist.is_main() else False,
                               unit="img") as adv:
-                ext = extract_features(session.model, train, batch_size=req.runtime.extract_batch_size,
-                                       workers=req.runtime.workers, device=device, amp=req.runtime.amp, progress=adv, norm=norm)
+                ext = extract_features(session.model, train, batch_size=run.extract_batch_size, workers=run.workers,
+                                       device=device, amp=run.amp, progress=adv, norm=norm)
             features, parts, feats_digest = ext.feats, ext.parts, "extracted"
         if session.method.uses_parts and parts is None:
-            source = req.features if req.features is not None else req.model.checkpoint or "the fresh model"
+            source = req.features if req.features is not None else spec.checkpoint or "the fresh model"
             raise ReidctlError(f"--method {req.method} needs part features, and {source} has none: "
                                "train a model with --parts")
         data = prepare_epoch(labels, np.array([s.camid for s in train]), features, parts, rows.extra)
         samples = [train[i] for i in data.rows]
         steps = session.method.epoch_length(dataclasses.replace(data, epoch=epoch, device=device))
         with progress_bar(f"train epoch {epoch}", steps, enabled=None if dist.is_main() else False) as advance:
-            stats = train_epoch(session, samples, data, epoch=epoch, workers=req.runtime.workers,
-                                deterministic=req.runtime.deterministic, progress=advance, norm=norm)
+            stats = train_epoch(session, samples, data, epoch=epoch, workers=run.workers,
+                                deterministic=run.deterministic, progress=advance, norm=norm)
         if dist.is_main():
             arrays = session.method.persistent_arrays()  # once: a MAR memory is hundreds of MB
             check_state_output(arrays, req, out)

@@ -4,7 +4,7 @@ choices and help, the defaults of the shared options and the stored distance's n
 the registered objects."""
 
 from reidctl.cluster.algorithms.agglomerative import AverageLinkage
-from reidctl.cluster.algorithms.base import SHARED, ClusterAlgorithm, Clustered
+from reidctl.cluster.algorithms.base import ClusterAlgorithm, Clustered
 from reidctl.cluster.algorithms.dbscan import DBSCAN
 from reidctl.cluster.algorithms.infomap import InfoMap
 from reidctl.cluster.algorithms.registry import (
@@ -20,5 +20,4 @@ ALGORITHMS.update({
     "infomap": InfoMap(),
 })
 
-__all__ = ["ALGORITHMS", "SHARED", "ClusterAlgorithm", "Clustered", "clustered_distance", "distance_names",
-           "get_algorithm"]
+__all__ = ["ALGORITHMS", "ClusterAlgorithm", "Clustered", "clustered_distance", "distance_names", "get_algorithm"]

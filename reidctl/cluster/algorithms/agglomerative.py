@@ -8,11 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from reidctl.cluster.agglomerative import (
-    agglomerative,
-    check_linkage_memory,
-    linkage_memory,
-)
+from reidctl.cluster.agglomerative import agglomerative, check_linkage_memory
 from reidctl.cluster.algorithms.base import Clustered, SharedParams
 from reidctl.cluster.algorithms.jaccard_based import JaccardAlgorithm
 from reidctl.errors import ReidctlError
@@ -33,9 +29,6 @@ class AverageLinkage(JaccardAlgorithm):
         if keep is not None and keep < 1:
             raise ReidctlError("--jaccard-keep below 1 does not apply to --algo agglomerative: average linkage "
                                "reads every distance")
-
-    def memory(self, n: int, params: Any) -> int:
-        return linkage_memory(n)
 
     def check_fits(self, n: int, params: Any) -> None:
         check_linkage_memory(n)

@@ -8,8 +8,7 @@ An algorithm is one object registered under its ``--algo`` name (:mod:`.registry
 - ``check(params)``: the ranges it needs; ``refuse_given(params, given)``: the options it does
   not read, refused when a user gave them (so that no one believes they changed the clusters)
   and its optional package checked, when the options are resolved, before any stage runs.
-- ``memory(n, params)``: bytes of its largest structure on ``n`` rows (``check_fits`` refuses,
-  early, what cannot fit).
+- ``check_fits(n, params)``: refuses, early, ``n`` rows it cannot cluster in memory.
 - ``run(feats, params, parts, keep)``: the labels, the kNN lists, and the sparse distance it
   clustered on, stored under ``distance_name`` (a name that says what it is: ``jaccard``,
   ``link_distance``), which label refinements read through :func:`.registry.clustered_distance`.
@@ -43,10 +42,6 @@ class SharedParams:
     min_samples: int = 4
 
 
-#: Their names.
-SHARED = tuple(f.name for f in dataclasses.fields(SharedParams))
-
-
 @dataclass
 class Clustered:
     """What an algorithm returns (on rank 0 of a ``torchrun`` job; the other ranks get None)."""
@@ -78,10 +73,6 @@ class ClusterAlgorithm:
 
     def check(self, params: Any) -> None:
         """Refuse values this algorithm cannot run with, in one line."""
-
-    def memory(self, n: int, params: Any) -> int:
-        """Bytes of the largest structure it builds on ``n`` rows."""
-        raise NotImplementedError
 
     def check_fits(self, n: int, params: Any) -> None:
         """Refuse, before hours of other work, ``n`` rows it cannot cluster in this machine's

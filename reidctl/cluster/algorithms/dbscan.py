@@ -24,8 +24,7 @@ class DBSCAN(JaccardAlgorithm):
     help = "dbscan (the CC family)"
     Params = SharedParams  # the official values of Cluster Contrast's commands
 
-    def check(self, params: Any) -> None:
-        super().check(params)
+    def check_own(self, params: Any) -> None:
         if not 0 < params.eps < 1:
             raise ReidctlError("--eps must lie in (0, 1): the Jaccard distance is 1 beyond the neighbourhoods")
 

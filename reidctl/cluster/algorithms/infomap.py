@@ -61,10 +61,6 @@ class InfoMap(ClusterAlgorithm):
             raise ReidctlError("--eps must lie in (0, 1) with --algo infomap: it is the cosine similarity "
                                "a neighbour needs to be linked")
 
-    def memory(self, n: int, params: Any) -> int:
-        """The kNN lists (k1 neighbours a row, 12 bytes each) and at most as many links (24 bytes)."""
-        return n * params.k1 * (12 + 24)
-
     def run(self, feats: np.ndarray, params: Any, *, parts: np.ndarray | None,
             keep: float | None) -> Clustered | None:
         n = len(feats)

@@ -26,17 +26,16 @@ class JaccardAlgorithm(ClusterAlgorithm):
     def check(self, params: Any) -> None:
         if params.k1 < 2 or params.k2 < 1:
             raise ReidctlError("--k1 must be at least 2 and --k2 at least 1")
+        self.check_own(params)
         self.check_keep(params)
         parse_branches(params.branches)
+
+    def check_own(self, params: Any) -> None:
+        """Refuse values of the options only this algorithm reads (DBSCAN's radius). Default: none."""
 
     def check_keep(self, params: Any) -> None:
         """Refuse a ``--jaccard-keep`` bound that would change the clusters. Default: any bound is
         safe."""
-
-    def memory(self, n: int, params: Any) -> int:
-        """The stored distances: about 2,000 entries a row on CNN features (bench/README.md,
-        measured on 97k images), 8 bytes each (value and column), at most n per row."""
-        return n * min(n, 2_000) * 8
 
     def run(self, feats: np.ndarray, params: Any, *, parts: np.ndarray | None,
             keep: float | None) -> Clustered | None:

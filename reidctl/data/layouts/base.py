@@ -33,11 +33,19 @@ class Layout:
     descend: bool = True
     #: ``--data PREFIX+NAME`` selects this layout by a name instead of a path (``synthetic:``).
     prefix: str | None = None
+    #: Layouts that look alike and share one detector (the Market-1501 family) name their family:
+    #: detection asks the first of them, whose :meth:`claim` answers for all (once, not per member).
+    family: str | None = None
 
     def detect(self, path: Path, names: str) -> bool:
         """Whether ``path`` itself (no descending) has this layout. ``names`` is its folder name as
         the user pointed at it, lower-case: ``market``, or one level down ``market/extracted``."""
         return False
+
+    def claim(self, path: Path, names: str) -> str | None:
+        """The registered name of the layout ``path`` itself has, when this layout (or its family)
+        recognises it; None otherwise. Default: this layout's name when :meth:`detect` says so."""
+        return self.name if self.detect(path, names) else None
 
     def fits(self, path: Path) -> bool:
         """Whether ``path`` itself can be read as this layout when ``--dataset`` forces it

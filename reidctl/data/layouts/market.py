@@ -168,8 +168,13 @@ class MarketStyle(Layout):
     #: Every split folder must be there and hold images.
     require_all = True
 
+    family = "market-1501"
+
     def detect(self, path: Path, names: str) -> bool:
         return family_member(path, names) == self.name
+
+    def claim(self, path: Path, names: str) -> str | None:
+        return family_member(path, names)  # the family decides once which member a folder is
 
     def fits(self, path: Path) -> bool:
         return has_market_dirs(path)

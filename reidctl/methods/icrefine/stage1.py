@@ -111,10 +111,10 @@ class IntraCameraRequest:
 
 def run_intra_camera(req: IntraCameraRequest, out: str | Path) -> dict[str, Any]:
     """Run stage 1 on every camera of the train split and write the artifact ``out``."""
-    p = req.params
+    p, spec, run = req.params, req.model, req.runtime
     p.check()
-    check_loader_options(req.runtime.extract_batch_size, req.runtime.workers, batch_flag="--extract-batch-size")
-    check_output(out, schema=INTRA_LABELS, inputs=(req.model.checkpoint, req.model.weights), force=req.force)
+    check_loader_options(run.extract_batch_size, run.workers, batch_flag="--extract-batch-size")
+    check_output(out, schema=INTRA_LABELS, inputs=(spec.checkpoint, spec.weights), force=req.force)
     ds = load_dataset(req.data, req.dataset)
     train = ds.train
     if not train:
@@ -127,14 +127,14 @@ def run_intra_camera(req: IntraCameraRequest, out: str | Path) -> dict[str, Any]
         raise ReidctlError("no camera has enough images to cluster: "
                            + "; ".join(f"camera {c}: {r}" for c, r in reasons.items()))
     check_linkage_memory(max(len(groups[c]) for c, r in reasons.items() if r is None))
-    if req.runtime.deterministic:
+    if run.deterministic:
         prepare_determinism()
-    model0, provenance = req.model.build(req.runtime.seed)
+    model0, provenance = spec.build(run.seed)
     labels = np.full(len(train), -1, np.int64)
     reports: list[CameraReport] = []
     offset = 0
     # under torchrun every rank runs this (sharded extraction, DDP training); rank 0 writes
-    with dist.distributed(resolve_device(req.runtime.device)) as device:
+    with dist.distributed(resolve_device(run.device)) as device:
         for cam, rows in groups.items():
             rep = CameraReport(camera=cam, images=len(rows), skipped=reasons[cam])
             reports.append(rep)
@@ -157,15 +157,15 @@ def run_intra_camera(req: IntraCameraRequest, out: str | Path) -> dict[str, Any]
         "per_camera": [r.to_dict() for r in reports],
     }
     params = {"stage": "intra-camera", "layout": ds.layout, **provenance, "intra": dataclasses.asdict(p),
-              "deterministic": req.runtime.deterministic}
+              "deterministic": run.deterministic}
     inputs = {}
-    if req.model.weights is not None:
-        inputs["weights"] = file_digest(req.model.weights)
-    if req.model.checkpoint is not None:
-        inputs["checkpoint"] = checkpoint_digest(req.model.checkpoint)
+    if spec.weights is not None:
+        inputs["weights"] = file_digest(spec.weights)
+    if spec.checkpoint is not None:
+        inputs["checkpoint"] = checkpoint_digest(spec.checkpoint)
     if main:
         write_intra_labels(out, labels, camids=camids, paths=[s.relpath for s in train], reports=reports,
-                           epochs=p.epochs, params=params, inputs=inputs, seed=req.runtime.seed, summary=summary,
+                           epochs=p.epochs, params=params, inputs=inputs, seed=run.seed, summary=summary,
                            sources={"data": str(req.data), "dataset": ds.name})
     return summary
 
@@ -173,15 +173,15 @@ def run_intra_camera(req: IntraCameraRequest, out: str | Path) -> dict[str, Any]
 def _train_camera(req: IntraCameraRequest, model: Any, samples: list, camids: np.ndarray, rep: CameraReport,
                   device: Any, norm: Norm) -> np.ndarray:
     """One camera: cluster, score, train, epoch after epoch; returns the best epoch's labels."""
-    p = req.params
-    session = TrainSession(model, ClusterContrast(p.train_params()), device=device, amp=req.runtime.amp, seed=req.runtime.seed,
-                           generator=np.random.default_rng([req.runtime.seed, rep.camera]))
+    p, run = req.params, req.runtime
+    session = TrainSession(model, ClusterContrast(p.train_params()), device=device, amp=run.amp, seed=run.seed,
+                           generator=np.random.default_rng([run.seed, rep.camera]))
     best_score, best_labels = -math.inf, None
     bar = None if dist.is_main() else False
     for epoch in range(p.epochs):
         with progress_bar(f"camera {rep.camera}: extract", len(samples), enabled=bar, unit="img") as advance:
-            ext = extract_features(session.model, samples, batch_size=req.runtime.extract_batch_size, workers=req.runtime.workers,
-                                   device=device, amp=req.runtime.amp, progress=advance, norm=norm)
+            ext = extract_features(session.model, samples, batch_size=run.extract_batch_size, workers=run.workers,
+                                   device=device, amp=run.amp, progress=advance, norm=norm)
         labels, jaccard = cluster_camera(ext.feats, rep.clusters, k1=p.k1, k2=p.k2, device=str(device))
         score = silhouette(jaccard, labels)
         rep.history.append(score)
@@ -197,7 +197,7 @@ def _train_camera(req: IntraCameraRequest, model: Any, samples: list, camids: np
             break
         data = prepare_epoch(labels, camids, ext.feats)
         with progress_bar(f"camera {rep.camera}: epoch {epoch}", p.iters, enabled=bar) as advance:
-            train_epoch(session, samples, data, epoch=epoch, workers=req.runtime.workers, deterministic=req.runtime.deterministic,
+            train_epoch(session, samples, data, epoch=epoch, workers=run.workers, deterministic=run.deterministic,
                         progress=advance, norm=norm)
         rep.trained_epochs += 1
     assert best_labels is not None

@@ -154,32 +154,32 @@ class PretrainRequest:
 def run_pretrain(req: PretrainRequest, out: str | Path) -> dict[str, Any]:
     """Train ``req.params.epochs`` epochs on the source's identities; write the checkpoint ``out``
     (model + agents, method ``pretrain``) and return a summary."""
-    p = req.params
+    p, spec, run = req.params, req.model, req.runtime
     p.check()
     if req.splits not in SOURCE_SPLITS:  # (in `loop`, the prelude refused it as --aux-splits already)
         raise ReidctlError(f"--splits {req.splits}: choose train or train,test")
-    check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(req.model.checkpoint, req.model.weights), force=req.force)
+    check_output(out, schema=CHECKPOINT_SCHEMA, inputs=(spec.checkpoint, spec.weights), force=req.force)
     source = load_source(req.data, req.dataset, req.splits)
     if len(source.samples) < p.batch_size:
         raise ReidctlError(f"{source.root}: {len(source.samples)} labelled images cannot fill a batch of "
                            f"{p.batch_size}; lower --batch-size")
-    if req.runtime.deterministic:
+    if run.deterministic:
         prepare_determinism()
-    model, provenance = req.model.build(req.runtime.seed)
+    model, provenance = spec.build(run.seed)
     n = len(source.samples)
     data = EpochData(labels=source.labels, camids=np.array([s.camid for s in source.samples], np.int64),
                      features=np.zeros((n, 0), np.float32), parts=None, rows=np.arange(n, dtype=np.int64),
                      num_clusters=source.identities)
     start = time.perf_counter()
-    with dist.distributed(resolve_device(req.runtime.device)) as device:
-        session = TrainSession(model, SourcePretraining(p, source), device=device, amp=req.runtime.amp, seed=req.runtime.seed)
+    with dist.distributed(resolve_device(run.device)) as device:
+        session = TrainSession(model, SourcePretraining(p, source), device=device, amp=run.amp, seed=run.seed)
         norm = input_norm(model.config, source.train or source.samples)
         history = []
         for epoch in range(p.epochs):
             steps = session.method.epoch_length(data)
             with progress_bar(f"pretrain epoch {epoch}", steps, enabled=None if dist.is_main() else False) as adv:
-                stats = train_epoch(session, source.samples, data, epoch=epoch, workers=req.runtime.workers,
-                                    deterministic=req.runtime.deterministic, progress=adv, norm=norm)
+                stats = train_epoch(session, source.samples, data, epoch=epoch, workers=run.workers,
+                                    deterministic=run.deterministic, progress=adv, norm=norm)
             history.append({"epoch": epoch, "loss": stats.loss, **stats.logs, "lr": stats.lr})
             if dist.is_main():
                 _epoch_line(history[-1], p.epochs, stats.seconds, time.perf_counter() - start)
