@@ -33,9 +33,9 @@ class OptionInfo:
     off: str | None = None  # a boolean's "off" spelling (default: --no-<name>)
     unused: bool = False  # an inherited option this class does not use: no flag, refused when given
     path: bool = False  # a file or folder: a run's config.toml records it absolute (reidctl.pipeline.configfile)
-    #: The stages that read it, where that is not (only) the stage of the dataclass declaring it:
-    #: NCPLR's ``lambda1``, a training-section option that only the clustering reads. A
-    #: single-stage command refuses it when its stage is not among them.
+    #: The sections that read a method-level switch (``Method.Switches``): NCPLR's
+    #: ``global_local`` is read by the model, the clustering and the training, its ``lambda1`` by
+    #: the clustering alone. A single-stage command refuses a switch its stage does not read.
     reads: tuple[str, ...] = ()
 
 
@@ -128,8 +128,9 @@ def check_finite(obj: Any, prefix: str = "") -> None:
 
 
 def resolve_names(cls: type, given: Mapping[str, Any], *, what: str) -> set[str]:
-    """The field names of dataclass ``cls``; a name in ``given`` it lacks is a user error naming ``what``."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """The field names of dataclass ``cls`` (those marked :func:`unused` left out); a name in
+    ``given`` it lacks is a user error naming ``what``."""
+    names = {f.name for f in dataclasses.fields(cls) if not getattr(option_info(cls, f.name), "unused", False)}
     bad = [k for k in given if k not in names]
     if bad:
         raise not_applicable(bad, what)
@@ -138,7 +139,7 @@ def resolve_names(cls: type, given: Mapping[str, Any], *, what: str) -> set[str]
 
 def reads(cls: type, name: str, stage: str) -> bool:
     """Whether ``stage`` reads option ``name`` of dataclass ``cls`` (by default, the stage of the
-    dataclass declaring it does; ``reads`` says otherwise)."""
+    dataclass declaring it does; a switch's ``reads`` names the sections)."""
     info = option_info(cls, name)
     return info is None or not info.reads or stage in info.reads
 

@@ -211,7 +211,7 @@ def test_options_infomap_does_not_use_are_refused():
     with pytest.raises(ReidctlError, match="--n-clusters does not apply to --algo infomap"):
         ClusterParams(algo="infomap", n_clusters=10)
     with pytest.raises(ReidctlError, match="global features only"):
-        cluster_params(get_method("ncplr"), options={"global_local": True}, algo="infomap")
+        cluster_params(get_method("gl-ncplr"), algo="infomap")
     for given, message in [({"eps": 1.0}, "--eps must lie in"), ({"eps": 0.0}, "--eps must lie in"),
                            ({"k1": 1}, "--k1 must be at least 2")]:
         with pytest.raises(ReidctlError, match=message):

@@ -22,8 +22,8 @@ from reidctl.methods import NCPLR, get_method
 from reidctl.methods.base import Batch, EpochData
 from reidctl.methods.ncplr import neighbours as nb
 from reidctl.methods.ncplr import targets as tg
-from reidctl.methods.ncplr.method import NCPLRParams, mixture
-from reidctl.methods.plan import read_by_training
+from reidctl.methods.ncplr.method import GLNCPLR, NCPLRParams, NCPLRSwitches, mixture
+from reidctl.methods.plan import model_settings
 from reidctl.models.reid import GeneralizedMeanPooling, ModelConfig, ReidModel, stripe_bounds
 from reidctl.train.heads import CentroidClassifiers
 from tests.clitools import run_error, run_ok
@@ -84,12 +84,13 @@ def test_checkpoint_config_without_part_split_keeps_adaptive_stripes():
 
 
 def test_official_model_and_clustering_follow_global_local():
-    assert NCPLR.official_model({}) == {"pooling": "gem", "height": 320, "width": 128, "parts": 0}
-    assert NCPLR.official_model({"global_local": True})["parts"] == 2
-    assert NCPLR.official_clustering({}) == {"eps": 0.5}
-    assert NCPLR.official_clustering({"global_local": True})["branches"] == "global=0.6,part0=0.2,part1=0.2"
+    gl = NCPLRSwitches(global_local=True)
+    assert NCPLR.official_model(NCPLRSwitches()) == {"pooling": "gem", "height": 320, "width": 128, "parts": 0}
+    assert NCPLR.official_model(gl)["parts"] == 2
+    assert NCPLR.official_clustering(NCPLRSwitches()) == {"eps": 0.5}
+    assert NCPLR.official_clustering(gl)["branches"] == "global=0.6,part0=0.2,part1=0.2"
     assert mixture(0.25) == "global=0.5,part0=0.25,part1=0.25"
-    assert NCPLR.model_settings({"height": 128}, {"global_local": True}) == {
+    assert model_settings(NCPLR, {"height": 128}, gl) == model_settings(GLNCPLR, {"height": 128}) == {
         "pooling": "gem", "parts": 2, "height": 128, "width": 128, "last_stride": 1, "neck": "bn", "last_relu": True,
         "input_norm": "imagenet"}
     p = NCPLRParams()
@@ -409,8 +410,28 @@ def test_train_epoch_refuses_lambda1_which_only_the_clustering_reads(tmp_path):
                   "--out", tmp_path / "m.pt", "--lambda1", "0.3", "--pretrained", "none",
                   match=r"--lambda1 is read by the cluster stage, not by `train-epoch`")
     assert not (tmp_path / "m.pt").exists()
-    # the loop still takes it: the clustering reads it, the training never sees it
-    assert read_by_training(get_method("ncplr"), {"lambda1": 0.3, "lambda2": 0.1}) == {"lambda2": 0.1}
+    # the loop's plan still takes it: the clustering reads it, the training never sees it
+    plan = get_method("gl-ncplr").plan({"lambda1": 0.3, "lambda2": 0.1})
+    assert plan.train_given == {"lambda2": 0.1} and "lambda1" not in plan.train.to_dict()
+    assert plan.cluster.branches == "global=0.4,part0=0.3,part1=0.3" and plan.switches.lambda1 == 0.3
+    # --global-local is read by the training too: train-epoch hands it on with the training options
+    plan = get_method("ncplr").plan({"global_local": True, "lambda2": 0.1}, stage="train")
+    assert plan.train_given == {"global_local": True, "lambda2": 0.1} and plan.train.global_local
+    assert plan.cluster is None
+
+
+def test_refine_clusters_under_the_switches_and_refuses_them_with_labels(tmp_path, small_features):
+    """``refine`` clusters (without ``--labels``) on the mixture the switches choose; given a
+    labels file, which is already clustered, a switch that only the clustering reads is refused."""
+    plan = get_method("ncplr").plan({"global_local": True, "lambda1": 0.1, "eps_neighbor": 0.3}, stage="refine")
+    assert plan.cluster.branches == "global=0.8,part0=0.1,part1=0.1" and plan.refine == {"eps_neighbor": 0.3}
+    assert set(plan.cluster_given) == {"global_local", "lambda1"}
+    labels = tmp_path / "labels.h5"
+    run_ok("cluster", small_features, "--out", labels, "--k1", "6", "--k2", "2")
+    run_error("refine", "--method", "gl-ncplr", small_features, "--labels", labels, "--out", tmp_path / "r.h5",
+              "--lambda1", "0.3", match="clustering options apply only without --labels")
+    with pytest.raises(ReidctlError, match="--lambda1 must lie in"):
+        get_method("gl-ncplr").plan({"lambda1": 0.5})
 
 
 @pytest.mark.slow

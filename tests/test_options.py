@@ -15,6 +15,7 @@ from reidctl.cluster.clustering import ClusterParams
 from reidctl.errors import ReidctlError
 from reidctl.methods import METHODS, MARParams
 from reidctl.methods.icrefine.prelude import INTRA_CAMERA
+from reidctl.methods.ncplr.method import GLNCPLRParams, NCPLRParams
 from reidctl.models.spec import ModelSpec
 from reidctl.options import option, option_fields, resolve
 from tests.clitools import run_error
@@ -22,7 +23,9 @@ from tests.clitools import run_error
 #: Fields that are set by a command itself, not options of their own.
 NOT_OPTIONS = {ClusterParams: {"device"}, ModelSpec: {"checkpoint", "seed"},
                # inherited, marked unused: MAR's epoch is one pass over its source, shuffled
-               MARParams: {"iters", "num_instances", "step_size", "sampler_anchor"}}
+               MARParams: {"iters", "num_instances", "step_size", "sampler_anchor"},
+               # set by the plan from NCPLR's switch (NCPLRSwitches), not an option of the training
+               NCPLRParams: {"global_local"}, GLNCPLRParams: {"global_local"}}
 
 
 def _declared(cls) -> set[str]:
@@ -30,7 +33,8 @@ def _declared(cls) -> set[str]:
 
 
 @pytest.mark.parametrize("cls", [ClusterParams, ModelSpec, Runtime, INTRA_CAMERA.Options]
-                         + [m.Params for m in METHODS.values()] + [m.RefineOptions for m in METHODS.values()])
+                         + [m.Params for m in METHODS.values()] + [m.RefineOptions for m in METHODS.values()]
+                         + list(dict.fromkeys(m.Switches for m in METHODS.values())))
 def test_every_field_is_an_option_with_help(cls):
     fields = {f.name for f in dataclasses.fields(cls)} - NOT_OPTIONS.get(cls, set())
     assert _declared(cls) == fields
@@ -107,3 +111,16 @@ def test_an_option_that_clashes_with_a_command_parameter_is_a_developer_error():
     clash = Flag("a", int, option("A number.")["reidctl.option"], "a")
     with pytest.raises(TypeError, match=r"cmd: options \['a'\] clash"):
         with_options(options=[clash])(cmd)
+
+
+def test_an_inherited_option_a_method_marks_unused_is_refused_on_every_path():
+    """MAR's epoch is one pass over its source: ``iters`` is no option of it, whether given on the
+    command line (routed by the plan) or to the library's ``resolve_params``."""
+    from reidctl.methods import get_method
+
+    mar = get_method("mar")
+    with pytest.raises(ReidctlError, match=r"^--iters does not apply to --method mar"):
+        mar.resolve_params(None, {"iters": 5})
+    with pytest.raises(ReidctlError, match=r"^--iters does not apply to --method mar \(an option of cc"):
+        mar.plan({"iters": 5}, stage="train")
+    assert mar.resolve_params({"iters": 5}, {}).iters == MARParams().iters  # a checkpoint's value is ignored

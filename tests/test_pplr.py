@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from reidctl.artifacts import read_labels, write_features, write_labels
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ReidctlError
+from reidctl.methods.plan import refine_options
 from reidctl.methods import PPLR, PPLRParams, get_method
 from reidctl.methods.pplr import PPLRHeads, cross_agreement, list_jaccard, top_k_lists
 from reidctl.models.reid import ModelConfig, ReidModel
@@ -189,9 +190,9 @@ def test_errors_and_params():
         get_method("cc").resolve_params(None, {"beta": 0.3})
     with pytest.raises(ReidctlError, match="--beta"):
         PPLR.resolve_params(None, {"beta": 1.5})
-    assert PPLR.refine_options({}) == {"k": 20}
+    assert refine_options(PPLR, {}) == {"k": 20}
     with pytest.raises(ReidctlError, match=r"^--k does not apply to `refine --method cc`$"):
-        get_method("cc").refine_options({"k": 5})
+        refine_options(get_method("cc"), {"k": 5})
 
 
 def test_loss_switches_pglr_aals_and_camera_proxies():

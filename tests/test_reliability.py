@@ -25,6 +25,7 @@ from reidctl.artifacts import (
     ArtifactError, atomic_path, read_features, read_labels, write_features, write_labels,
 )
 from reidctl.errors import ReidctlError
+from reidctl.methods.plan import refine_options
 from reidctl.methods import get_method
 from reidctl.models.spec import ModelSpec
 from reidctl.pipeline.loop import STAGES, run_loop
@@ -550,7 +551,7 @@ def test_14_intra_clusters_with_an_intra_file_is_a_conflict(tmp_path):
     intra = tmp_path / "intra.h5"
     intra.write_bytes(b"")
     with pytest.raises(ReidctlError, match="--intra-clusters sets how `refine` clusters each camera itself"):
-        get_method("icrefine").refine_options({"intra": intra, "intra_clusters": "images/4"})
+        refine_options(get_method("icrefine"), {"intra": intra, "intra_clusters": "images/4"})
 
 
 def test_14_icrefine_lowers_k1_for_small_cameras_and_says_so():

@@ -120,7 +120,7 @@ def test_options_of_another_stage_or_method_are_refused_by_name(method, options,
 
 
 def test_outside_the_loop_refine_takes_what_the_loop_supplies():
-    routed = route(get_method("icrefine"), {"epoch": 3, "epochs": 10, "intra": "s1.h5"}, loop=False)
+    routed = route(get_method("icrefine"), {"epoch": 3, "epochs": 10, "intra": "s1.h5"}, stage="refine")
     assert routed.refine == {"epoch": 3, "epochs": 10, "intra": "s1.h5"} and not routed.given
 
 

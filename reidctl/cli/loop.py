@@ -18,6 +18,7 @@ from reidctl.cli.common import (command, err_console, error, given_options, mult
                                 print_json, runtime_of, warn_single_camera)
 from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
+from reidctl.methods.plan import model_settings, switches_of
 from reidctl.methods import Method, get_method
 from reidctl.pipeline.loop import STAGES, LoopConfig, resolved_config_text, run_loop
 from reidctl.pipeline.records import EpochRecord, RunSummary
@@ -67,7 +68,7 @@ def loop(
 ) -> None:
     """Extract → cluster → refine → train-epoch each epoch; re-running resumes where it stopped."""
     method_cls = get_method(method)
-    spec = ModelSpec(**{**model, **method_cls.model_settings(model, options)}, checkpoint=checkpoint)
+    spec = ModelSpec(**{**model, **model_settings(method_cls, model, switches_of(method_cls, options))}, checkpoint=checkpoint)
     spec.check_given(given_options(ctx))
     cfg = LoopConfig(
         data=data, run_dir=run_dir, method=method, epochs=epochs, dataset=dataset, model=spec,

@@ -140,14 +140,16 @@ def refine_flags() -> list[Flag]:
     for m in clustering:
         _collect(table, ClusterParams, m.name, panel=CLUSTERING, instance=_cluster_defaults(m))
     for m in METHODS.values():
+        _collect(table, m.Switches, m.name, panel=METHOD, method=m)
         _collect(table, m.RefineOptions, m.name, panel=METHOD, method=m)
     return list(table.values())
 
 
 def train_flags() -> list[Flag]:
-    """`train-epoch`: every method's training options."""
+    """`train-epoch`: every method's switches and training options."""
     table: dict[str, Flag] = {}
     for m in METHODS.values():
+        _collect(table, m.Switches, m.name, panel=METHOD, method=m)
         _collect(table, m.Params, m.name, panel=TRAINING, method=m)
     return list(table.values())
 
@@ -167,6 +169,7 @@ def loop_flags() -> list[Flag]:
                 f"{m.name}: use this file instead of running the {p.name} stage ({p.help})."), p.feeds,
                 stage_panel=METHOD, own={m.name: _home(m)}))
     for m in METHODS.values():
+        _collect(table, m.Switches, m.name, panel=METHOD, method=m)
         _collect(table, m.Params, m.name, panel=TRAINING, method=m)
     for m in METHODS.values():
         for p in m.preludes:

@@ -12,6 +12,7 @@ from reidctl.cli import options as o
 from reidctl.cli.common import command, out_console, print_json, runtime_of
 from reidctl.models.spec import ModelSpec
 from reidctl.cli.method_options import mar_model_flags, pretrain_flags, runtime_flags
+from reidctl.methods.plan import model_settings
 from reidctl.methods.mar import MAR, PretrainRequest, run_pretrain
 from reidctl.methods.mar.pretrain import PretrainParams
 from reidctl.options import resolve
@@ -36,7 +37,7 @@ def pretrain(
     """Train a fresh model with a normalised softmax over a labelled dataset's identities; its
     classifier rows are MAR's agents, and the checkpoint starts any method (`loop --checkpoint`)."""
     params = resolve(PretrainParams, options, what="`reidctl pretrain`")
-    req = PretrainRequest(ModelSpec(**{**model, **MAR.model_settings(model)}), runtime_of(run), data=data,
+    req = PretrainRequest(ModelSpec(**{**model, **model_settings(MAR, model)}), runtime_of(run), data=data,
                           dataset=dataset, splits=splits, params=params, force=run["force"])
     result = run_pretrain(req, out)
     if run["json"]:

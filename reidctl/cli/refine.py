@@ -13,7 +13,6 @@ from reidctl.cli.common import (command, err_console, multi_camera_cell, notice,
 from reidctl.cli.method_options import refine_flags, runtime_flags
 from reidctl.cli.options import METHOD
 from reidctl.methods import METHODS, get_method
-from reidctl.methods.plan import route
 from reidctl.stages.refine import run_refine
 from reidctl.pipeline.rundir import summary_notes
 
@@ -28,13 +27,12 @@ def refine(
     method: Annotated[str, typer.Option("--method", help="Refinement method: " + ", ".join(METHODS) + ".",
                                                     rich_help_panel=METHOD)] = "cc",
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels from `reidctl cluster` (default: cluster here).")] = None,
-    options: dict = None,  # clustering and every method's refine options (reidctl.cli.method_options)
+    options: dict = None,  # switches, clustering and every method's refine options (reidctl.cli.method_options)
     run: dict = None,  # how it runs (reidctl.runtime.Runtime, reidctl.cli.options.CommandOptions)
 ) -> None:
-    routed = route(get_method(method), options, loop=False)
     if out is None:  # `reidctl refine --method icrefine feats.h5` works as written
         out = features.with_name(f"{features.stem}.{method}.h5")
-    summary = run_refine(method, features, out, labels_path=labels, cluster=routed.cluster, options=routed.refine,
+    summary = run_refine(method, features, out, labels_path=labels, options=options,
                          **settings(run, "json")).to_json()
     if run["json"]:
         print_json(summary)

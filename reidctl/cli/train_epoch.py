@@ -12,6 +12,7 @@ from reidctl.cli import options as o
 from reidctl.cli.common import command, err_console, print_json, run_request, runtime_of
 from reidctl.models.spec import ModelSpec
 from reidctl.cli.method_options import model_flags, runtime_flags, train_flags
+from reidctl.methods.plan import model_settings, switches_of
 from reidctl.methods import METHODS, get_method
 from reidctl.stages.train_epoch import TrainEpochRequest, run_train_epoch
 
@@ -43,7 +44,7 @@ def train_epoch(
 ) -> None:
     """Train one epoch on pseudo labels (run under torchrun for several GPUs/processes)."""
     method_cls = get_method(method)
-    spec = ModelSpec(checkpoint=checkpoint, **{**model, **method_cls.model_settings(model, options)})
+    spec = ModelSpec(checkpoint=checkpoint, **{**model, **model_settings(method_cls, model, switches_of(method_cls, options))})
     req = TrainEpochRequest(spec, runtime_of(run), data=data, labels=labels, dataset=dataset, method=method,
                             features=features, epoch=epoch, overrides=options, force=run["force"])
     result = run_request(ctx, req, run_train_epoch, out)

@@ -3,9 +3,12 @@ contract) and the stages it owns around training.
 
 Beyond the training hooks, a method declares
 
-* its options, in two dataclasses whose defaults are the official command's: ``Params`` (the
-  training, extends ``TrainParams``) and ``RefineOptions`` (its ``refine`` step); each field's
-  help is written once with :func:`reidctl.options.option`;
+* its options tree, dataclasses whose defaults are the official command's: ``Switches`` (the
+  method-level switches that choose a variant, read by several sections), ``Params`` (the
+  training, extends ``TrainParams``), ``RefineOptions`` (its ``refine`` step) and each prelude's
+  ``Options``, beside the shared ``ClusterParams`` and ``ModelSpec``; each field's help is
+  written once with :func:`reidctl.options.option`. :meth:`Method.plan` resolves them once
+  (:mod:`reidctl.methods.plan`);
 * its clustering: ``clusters`` (False: ``loop`` neither clusters nor refines, and the trainer
   sees every train row), ``cluster_defaults`` (the official values that differ from CC's,
   including the feature ``branches`` the distance mixes) and ``resolve_clustering``;
@@ -15,7 +18,7 @@ Beyond the training hooks, a method declares
 * ``model_defaults``: the official model settings that differ from CC's;
 * ``run_defaults``: how many epochs the official command trains and how often it evaluates.
 
-Together with ``Params`` and ``RefineOptions`` these are the method's official command, in one
+Together with the options tree these are the method's official command, in one
 place per method; ``reidctl loop --method NAME --dry-run`` prints what they resolve to, and
 ``docs/methods.md`` sets them beside the official scripts' values (checked by
 ``tests/test_official_defaults.py``).
@@ -25,14 +28,12 @@ Adding a method is one package under ``reidctl/methods/`` and one line in the re
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from reidctl.options import not_applicable, resolve
-from reidctl.methods.plan import field_names, make_plan, owners
+from reidctl.methods.plan import make_plan
 from reidctl.methods.prelude import Prelude
 from reidctl.train.contract import Batch, EpochData, TrainingMethod, TrainParams
 
@@ -82,12 +83,8 @@ class RunDefaults:
 
 @dataclass
 class NoOptions:
-    """The refine options of a method whose ``refine`` has none (labels pass through)."""
-
-
-#: The model settings a method may set its own default for (CC's values).
-_MODEL_BASE: dict[str, Any] = {"pooling": "gem", "parts": 0, "height": 256, "width": 128, "last_stride": 1,
-                               "neck": "bn", "last_relu": True, "input_norm": "imagenet"}
+    """An empty options section: the refine options of a method whose ``refine`` has none
+    (labels pass through), the switches of a method that has no variants."""
 
 
 class Method(TrainingMethod):
@@ -95,6 +92,10 @@ class Method(TrainingMethod):
 
     #: Options of the ``refine`` step (a dataclass of official defaults).
     RefineOptions: ClassVar[type] = NoOptions
+    #: Method-level switches: options that choose a variant of the method and so are read by
+    #: several sections (NCPLR's ``--global-local``: the model's halves, the clustering's
+    #: distance and the training's losses); each field's ``reads`` names the sections.
+    Switches: ClassVar[type] = NoOptions
     #: ``ClusterParams`` values of the official command that differ from CC's (eps 0.6 ...).
     cluster_defaults: ClassVar[dict[str, Any]] = {}
     #: Loop values that ``refine`` reads as options of the same name: ``epoch`` (0-based) and
@@ -125,25 +126,18 @@ class Method(TrainingMethod):
         return [(array, train[pair_key(array.name)]) for array in cls.pair_arrays if pair_key(array.name) in train]
 
     @classmethod
-    def official_model(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The official model settings that differ from CC's, for the given flat ``options`` (a
-        method whose variants use different models, as NCPLR with and without parts, looks at
-        them). Default: ``model_defaults``."""
+    def official_model(cls, switches: Any) -> dict[str, Any]:
+        """The official model settings that differ from CC's under the resolved ``switches`` (a
+        method whose variants use different models, as NCPLR with and without its halves, looks
+        at them). Default: ``model_defaults``."""
         return dict(cls.model_defaults)
 
     @classmethod
-    def official_clustering(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The official ``ClusterParams`` values that differ from CC's, for the given flat
-        ``options`` (NCPLR's branch mixture depends on ``--global-local`` and ``--lambda1``).
+    def official_clustering(cls, switches: Any) -> dict[str, Any]:
+        """The official ``ClusterParams`` values that differ from CC's under the resolved
+        ``switches`` (NCPLR's branch mixture follows ``--global-local`` and ``--lambda1``).
         Default: ``cluster_defaults``."""
         return dict(cls.cluster_defaults)
-
-    @classmethod
-    def model_settings(cls, model: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Pooling, parts and input size: as given in ``model``, else the method's official value
-        (:meth:`official_model` of the flat ``options``), else CC's."""
-        base = {**_MODEL_BASE, **cls.official_model(options or {})}
-        return {k: base[k] if model.get(k) is None else model[k] for k in _MODEL_BASE}
 
     @classmethod
     def train_reads(cls, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,25 +157,10 @@ class Method(TrainingMethod):
         depend on N (icrefine: the number of clusters). Default: unchanged."""
         return params
 
-    @classmethod
-    def refuse_foreign(cls, options: Mapping[str, Any]) -> None:
-        """Refuse training options this method does not have, naming the method they belong to."""
-        known = field_names(cls.Params)
-        bad = [k for k in options if k not in known]
-        if bad:
-            raise not_applicable(bad, f"--method {cls.name}", owners(bad, lambda m: field_names(m.Params)))
-
     # ---- refine
-
-    @classmethod
-    def refine_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``refine`` step's options with the method's defaults filled in; options of another
-        method are a user error (``loop`` checks them before its first stage)."""
-        return dataclasses.asdict(resolve(cls.RefineOptions, options, what=f"`refine --method {cls.name}`"))
 
     @classmethod
     def refine(cls, features: Any, labels: np.ndarray, extra: Mapping[str, Any], options: Mapping[str, Any],
                *, seed: int = 1) -> Refined:
         """The ``refine`` stage: features + clustering labels → refined labels. Default: unchanged."""
-        cls.refine_options(options)
         return Refined(np.asarray(labels, dtype=np.int32))

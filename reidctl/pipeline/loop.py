@@ -53,6 +53,7 @@ from reidctl.runtime.processes import check_loader_options
 from reidctl.stages.extract import ExtractRequest, run_extract
 from reidctl.methods import Method, get_method
 from reidctl.methods.base import pair_key
+from reidctl.methods.plan import refine_options
 from reidctl.models.spec import ModelSpec
 from reidctl.options import option_fields
 from reidctl.runtime import Runtime
@@ -197,6 +198,9 @@ class _Loop:
             "model": {name: location(getattr(self.model, name)) if name == "weights" else getattr(self.model, name)
                       for name, _, _ in option_fields(ModelSpec)},
         }
+        switches = {name: getattr(self.plan.switches, name) for name, _, _ in option_fields(m.Switches)}
+        if switches:
+            sections["switches"] = switches
         if m.clusters:
             sections["clustering"] = {name: getattr(self.plan.cluster, name)
                                       for name, _, _ in option_fields(ClusterParams)}
@@ -220,7 +224,7 @@ class _Loop:
     def _check_parts(self, method: Method) -> None:
         """A method whose training (as configured) reads part features needs a model with parts."""
         if method.uses_parts and not self.cfg.model.parts:
-            parts = self.method_cls.official_model(self.cfg.options).get("parts")
+            parts = self.method_cls.official_model(self.plan.switches).get("parts")
             raise ReidctlError(f"--method {self.cfg.method} needs part features: --parts 0 leaves the model without "
                                "them" + (f" (its official model has {parts} stripes)" if parts else ""))
 
@@ -306,7 +310,7 @@ class _Loop:
         loop_values = {"epoch": epoch, "epochs": cfg.epochs}
         options = {**self.plan.refine, **{k: loop_values[k] for k in method.refine_context}}
         fed = {p.feeds: str(preludes[p.name].path) for p in method.preludes if not p.starts_model}
-        resolved = {k: v for k, v in method.refine_options({**options, **fed}).items() if k not in fed}
+        resolved = {k: v for k, v in refine_options(method, {**options, **fed}).items() if k not in fed}
         seed = cfg.runtime.seed + epoch
         call = StageCall("refine", folder, "refined.h5",
                          lambda out: run_refine(cfg.method, feats.path, out, labels_path=clus.path,

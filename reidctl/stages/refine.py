@@ -27,7 +27,7 @@ from reidctl.cluster.quality import pair_precision
 from reidctl.cluster.report import labels_report
 from reidctl.errors import ReidctlError, naming
 from reidctl.methods import get_method
-from reidctl.methods.plan import cluster_params
+from reidctl.methods.plan import sized_clustering
 from reidctl.stages.summary import StageSummary
 
 
@@ -57,7 +57,6 @@ def run_refine(
     out: str | Path,
     *,
     labels_path: str | Path | None = None,
-    cluster: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
     seed: int = 1,
     force: bool = False,
@@ -66,39 +65,42 @@ def run_refine(
     """Refine the labels of ``labels_path`` (or of the method's default clustering) and write ``out``
     (never over one of its inputs, nor over a file other than a labels artifact unless ``force``).
 
+    ``options``: the flat options of the ``refine`` command, resolved into the method's plan
+    (:func:`reidctl.methods.plan.make_plan`, ``stage="refine"``): its switches, the clustering
+    (when no ``labels_path`` is given) and the method's refine options.
+
     With ``borrow`` (a `loop` epoch folder, which keeps, prunes and re-makes the two files
     together) and ``out`` beside ``labels_path``, the arrays the method leaves unchanged (for
     ``cc`` all of them) are not copied: ``out`` records their digests and is read through them
     (:func:`reidctl.artifacts.write_labels`). Without it the file stands alone, so that a later
     ``cluster --out labels.h5`` cannot leave it dangling."""
     method_cls = get_method(method)
-    options = dict(options or {})
-    method_cls.refine_options(options)  # another method's options fail before any work
-    fed = [options.get(p.feeds) for p in method_cls.preludes]  # files the method reads as options
+    plan = method_cls.plan(options or {}, stage="refine")  # every bad option fails before any work
+    fed = [plan.refine.get(p.feeds) for p in method_cls.preludes]  # files the method reads as options
     check_output(out, schema=LABELS, inputs=(features_path, labels_path, *fed), force=force)
     fe = read_features(features_path)
     inputs = {"features": fe.meta.digest}
     searched: dict[str, Any] = {}  # the kNN backend, when this stage clusters
     given = None  # the labels file read, whose unchanged arrays the output borrows instead of copying
     if not method_cls.clusters:
-        if labels_path is not None or cluster:
-            raise ReidctlError(f"--method {method} does not cluster: --labels and clustering options do not apply")
+        if labels_path is not None:
+            raise ReidctlError(f"--method {method} does not cluster: --labels does not apply")
         labels, extra, cluster_info = np.full(len(fe), -1, dtype=np.int64), {}, {"labels": "none"}
     elif labels_path is not None:
-        if cluster:
+        if plan.cluster_given:
             raise ReidctlError("clustering options apply only without --labels (the labels are already clustered)")
         given = read_labels(labels_path, expect_paths=fe.paths)
         labels, extra, cluster_info = given.labels, given.extra, {"labels": "given"}
         inputs["labels"] = given.meta.digest
     else:
-        params = cluster_params(method_cls, options, n_samples=len(fe), **(cluster or {}))
+        params = sized_clustering(method_cls, plan.cluster, len(fe))
         res = cluster_features(fe.feats, params, parts=fe.parts)
         labels = res["labels"]
         extra = {k: res[k] for k in ("knn_index", "knn_dist", res["distance"])}
         cluster_info = {"cluster": dataclasses.asdict(params)}
         searched = size_choices(res)
     try:  # the options were checked above: what fails now is about the features' content
-        refined = method_cls.refine(fe, labels, extra, options, seed=seed)
+        refined = method_cls.refine(fe, labels, extra, plan.refine, seed=seed)
     except ReidctlError as exc:
         raise naming(features_path, exc) from None
     new_labels = np.asarray(refined.labels, dtype=np.int32)

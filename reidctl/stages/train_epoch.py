@@ -25,7 +25,6 @@ from reidctl.artifacts import (
 from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import input_norm
-from reidctl.options import read_elsewhere
 from reidctl.errors import ArtifactError, ReidctlError
 from reidctl.methods import get_method
 from reidctl.models.checkpoint import (
@@ -76,8 +75,9 @@ class TrainEpochRequest:
     """Inputs and options of one training epoch.
 
     ``model`` builds a fresh model when its ``checkpoint`` is None. ``overrides`` holds the
-    method options the user gave (``iters``, ``batch_size``, ``momentum`` ...); the others come
-    from the checkpoint (same method) or the method's defaults (``reidctl.methods.<name>.Params``).
+    method options the user gave (``iters``, ``batch_size``, ``momentum`` ..., and the method's
+    switches that training reads, as NCPLR's ``global_local``); the others come from the
+    checkpoint (same method) or the method's defaults (``reidctl.methods.<name>.Params``).
     """
 
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -182,8 +182,8 @@ def check_state_output(arrays: Mapping[str, Any], req: TrainEpochRequest, out: s
 def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummary:
     """Train one epoch and write the checkpoint ``out``; returns the epoch's summary."""
     method_cls, spec, run = get_method(req.method), req.model, req.runtime
-    method_cls.refuse_foreign(req.overrides)  # another method's options fail before any work
-    read_elsewhere(method_cls.Params, req.overrides, "train", "`train-epoch`")  # (NCPLR's --lambda1)
+    # every bad option fails before any work (another method's, NCPLR's --lambda1 that only its clustering reads)
+    req = dataclasses.replace(req, overrides=method_cls.plan(req.overrides, stage="train").train_given)
     if req.labels is None and method_cls.clusters:
         raise ReidctlError("--labels is required (a labels file from `reidctl cluster` or `reidctl refine`)")
     if req.labels is not None and not method_cls.clusters:

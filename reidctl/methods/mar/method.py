@@ -130,13 +130,6 @@ class MAR(AgentTraining, Method):
     run_defaults = RunDefaults(epochs=20, eval_every=20)
 
     @classmethod
-    def refine_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        resolved = super().refine_options(options)
-        if not resolved["agents"]:
-            raise ReidctlError("--agents CHECKPOINT is required: the agents that describe the images")
-        return resolved
-
-    @classmethod
     def refine(cls, features: Any, labels: np.ndarray, extra: Mapping[str, Any], options: Mapping[str, Any],
                *, seed: int = 1) -> Refined:
         """Soft multilabels and agreement pairs of a features file, for inspection (no labels)."""

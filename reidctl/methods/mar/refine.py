@@ -34,6 +34,10 @@ class MARRefineOptions:
     mining_ratio: float = field(default=0.005, metadata=option(
         "MAR: fraction of a batch's pairs mined (the closest), and the quantile of the agreement threshold."))
 
+    def check(self) -> None:
+        if not self.agents:
+            raise ReidctlError("--agents CHECKPOINT is required: the agents that describe the images")
+
 
 def read_agents(path: str | Path) -> torch.Tensor:
     """The normalised agents (K×C) of a ``pretrain`` or ``mar`` checkpoint."""

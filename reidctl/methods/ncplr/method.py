@@ -33,6 +33,7 @@ from reidctl.methods.base import Batch, EpochData, Method, Refined, RunDefaults
 from reidctl.methods.cc import CCParams
 from reidctl.methods.ncplr import neighbours as nb
 from reidctl.methods.ncplr import targets as tg
+from reidctl.methods.plan import refine_options
 from reidctl.models.reid import ReidModel
 from reidctl.options import option
 from reidctl.train.heads import CentroidClassifiers
@@ -49,16 +50,14 @@ class NCPLRParams(CCParams):
     with CC's values, which are also NCPLR's: batch 256 = 16 identities × 16, 200 iterations,
     Adam 3.5e-4 / 5e-4, StepLR 20 × 0.1, the cluster memories' momentum 0.1, τ 0.05 and
     per-sample update. Clustering: DBSCAN eps 0.5 (``NCPLR.cluster_defaults``);
-    model: GeM at 320×128, with two halves for ``--global-local`` (``NCPLR.official_model``);
+    model: GeM at 320×128, with two halves for ``--global-local`` (``NCPLR.official_model``;
+    ``global_local`` and ``lambda1`` are the method's switches, :class:`NCPLRSwitches`);
     neighbour sets: eps_neighbor 0.2 (:class:`NCPLRRefineOptions`)."""
 
     sampler_anchor: str = "last"
-    global_local: bool = field(default=False, metadata=option(
-        "ncplr: GL-NCPLR (the official train.sh): up/down halves with their own memories, classifiers and "
-        "targets, clustering on the mixed distance; --global-only is plain NCPLR.", off="--global-only"))
-    lambda1: float = field(default=0.2, metadata=option(
-        "ncplr: weight λ1 of each half's Jaccard distance in the clustering (global 1−2λ1); --global-local only.",
-        reads=("cluster",)))
+    #: Not an option here: set from the method's switch (:class:`NCPLRSwitches`) by the plan,
+    #: and kept in the checkpoint with the other parameters.
+    global_local: bool = False
     lambda2: float = field(default=0.2, metadata=option(
         "ncplr: weight λ2 of each half's ClusterNCE and refinement loss (global 1−λ2); --global-local only."))
     alpha: float = field(default=0.1, metadata=option(
@@ -78,8 +77,6 @@ class NCPLRParams(CCParams):
 
     def check(self) -> None:
         super().check()
-        if not 0 < self.lambda1 < 0.5:
-            raise ReidctlError("--lambda1 must lie in (0, 0.5): the global distance keeps 1 − 2·λ1")
         for name in ("lambda2", "alpha", "cmalpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ReidctlError(f"--{name} must lie in [0, 1]")
@@ -90,6 +87,31 @@ class NCPLRParams(CCParams):
                                f"{', '.join(nb.NEIGHBOR_WEIGHTS)}")
         if self.classifier_rows < 1:
             raise ReidctlError("--classifier-rows must be at least 1")
+
+
+@dataclass
+class NCPLRSwitches:
+    """NCPLR's method-level switches: the variant, which the model, the clustering and the
+    training all follow, and the clustering's mixture of the variant's branches."""
+
+    global_local: bool = field(default=False, metadata=option(
+        "ncplr: GL-NCPLR (the official train.sh): up/down halves with their own memories, classifiers and "
+        "targets, clustering on the mixed distance; --global-only is plain NCPLR.", off="--global-only",
+        reads=("model", "cluster", "train")))
+    lambda1: float = field(default=0.2, metadata=option(
+        "ncplr: weight λ1 of each half's Jaccard distance in the clustering (global 1−2λ1); --global-local only.",
+        reads=("cluster",)))
+
+    def check(self) -> None:
+        if not 0 < self.lambda1 < 0.5:
+            raise ReidctlError("--lambda1 must lie in (0, 0.5): the global distance keeps 1 − 2·λ1")
+
+
+@dataclass
+class GLNCPLRSwitches(NCPLRSwitches):
+    """GL-NCPLR's switches: the global-local variant."""
+
+    global_local: bool = True
 
 
 @dataclass
@@ -131,6 +153,7 @@ class NCPLR(Method):
 
     name = "ncplr"
     Params = NCPLRParams
+    Switches = NCPLRSwitches
     RefineOptions = NCPLRRefineOptions
     params: NCPLRParams
     label_arrays = ("neighbors",)
@@ -143,21 +166,14 @@ class NCPLR(Method):
         return self.params.global_local
 
     @classmethod
-    def _global_local(cls, options: Mapping[str, Any]) -> bool:
-        """Whether the given flat ``options`` run the global-local variant (else the method's default)."""
-        value = options.get("global_local")
-        return cls.Params.global_local if value is None else bool(value)
+    def official_model(cls, switches: NCPLRSwitches) -> dict[str, Any]:
+        return {**cls.model_defaults, "parts": HALVES if switches.global_local else 0}
 
     @classmethod
-    def official_model(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        return {**cls.model_defaults, "parts": HALVES if cls._global_local(options) else 0}
-
-    @classmethod
-    def official_clustering(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        if not cls._global_local(options):
+    def official_clustering(cls, switches: NCPLRSwitches) -> dict[str, Any]:
+        if not switches.global_local:
             return dict(cls.cluster_defaults)
-        lambda1 = options.get("lambda1")
-        return {**cls.cluster_defaults, "branches": mixture(cls.Params.lambda1 if lambda1 is None else lambda1)}
+        return {**cls.cluster_defaults, "branches": mixture(switches.lambda1)}
 
     # ---- refine stage
 
@@ -165,7 +181,7 @@ class NCPLR(Method):
     def refine(cls, features: Any, labels: np.ndarray, extra: Mapping[str, Any], options: Mapping[str, Any],
                *, seed: int = 1) -> Refined:
         """Labels unchanged; the neighbour sets on the clustering's distance as ``neighbors``."""
-        opts = cls.refine_options(options)
+        opts = refine_options(cls, options)
         clustered = clustered_distance(extra)
         if clustered is None:
             raise ReidctlError("--method ncplr needs the clustering's distance: give a labels file made by "
@@ -267,4 +283,5 @@ class GLNCPLR(NCPLR):
 
     name = "gl-ncplr"
     Params = GLNCPLRParams
+    Switches = GLNCPLRSwitches
     params: GLNCPLRParams

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from reidctl.errors import ReidctlError
 from reidctl.methods.base import Batch, EpochData, Method, Refined, RunDefaults, TrainParams
+from reidctl.methods.plan import refine_options
 from reidctl.models.reid import ReidModel
 from reidctl.options import option
 from reidctl.search import knn
@@ -169,7 +170,7 @@ class PPLR(Method):
     def refine(cls, features: Any, labels: np.ndarray, extra: Mapping[str, Any], options: Mapping[str, Any],
                *, seed: int = 1) -> Refined:
         """Labels unchanged; the cross-agreement of all N rows (outliers included) as ``agreement``."""
-        opts = cls.refine_options(options)
+        opts = refine_options(cls, options)
         if features.parts is None:
             raise ReidctlError(f"{getattr(features, 'path', 'the features')} has no part features: "
                                f"--method pplr needs them; extract with --parts 3 --pooling avg")
