@@ -128,7 +128,7 @@ def test_loop_help_is_grouped_into_panels():
     expected = {"--data": "Data", "--dataset": "Data", "--arch": "Model", "--checkpoint": "Model",
                 "--k1": "Clustering", "--knn-backend": "Clustering", "--method": "Method",
                 "--beta": "Method: pplr", "--intra": "Method: icrefine", "--intra-lr": "Method: icrefine",
-                "--global-local": "Method: ncplr, gl-ncplr", "--aux-data": "Method: mar",
+                "--global-local": "Method: ncplr, gl-ncplr", "--aux-data": "Training",
                 "--pretrain-lr": "Method: mar", "--lr": "Training", "--batch-size": "Training",
                 "--momentum": "Training", "--run-dir": "Run", "--epochs": "Run", "--keep": "Run",
                 "--device": "Runtime", "--json": "Runtime", "--help": "Runtime"}
@@ -145,7 +145,7 @@ def test_an_option_has_one_panel_in_every_command():
     assert all(len(panels) == 1 for panels in seen.values()), {k[0]: v for k, v in seen.items() if len(v) > 1}
     assert seen[("--k1", _param("cluster", "--k1").help)] == {"Clustering"}
     assert _param("refine", "--k1").rich_help_panel == _param("loop", "--k1").rich_help_panel == "Clustering"
-    assert _param("train-epoch", "--aux-data").rich_help_panel == "Method: mar"
+    assert _param("train-epoch", "--aux-data").rich_help_panel == _param("loop", "--aux-data").rich_help_panel == "Training"
 
 
 def _param(command: str, flag: str):

@@ -8,6 +8,7 @@ in the comments."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -22,10 +23,11 @@ from reidctl.artifacts import read_ground_truth
 from reidctl.data.base import Dataset, Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.errors import ArtifactError, DatasetError, ReidctlError
-from reidctl.methods.mar import MAR
-from reidctl.methods.mar.agents import AgentClassifier
-from reidctl.methods.mar.source import load_source
+from reidctl.train.agents import AgentClassifier
+from reidctl.data.source import load_source
 from reidctl.models.checkpoint import load_checkpoint
+from reidctl.models.spec import ModelSpec
+from reidctl.pipeline.loop import LoopConfig, plan_loop
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour, colour_market
 
@@ -125,9 +127,6 @@ def test_mar_aux_splits_train_test_reads_the_keyed_source(msmt, tmp_path, one_th
     """`--aux-splits train,test`: the source MAR reads (and fingerprints for its cache) has the 7
     keyed identities; the agents of a `pretrain --splits train,test` match it, a train-only
     pretraining's do not."""
-    params = {"aux_data": str(msmt), "aux_dataset": None, "aux_splits": "train,test"}
-    assert MAR.train_reads(params) == {"aux": load_source(str(msmt), splits="train,test").fingerprint()}
-    assert MAR.train_reads(params) != MAR.train_reads({**params, "aux_splits": "train"})
     source = load_source(str(msmt), splits="train,test")
     agents = AgentClassifier(8, torch.as_tensor(source.pids))
     agents.check_source(torch.arange(7), "keyed")  # a checkpoint of the same source
@@ -138,6 +137,11 @@ def test_mar_aux_splits_train_test_reads_the_keyed_source(msmt, tmp_path, one_th
     run_ok("pretrain", "--data", msmt, "--splits", "train,test", "--out", ckpt, "--epochs", "1", "--batch-size", "8",
            *MODEL, *RUN)
     target = colour_market(tmp_path / "target", train_ids=3, test_ids=2, per_camera=2)
+    cfg = LoopConfig(data=str(target), run_dir=tmp_path / "plan", method="mar", model=ModelSpec(checkpoint=ckpt),
+                     options={"aux_data": str(msmt), "aux_splits": "train,test"})
+    reads = plan_loop(cfg).train_reads  # the train stage's key holds the source the loop trains on
+    assert reads == {"aux": load_source(str(msmt), splits="train,test").fingerprint()}
+    assert reads != plan_loop(dataclasses.replace(cfg, options={**cfg.options, "aux_splits": "train"})).train_reads
     loop = ["loop", "--data", target, "--method", "mar", "--aux-data", msmt, "--checkpoint", ckpt, "--epochs", "1",
             "--eval-every", "0", "--batch-size", "16", "--bn-chunks", "2", "--mining-ratio", "0.2", *RUN]
     run_ok(*loop, "--aux-splits", "train,test", "--run-dir", tmp_path / "run")

@@ -25,7 +25,7 @@ from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import channel_stats, dataset_norm
 from reidctl.methods.mar import MAR, MARParams
 from reidctl.methods.mar import losses as L
-from reidctl.methods.mar.agents import AgentClassifier
+from reidctl.train.agents import AgentClassifier
 from reidctl.methods.mar.pretrain import PretrainParams
 from reidctl.models.reid import ModelConfig, ReidModel
 from reidctl.models.checkpoint import checkpoint_digest, load_checkpoint

@@ -15,6 +15,7 @@ from reidctl.cluster.clustering import ClusterParams
 from reidctl.errors import ReidctlError
 from reidctl.methods import METHODS, MARParams
 from reidctl.methods.icrefine.prelude import INTRA_CAMERA
+from reidctl.methods.mar.method import MARSource
 from reidctl.methods.ncplr.method import GLNCPLRParams, NCPLRParams
 from reidctl.models.spec import ModelSpec
 from reidctl.options import option, option_fields, resolve
@@ -23,7 +24,11 @@ from tests.clitools import run_error
 #: Fields that are set by a command itself, not options of their own.
 NOT_OPTIONS = {ClusterParams: {"device"}, ModelSpec: {"checkpoint", "seed"},
                # inherited, marked unused: MAR's epoch is one pass over its source, shuffled
-               MARParams: {"iters", "num_instances", "step_size", "sampler_anchor"},
+               MARParams: {"iters", "num_instances", "step_size", "sampler_anchor",
+                           # set by the plan from the source section (MARSource), which MAR trains on itself
+                           "aux_data", "aux_dataset", "aux_splits"},
+               # inherited, marked unused: MAR's own batch halves and weights replace the joint step's
+               MARSource: {"aux_weight", "aux_batch", "aux_scale"},
                # set by the plan from NCPLR's switch (NCPLRSwitches), not an option of the training
                NCPLRParams: {"global_local"}, GLNCPLRParams: {"global_local"}}
 
@@ -34,7 +39,8 @@ def _declared(cls) -> set[str]:
 
 @pytest.mark.parametrize("cls", [ClusterParams, ModelSpec, Runtime, INTRA_CAMERA.Options]
                          + [m.Params for m in METHODS.values()] + [m.RefineOptions for m in METHODS.values()]
-                         + list(dict.fromkeys(m.Switches for m in METHODS.values())))
+                         + list(dict.fromkeys(m.Switches for m in METHODS.values()))
+                         + list(dict.fromkeys(m.Source for m in METHODS.values())))
 def test_every_field_is_an_option_with_help(cls):
     fields = {f.name for f in dataclasses.fields(cls)} - NOT_OPTIONS.get(cls, set())
     assert _declared(cls) == fields

@@ -146,11 +146,12 @@ def refine_flags() -> list[Flag]:
 
 
 def train_flags() -> list[Flag]:
-    """`train-epoch`: every method's switches and training options."""
+    """`train-epoch`: every method's switches, training and labelled source options."""
     table: dict[str, Flag] = {}
     for m in METHODS.values():
         _collect(table, m.Switches, m.name, panel=METHOD, method=m)
         _collect(table, m.Params, m.name, panel=TRAINING, method=m)
+        _collect(table, m.Source, m.name, panel=TRAINING, method=m)
     return list(table.values())
 
 
@@ -171,6 +172,7 @@ def loop_flags() -> list[Flag]:
     for m in METHODS.values():
         _collect(table, m.Switches, m.name, panel=METHOD, method=m)
         _collect(table, m.Params, m.name, panel=TRAINING, method=m)
+        _collect(table, m.Source, m.name, panel=TRAINING, method=m)
     for m in METHODS.values():
         for p in m.preludes:
             _collect(table, p.Options, m.name, panel=METHOD, method=m, prefix=p.name, loop=True)

@@ -16,7 +16,7 @@ from reidctl.methods.plan import model_settings
 from reidctl.methods.mar import MAR, PretrainRequest, run_pretrain
 from reidctl.methods.mar.pretrain import PretrainParams
 from reidctl.options import resolve
-from reidctl.methods.mar.source import DEFAULT_SOURCE_SPLITS
+from reidctl.data.source import DEFAULT_SOURCE_SPLITS
 
 
 @command("pretrain", options=pretrain_flags(), model=mar_model_flags(),

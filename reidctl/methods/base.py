@@ -140,18 +140,6 @@ class Method(TrainingMethod):
         return dict(cls.cluster_defaults)
 
     @classmethod
-    def train_reads(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """What training reads beyond the target's train images, for the train stage's cache key
-        (MAR: the fingerprint of its labelled source). Default: nothing."""
-        return {}
-
-    @classmethod
-    def loop_notes(cls, params: Mapping[str, Any], data: str) -> list[str]:
-        """Warnings about a loop on ``data`` with training options ``params`` that do not stop
-        it, shown before its first stage (MAR: a source that is the target). Default: none."""
-        return []
-
-    @classmethod
     def resolve_clustering(cls, params: Any, n_samples: int) -> Any:
         """The ``ClusterParams`` to run on ``n_samples`` rows: a method may fill in values that
         depend on N (icrefine: the number of clusters). Default: unchanged."""

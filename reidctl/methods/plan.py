@@ -2,7 +2,8 @@
 
 ``loop`` takes one flat mapping of options (``eps``, ``iters``, ``beta``, ``intra_epochs``,
 ``intra`` ...); :func:`make_plan` (``Method.plan``) routes each to its section of the method's
-options tree (the method-level ``Switches``, the clustering, refine, training and each prelude),
+options tree (the method-level ``Switches``, the clustering, refine, training, the labelled
+``Source`` and each prelude),
 fills in the method's official values under the switches, checks everything, and returns typed
 settings: the switches, the clustering (a :class:`~reidctl.cluster.clustering.ClusterParams`,
 or None for a method that does not cluster), the refine options, the training parameters, each
@@ -65,6 +66,15 @@ class Plan:
     #: The options the user gave that only the clustering reads (its own, and switches such as
     #: ``lambda1``): ``refine`` refuses them with a labels file, which is already clustered.
     cluster_given: tuple[str, ...] = ()
+    #: The labelled source section (``--aux-data`` ...), resolved; ``source.given``: a source is
+    #: trained beside the target (a method that ``learns_source``, MAR, reads it as training options).
+    source: Any = None
+    #: The source options the user gave (a checkpoint's come between the defaults and these).
+    source_given: dict[str, Any] = field(default_factory=dict)
+
+    def train_options(self) -> dict[str, Any]:
+        """What the train stage takes as given options: the training's and the source's."""
+        return {**self.train_given, **self.source_given}
 
     def model(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The model settings of a fresh model: :func:`model_settings` under this plan's switches."""
@@ -132,14 +142,19 @@ def make_plan(method: type[Method], options: Mapping[str, Any], *, stage: str | 
     if stage is not None:
         read_elsewhere(method.Switches, routed.switches, _SWITCH_READER[stage], STAGE_COMMANDS[stage])
     switches = resolve(method.Switches, routed.switches, what=f"--method {method.name}")
-    given_train = {**{k: v for k, v in routed.switches.items() if reads(method.Switches, k, "train")}, **routed.train}
+    source = resolve(method.Source, routed.source, what=f"--method {method.name}")
+    if stage is None and routed.source and not source.given and not method.learns_source:
+        flags = ", ".join(flag_of(k) for k in routed.source)
+        raise ReidctlError(f"{flags} set how a labelled source is trained beside the target: give it with --aux-data")
+    read = _training_reads(method)
+    given_train = {**{k: v for k, v in {**routed.switches, **routed.source}.items() if k in read}, **routed.train}
     if stage is None:
         for name, value in method.train_context.items():
             given_train.setdefault(name, (context or {})[value])
     train = None
     if stage != "refine":
-        switched = {k: getattr(switches, k) for k in field_names(method.Switches) if reads(method.Switches, k, "train")}
-        train = method.resolve_params(None, {**switched, **given_train})
+        handed = {k: getattr(sec, k) for sec in (switches, source) for k in field_names(type(sec)) if k in read}
+        train = method.resolve_params(None, {**handed, **given_train})
     cluster = None
     if method.clusters and stage != "train":
         cluster = cluster_params(method, switches, n_samples=n_samples, sized_later=stage == "refine",
@@ -154,9 +169,19 @@ def make_plan(method: type[Method], options: Mapping[str, Any], *, stage: str | 
         if p.starts_model and checkpoint is not None:
             given[p.feeds] = str(checkpoint)
     preludes = {} if stage is not None else {
-        p.name: _prelude_options(p, routed.preludes.get(p.name, {}), routed.train, given) for p in method.preludes}
+        p.name: _prelude_options(p, routed.preludes.get(p.name, {}), given_train, given) for p in method.preludes}
     cluster_given = (*routed.cluster, *(k for k in routed.switches if reads(method.Switches, k, "cluster")))
-    return Plan(method, switches, cluster, dict(routed.refine), train, given_train, preludes, given, cluster_given)
+    return Plan(method, switches, cluster, dict(routed.refine), train, given_train, preludes, given, cluster_given,
+                source, dict(routed.source))
+
+
+def _training_reads(method: type[Method]) -> set[str]:
+    """The switches and source options that training reads as parameters of its own name: a
+    switch whose ``reads`` names the training (NCPLR's ``global_local``), a source option that
+    is a field of ``Params`` (MAR's ``aux_data``, which it trains on itself)."""
+    params = {f.name for f in dataclasses.fields(method.Params)}
+    switches = {k for k in field_names(method.Switches) if reads(method.Switches, k, "train")}
+    return (switches | field_names(method.Source)) & params
 
 
 def _prelude_options(prelude: Prelude, options: Mapping[str, Any], train: Mapping[str, Any],
@@ -177,6 +202,7 @@ class Routed:
     """A flat mapping of given options, split by the section each one belongs to."""
 
     switches: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)
     refine: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
@@ -200,7 +226,7 @@ def route(method: type[Method], options: Mapping[str, Any], *, stage: str | None
             bad.append(key)
             continue
         section, name = section_of[key]
-        if section in ("switches", "cluster", "refine", "train"):
+        if section in ("switches", "source", "cluster", "refine", "train"):
             getattr(routed, section)[name] = value
         elif section == "given":
             routed.given[name] = str(value)
@@ -227,6 +253,7 @@ def option_stages(method: type[Method], *, stage: str | None = None) -> dict[str
                 sections[n] = ("refine", n)
     if stage != "refine":  # `refine` takes no training options (a name both have, as MAR's --scale, is refine's there)
         sections.update({n: ("train", n) for n, _, _ in option_fields(method.Params)})
+        sections.update({n: ("source", n) for n, _, _ in option_fields(method.Source)})
     if loop:
         for p in method.preludes:
             sections.update({f"{p.name}_{n}": (p.name, n) for n, _, info in option_fields(p.Options) if info.loop})

@@ -52,6 +52,7 @@ from reidctl.stages.evaluate import evaluate_feature_file
 from reidctl.runtime.processes import check_loader_options
 from reidctl.stages.extract import ExtractRequest, run_extract
 from reidctl.methods import Method, get_method
+from reidctl.data.source import load_source, source_is_target_warning
 from reidctl.methods.base import pair_key
 from reidctl.methods.plan import refine_options
 from reidctl.models.spec import ModelSpec
@@ -171,7 +172,12 @@ class _Loop:
         self.plan = plan = self.method_cls.plan(cfg.options, n_samples=len(ds.train), context={"epochs": cfg.epochs},
                                                 checkpoint=cfg.model.checkpoint)
         self.train_params = plan.train.to_dict()
-        self.train_reads = self.method_cls.train_reads(self.train_params)  # once: a source's fingerprint
+        source = plan.source
+        # once: the labelled source's fingerprint, part of the train stage's key ("aux", as MAR's always was)
+        self.train_reads = {"aux": load_source(source.aux_data, source.aux_dataset, source.aux_splits).fingerprint()
+                            } if source.given else {}
+        # the joint source step's options (a method that learns the source itself has them in its parameters)
+        self.train_source = source.to_dict() if source.given and not self.method_cls.learns_source else None
         self._check_parts(self.method_cls(plan.train))
         self.model = dataclasses.replace(cfg.model, checkpoint=None)
         if cfg.model.checkpoint is None:  # a fresh model: its start is recorded (ImageNet unless told otherwise)
@@ -211,6 +217,9 @@ class _Loop:
         training = self.train_params
         sections["training"] = {name: location(training.get(name)) if info.path else training.get(name)
                                 for name, _, info in option_fields(m.Params)}
+        source = self.plan.source
+        sections["source"] = {name: location(getattr(source, name)) if info.path else getattr(source, name)
+                              for name, _, info in option_fields(m.Source)} if source.given else {}
         for p in m.preludes:
             given = self.plan.given.get(p.feeds)
             opts = self.plan.preludes.get(p.name)
@@ -260,10 +269,15 @@ class _Loop:
             digest = given_digest(Path(given), prelude.read_given(Path(given), self.ds))
             return StageResult(Path(given).absolute(), digest, {"file": str(given)}, cached=True)
         options = self.plan.preludes[prelude.name]
-        ctx = RunContext(data=cfg.data, dataset=cfg.dataset, model=self.model, runtime=run)
+        # a prelude that does not make the starting model (icrefine's stage 1) starts from the
+        # user's --checkpoint (a source model) when there is one, else from the fresh model
+        start = None if prelude.starts_model else self.start_given()
+        model = self.model_from(start)
+        ctx = RunContext(data=cfg.data, dataset=cfg.dataset, model=model, runtime=run)
         call = StageCall(prelude.name, prelude.name, prelude.output, lambda out: prelude.run(ctx, options, out),
                          options=dataclasses.asdict(options), seed=run.seed, group="prelude",
-                         reads={**self.images("train"), "model": self.model_key, "precision": self.precision,
+                         inputs={} if start is None else {"checkpoint": start},
+                         reads={**self.images("train"), "model": self.fresh_model(start), "precision": self.precision,
                                 "deterministic": run.deterministic, **(prelude.reads(options) if prelude.reads else {})})
         return self.stage(call, prelude.name)
 
@@ -325,13 +339,16 @@ class _Loop:
 
         def go(out: Path) -> dict[str, Any]:
             req = TrainEpochRequest(self.model_from(ckpt), cfg.runtime, data=cfg.data, dataset=cfg.dataset,
-                                    labels=ref and ref.path, method=cfg.method, overrides=self.plan.train_given,
+                                    labels=ref and ref.path, method=cfg.method, overrides=self.plan.train_options(),
                                     features=feats.path, epoch=epoch)
             res = run_train_epoch(req, out)
             summary = {k: v for k, v in res.to_json().items() if k not in ("params", "out")}
             return summary | self.pair_quality(out, feats)
 
-        call = StageCall("train", folder, "model.pt", go, options={"method": cfg.method, "params": self.train_params},
+        options = {"method": cfg.method, "params": self.train_params}
+        if self.train_source is not None:
+            options["source"] = self.train_source
+        call = StageCall("train", folder, "model.pt", go, options=options,
                          seed=cfg.runtime.seed, inputs={"checkpoint": ckpt, "labels": ref, "features": feats},
                          reads={**self.images("train"), "model": self.fresh_model(ckpt),
                                 "precision": self.precision, "deterministic": cfg.runtime.deterministic,
@@ -356,6 +373,10 @@ class _Loop:
         for p in self.method_cls.preludes:
             if p.starts_model:
                 return preludes[p.name]
+        return self.start_given()
+
+    def start_given(self) -> StageResult | None:
+        """The user's ``--checkpoint`` as a stage input (None: a fresh model)."""
         if self.cfg.model.checkpoint is None:
             return None
         path = Path(self.cfg.model.checkpoint)
@@ -545,8 +566,9 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[EpochRecord], None] | None = N
     unreadable stage record); by default it goes to the ``reidctl`` logger.
     """
     loop = plan_loop(cfg)  # resolves and checks every option before the run folder is made
-    for note in loop.method_cls.loop_notes(loop.train_params, cfg.data):
-        (notice or logging.getLogger("reidctl").warning)(note)
+    warning = source_is_target_warning(loop.plan.source.aux_data, cfg.data)
+    if warning:
+        (notice or logging.getLogger("reidctl").warning)(warning)
     if cfg.model.checkpoint is None:
         loop.model.check_start()  # ImageNet weights fetched now (into torch's cache), or refused in one line
     force_from = "prelude" if cfg.force_from in {p.name for p in loop.method_cls.preludes} else cfg.force_from

@@ -27,6 +27,7 @@ from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import input_norm
 from reidctl.errors import ArtifactError, ReidctlError
 from reidctl.methods import get_method
+from reidctl.methods.plan import Plan
 from reidctl.models.checkpoint import (
     CHECKPOINT_SCHEMA,
     load_checkpoint,
@@ -75,9 +76,10 @@ class TrainEpochRequest:
     """Inputs and options of one training epoch.
 
     ``model`` builds a fresh model when its ``checkpoint`` is None. ``overrides`` holds the
-    method options the user gave (``iters``, ``batch_size``, ``momentum`` ..., and the method's
-    switches that training reads, as NCPLR's ``global_local``); the others come from the
-    checkpoint (same method) or the method's defaults (``reidctl.methods.<name>.Params``).
+    method options the user gave (``iters``, ``batch_size``, ``momentum`` ..., the method's
+    switches that training reads, as NCPLR's ``global_local``, and the labelled source's
+    ``aux_*``); the others come from the checkpoint (same method) or the method's defaults
+    (``reidctl.methods.<name>.Params``, ``Source``).
     """
 
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -92,17 +94,20 @@ class TrainEpochRequest:
     force: bool = False  # overwrite an existing --out that is not a reidctl checkpoint
 
 
-def open_session(req: TrainEpochRequest, device: torch.device) -> tuple[TrainSession, dict[str, Any]]:
-    """A session continuing ``req.model.checkpoint``, or a fresh one; and the model's provenance."""
-    method_cls, spec, run = get_method(req.method), req.model, req.runtime
+def open_session(req: TrainEpochRequest, device: torch.device, plan: Plan | None = None
+                 ) -> tuple[TrainSession, dict[str, Any]]:
+    """A session continuing ``req.model.checkpoint``, or a fresh one, with the options ``plan``
+    (default: the method's plan of ``req.overrides``) says were given (the training's and the
+    labelled source's); and the model's provenance."""
+    plan = plan if plan is not None else get_method(req.method).plan(req.overrides, stage="train")
+    method_cls, spec, run = plan.method, req.model, req.runtime
     if spec.checkpoint is not None:
         payload = load_checkpoint(spec.checkpoint)
-        session = resume(payload, method_cls, overrides=req.overrides, device=device, amp=run.amp, seed=run.seed,
-                         source=spec.checkpoint)
+        session = resume(payload, method_cls, overrides=plan.train_given, device=device, amp=run.amp, seed=run.seed,
+                         source=spec.checkpoint, source_options=plan.source_given)
         return session, {"init": f"checkpoint:{Path(spec.checkpoint).name}", "from_epoch": session.epoch}
     model, provenance = spec.build(run.seed)
-    params = method_cls.resolve_params(None, req.overrides)
-    session = TrainSession(model, method_cls(params), device=device, amp=run.amp, seed=run.seed)
+    session = TrainSession(model, method_cls(plan.train), device=device, amp=run.amp, seed=run.seed, source=plan.source)
     return session, {"init": init_description(spec.pretrained, spec.weights)}
 
 
@@ -183,7 +188,7 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummar
     """Train one epoch and write the checkpoint ``out``; returns the epoch's summary."""
     method_cls, spec, run = get_method(req.method), req.model, req.runtime
     # every bad option fails before any work (another method's, NCPLR's --lambda1 that only its clustering reads)
-    req = dataclasses.replace(req, overrides=method_cls.plan(req.overrides, stage="train").train_given)
+    plan = method_cls.plan(req.overrides, stage="train")
     if req.labels is None and method_cls.clusters:
         raise ReidctlError("--labels is required (a labels file from `reidctl cluster` or `reidctl refine`)")
     if req.labels is not None and not method_cls.clusters:
@@ -202,7 +207,7 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummar
     if run.deterministic:
         prepare_determinism()
     with dist.distributed(resolve_device(run.device)) as device:
-        session, provenance = open_session(req, device)
+        session, provenance = open_session(req, device, plan)
         epoch = session.epoch + 1 if req.epoch is None else req.epoch
         if epoch < 0:
             raise ReidctlError("--epoch must not be negative")

@@ -52,6 +52,7 @@ from reidctl.models.reid import ReidModel
 from reidctl.options import option, resolve, resolve_names
 from reidctl.train.bn_chunks import check_bn_chunks
 from reidctl.train.epoch import Batch, EpochData, StreamContext
+from reidctl.train.joint import SourceParams
 from reidctl.train.streams import identity_stream
 
 #: ``TrainingMethod.scheduler_interval`` values: step after the epoch, or after every iteration.
@@ -144,6 +145,13 @@ class TrainingMethod:
     #: Methods whose checkpoints' heads this method continues (MAR: the agents of ``pretrain``);
     #: a checkpoint of any other method gives only its model weights.
     heads_from: ClassVar[tuple[str, ...]] = ()
+    #: Whether the method trains on the labelled source (``--aux-data``) itself, reading it from
+    #: its parameters (MAR); otherwise a given source joins its training through the trainer's
+    #: joint source step (:mod:`reidctl.train.joint`).
+    learns_source: ClassVar[bool] = False
+    #: The labelled source section of its options (``--aux-data`` ...): :class:`~reidctl.train.joint.SourceParams`,
+    #: or a subclass with the method's defaults (MAR: every identity of the source).
+    Source: ClassVar[type] = SourceParams
 
     def __init__(self, params: TrainParams | None = None) -> None:
         self.params = params if params is not None else self.Params()

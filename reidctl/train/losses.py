@@ -42,3 +42,27 @@ def soft_triplet_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     d_ap = d.masked_fill(~same, float("-inf")).amax(1)
     d_an = d.masked_fill(same, float("inf")).amin(1)
     return F.softplus(d_ap - d_an).mean()
+
+
+def widened(x: torch.Tensor) -> torch.Tensor:
+    """Half/bfloat16 inputs (autocast) are computed in float32; float32/64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def normalized_agents(weight: torch.Tensor) -> torch.Tensor:
+    """The reference agents: rows of the bias-free classifier weight, L2-normalised.
+
+    Uses ``renorm(2, 0, 1e-5).mul(1e5)`` as ``src/resnet.py`` does, i.e. ``w / (‖w‖ + 1e-7)``
+    for every row of norm > 1e-5 (F.normalize up to that 1e-7). Differentiable, so the agent
+    learning loss moves the classifier weight.
+    """
+    return weight.renorm(2, 0, 1e-5).mul(1e5)
+
+
+def agent_learning_loss(z: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, scale: float = 30.0
+                        ) -> torch.Tensor:
+    """The normalised softmax of labelled source samples: cross-entropy of the scaled cosine
+    ``scale·z·âᵀ`` (MAR's ``L_AL``, source pretraining's loss, the joint source step's). In MAR it
+    is the only loss through which the agents learn (L_RJ and the multilabels detach them)."""
+    logits = scale * (widened(z) @ widened(normalized_agents(weight)).t())
+    return F.cross_entropy(logits, labels)

@@ -43,7 +43,9 @@ from reidctl.train.bn_chunks import chunk_sizes, set_bn_chunks
 from reidctl.models.checkpoint import (
     capture_rng, load_training_state, read_method_arrays, restore_rng, save_checkpoint, write_method_arrays,
 )
+from reidctl.options import resolve
 from reidctl.train.contract import SCHEDULER_INTERVALS, EpochData, Forward, StepResult, StreamContext, TrainingMethod
+from reidctl.train.joint import JointSource, SourceParams
 
 class _Net(nn.Module):
     """Model + method heads as one module, so DDP synchronises both in one forward."""
@@ -78,18 +80,21 @@ class TrainSession:
 
     def __init__(self, model: ReidModel, method: TrainingMethod, *, device: torch.device | str = "cpu",
                  amp: str = DEFAULT_AMP, seed: int = 1, generator: np.random.Generator | None = None,
-                 epoch: int = -1, steps: int = 0) -> None:
+                 epoch: int = -1, steps: int = 0, source: SourceParams | None = None) -> None:
         if method.scheduler_interval not in SCHEDULER_INTERVALS:
             raise ValueError(f"{type(method).__name__}.scheduler_interval must be one of {SCHEDULER_INTERVALS}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.method = method
+        #: The labelled source trained beside the target (``--aux-data``), or None; a method that
+        #: learns from it itself (MAR) reads it from its parameters instead of being joined to it.
+        self.source = source if source is not None and source.given and not method.learns_source else None
+        self.method: Any = method if self.source is None else JointSource(method, self.source)
         self.amp = amp
         self.amp_dtype = resolve_amp(amp, self.device)
-        self.heads = method.build_heads(model)
+        self.heads = self.method.build_heads(model)
         if self.heads is not None:
             self.heads.to(self.device)
-        self.optimizer = method.configure_optimizer(self.model, self.heads)
+        self.optimizer = self.method.configure_optimizer(self.model, self.heads)
         #: Each group's hyper-parameters as configured (with the current options): every epoch
         #: starts from them, whatever a loaded optimiser state or the last schedule left.
         self.base_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
@@ -119,6 +124,7 @@ class TrainSession:
             "method_params": self.params.to_dict(),
             "method_state": self.method.state_dict(),
             "heads": None if self.heads is None else self.heads.state_dict(),
+            "source": None if self.source is None else self.source.to_dict(),
             "bn_chunks": self.params.bn_chunks,
             "amp": self.amp,
             "history": list(self.history),
@@ -146,11 +152,14 @@ class TrainSession:
 
 def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, overrides: Mapping[str, Any] | None = None,
            device: torch.device | str = "cpu", amp: str = DEFAULT_AMP, seed: int = 1,
-           source: str | Path = "checkpoint") -> TrainSession:
+           source: str | Path = "checkpoint", source_options: Mapping[str, Any] | None = None) -> TrainSession:
     """A session that continues a checkpoint ``payload`` (see ``load_checkpoint``) read from ``source``.
 
     Method options not in ``overrides`` keep the checkpoint's values when it was trained with the
-    same method, else the method's defaults. The training generator, optimiser, scaler, method
+    same method, else the method's defaults; so do the labelled source's (``source_options``, of
+    :class:`~reidctl.train.joint.SourceParams`). A run that starts a joint source step from a
+    checkpoint of another method whose heads are agents of the same source (``reidctl
+    pretrain``'s) starts the source classifier from them. The training generator, optimiser, scaler, method
     state (and persistent arrays, from their file beside ``source``) and global RNG states are
     restored. A checkpoint of another method (a source pretraining, another method's run) or
     without training state (plain model weights) gives only its weights, and its heads when the
@@ -164,12 +173,20 @@ def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, over
     rng = (payload.get("rng") or {}) if same else {}
     generator = restore_rng(rng) if rng else None
     last = payload.get("epoch") if same else None
+    joint = resolve(method_cls.Source, source_options, what=f"--method {method_cls.name}",
+                    base=(payload.get("source") or {}) if same else None)
     session = TrainSession(model, method, device=device, amp=amp, seed=int(payload.get("seed", seed)) if same else seed,
                            generator=generator, epoch=-1 if last is None else int(last),
-                           steps=int(payload.get("steps") or 0) if same else 0)
+                           steps=int(payload.get("steps") or 0) if same else 0, source=joint)
     takes_heads = same or payload.get("method") in method_cls.heads_from
+    if same and bool(payload.get("source")) != (session.source is not None):
+        raise ReidctlError(f"{source}: {'trained beside' if payload.get('source') else 'trained without'} a labelled "
+                           "source (--aux-data); continue it " + ("with the same source" if payload.get("source")
+                                                                  else "without one, or start a new run"))
     load_training_state(payload, model=session.model, heads=session.heads if takes_heads else None, source=source,
                         optimizer=session.optimizer if same else None, scaler=session.scaler if same else None)
+    if not same and isinstance(session.method, JointSource):
+        session.method.start_agents(payload.get("heads"), session.heads)
     if same and payload.get("method_state"):
         method.load_state_dict(payload["method_state"])
     if same and payload.get("method_arrays"):

@@ -24,12 +24,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from reidctl.train.losses import agent_learning_loss, normalized_agents  # noqa: F401  (L_AL, shared with the joint source step)
+from reidctl.train.losses import widened as _wide
+
 Tensor = torch.Tensor
-
-
-def _wide(x: Tensor) -> Tensor:
-    """Half/bfloat16 inputs (autocast) are computed in float32; float32/64 stay as they are."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _zero_like_graph(*xs: Tensor) -> Tensor:
@@ -43,25 +41,6 @@ def _zero_like_graph(*xs: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------------------------
 # agents and soft multilabels
-
-
-def normalized_agents(weight: Tensor) -> Tensor:
-    """The reference agents: rows of the bias-free classifier weight, L2-normalised.
-
-    Uses ``renorm(2, 0, 1e-5).mul(1e5)`` as ``src/resnet.py`` does, i.e. ``w / (‖w‖ + 1e-7)``
-    for every row of norm > 1e-5 (F.normalize up to that 1e-7). Differentiable, so the agent
-    learning loss moves the classifier weight.
-    """
-    return weight.renorm(2, 0, 1e-5).mul(1e5)
-
-
-def agent_learning_loss(z: Tensor, weight: Tensor, labels: Tensor, scale: float = 30.0) -> Tensor:
-    """``L_AL``: cross-entropy of the scaled cosine ``scale·z·âᵀ`` on labelled source samples.
-
-    This is the only loss through which the agents learn (L_RJ and the multilabels detach them).
-    """
-    logits = scale * (_wide(z) @ _wide(normalized_agents(weight)).t())
-    return F.cross_entropy(logits, labels)
 
 
 def rejection_loss(z_source: Tensor, labels: Tensor, z_target: Tensor, agents: Tensor,

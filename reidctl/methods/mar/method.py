@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from reidctl.errors import ReidctlError
 from reidctl.methods.base import EpochData, Method, PairArray, Refined, RunDefaults, TrainParams
 from reidctl.methods.mar import losses as L
-from reidctl.methods.mar.agents import AgentClassifier
-from reidctl.methods.mar.pretrain import PRETRAIN, AgentTraining
+from reidctl.train.agents import AgentClassifier
+from reidctl.methods.mar.pretrain import PRETRAIN, AgentTraining, mar_transform
 from reidctl.methods.mar.refine import MARRefineOptions, refine_mar
-from reidctl.methods.mar.source import (DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, SourceData, load_source, mar_transform,
-                                        source_is_target_warning)
+from reidctl.data.source import DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, SourceData, load_source
 from reidctl.options import option, resolve, unused
 from reidctl.train.contract import Forward, StepResult, StreamContext
+from reidctl.train.joint import SourceParams
 from reidctl.train.optim import LR_DROPS
 from reidctl.train.streams import labelled_stream, zip_streams
 
@@ -60,12 +60,11 @@ class MARParams(TrainParams):
     schedule_epochs: int = field(default=20, metadata=option(
         "MAR: the run length its MultiStep schedule is laid out for (decays at 5/8 and 7/8 of it, stepped at the "
         "start of each epoch); `loop` sets it to --epochs."))
-    aux_data: str = field(default="", metadata=option("MAR: the labelled source dataset (its identities are the agents).",
-                                                      path=True))
-    aux_dataset: str | None = field(default=None, metadata=option("MAR: force the source's layout."))
-    aux_splits: str = field(default=DEFAULT_SOURCE_SPLITS, metadata=option(
-        "MAR: the source splits whose identities are agents: train,test (every identity: MAR's 4,101 of MSMT17, "
-        "test identities numbered after the train ones) or train."))
+    #: The labelled source (its identities are the agents): not options here but the source
+    #: section's (:class:`MARSource`), which the plan hands MAR's training by name.
+    aux_data: str = ""
+    aux_dataset: str | None = None
+    aux_splits: str = DEFAULT_SOURCE_SPLITS
     scale: float = field(default=30.0, metadata=option("MAR: scale of the agent softmax (scala_ce)."))
     margin: float = field(default=1.0, metadata=option("MAR: L_RJ margin (an agent is hard above cos 1 − margin/2)."))
     cml_weight: float = field(default=2e-4, metadata=option("MAR: λ1, the weight of L_CML."))
@@ -103,6 +102,19 @@ class MARParams(TrainParams):
 
 
 @dataclass
+class MARSource(SourceParams):
+    """MAR's source section: the source its agents learn from (``--aux-data``, required), with
+    every identity by default (official: list_train + test of MSMT17). The joint step's weight,
+    batch and scale are not MAR's: half of its batch is source, and ``--agent-weight``/``--scale``
+    weigh its agent learning."""
+
+    aux_splits: str = DEFAULT_SOURCE_SPLITS
+    aux_weight: float = field(default=1.0, metadata=unused())
+    aux_batch: int = field(default=64, metadata=unused())
+    aux_scale: float = field(default=30.0, metadata=unused())
+
+
+@dataclass
 class MARState:
     """One epoch's bookkeeping: which epoch (L_MDL from ``mdl_from_epoch``) and what was mined."""
 
@@ -118,6 +130,8 @@ class MAR(AgentTraining, Method):
     params: MARParams
     clusters = False
     heads_from = ("pretrain",)
+    learns_source = True
+    Source = MARSource
     preludes = (PRETRAIN,)
     train_context = {"schedule_epochs": "epochs"}
     pair_arrays = (PairArray("mined_pairs", "mined positive pairs", "mined\npairs"),)
@@ -144,16 +158,6 @@ class MAR(AgentTraining, Method):
         self.sigma_bar: torch.Tensor | None = None  # K: of the std
         self.threshold: float | None = None
         self.mined = np.zeros((0, 2), dtype=np.int64)  # the last epoch's positive pairs (target rows)
-
-    @classmethod
-    def train_reads(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"aux": load_source(params["aux_data"], params.get("aux_dataset"),
-                                   params.get("aux_splits", "train")).fingerprint()}
-
-    @classmethod
-    def loop_notes(cls, params: Mapping[str, Any], data: str) -> list[str]:
-        warning = source_is_target_warning(str(params.get("aux_data") or ""), data)
-        return [warning] if warning else []
 
     @property
     def source(self) -> SourceData:

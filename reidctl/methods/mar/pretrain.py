@@ -32,9 +32,11 @@ from reidctl.artifacts import check_output
 from reidctl.data.stats import input_norm
 from reidctl.runtime.device import resolve_device
 from reidctl.errors import ReidctlError
-from reidctl.methods.mar.agents import AgentClassifier
+from reidctl.train.agents import AgentClassifier
 from reidctl.methods.mar.losses import agent_learning_loss, normalized_agents
-from reidctl.methods.mar.source import DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, SourceData, load_source, mar_transform
+from reidctl.data.source import DEFAULT_SOURCE_SPLITS, SOURCE_SPLITS, SourceData, load_source
+from reidctl.data.stats import Norm
+from reidctl.data.transforms import TrainTransform
 from reidctl.models.reid import ReidModel
 from reidctl.models.spec import ModelSpec
 from reidctl.options import option, resolve, unused
@@ -46,6 +48,12 @@ from reidctl.train.contract import Batch, EpochData, StreamContext, TrainingMeth
 from reidctl.train.optim import LR_DROPS, multistep_at_epoch_start, official_milestones, sgd_no_bn_decay
 from reidctl.train.streams import labelled_stream
 from reidctl.train.trainer import TrainSession, prepare_determinism, train_epoch
+
+
+def mar_transform(height: int, width: int, norm: Norm) -> TrainTransform:
+    """MAR's training augmentation (§6.4): flip, resize, pad 7 + random crop, the dataset's own
+    normalisation, no random erasing."""
+    return TrainTransform(height, width, pad=7, mean=norm.mean, std=norm.std, erasing=False)
 
 
 @dataclass

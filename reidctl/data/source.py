@@ -1,7 +1,8 @@
-"""The labelled auxiliary (source) dataset of MAR and of source pretraining.
+"""The labelled auxiliary (source) dataset (``--aux-data``): of source pretraining, of MAR, and
+of the joint source step every other method can add (:mod:`reidctl.train.joint`).
 
 Its identities are the agents: row k of the agent classifier belongs to the k-th smallest pid of
-the chosen splits, so a pretraining and a MAR run that read the same dataset and splits agree on
+the chosen splits, so a pretraining and a run that read the same dataset and splits agree on
 which row is whose; the checkpoint stores the pids, and a mismatch is refused.
 
 The pids are keyed by split (``Dataset.labelled``): a train pid stays, a test pid is shifted past
@@ -20,14 +21,12 @@ import numpy as np
 from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
 from reidctl.data.fingerprint import split_fingerprint
-from reidctl.data.stats import Norm
-from reidctl.data.transforms import TrainTransform
 from reidctl.errors import ReidctlError
 
 #: ``--aux-splits`` values: the train split, or every identity (MAR uses all 4,101 of MSMT17).
 SOURCE_SPLITS = ("train", "train,test")
 #: The source MAR's official code learns its agents from: every identity (MSMT17: list_train +
-#: test, 4,101 identities), the default of ``--aux-splits`` and ``pretrain --splits``.
+#: test, 4,101 identities), MAR's default of ``--aux-splits`` and ``pretrain --splits``.
 DEFAULT_SOURCE_SPLITS = "train,test"
 
 
@@ -80,17 +79,11 @@ def same_dataset(source: str, target: str) -> bool:
 def source_is_target_warning(source: str, target: str) -> str | None:
     """A one-line warning when the labelled source is the target, else None.
 
-    Why warn: MAR adapts a model from a labelled source to an unlabelled target. With the target
-    as its own source, the agents are learnt from the target's identity labels (with the default
-    train,test splits, the test identities' too): the run is no longer unsupervised, and its
-    numbers are not comparable to MAR's."""
+    Why warn: a run with ``--aux-data`` adapts a model from a labelled source to an unlabelled
+    target. With the target as its own source, training learns the target's identity labels
+    (with train,test splits, the test identities' too): the run is no longer unsupervised, and
+    its numbers are not comparable to an adaptation's."""
     if not same_dataset(source, target):
         return None
-    return (f"warning: --aux-data is the target --data ({target}): the agents are learnt from the target's own "
-            "identity labels, so the run is not unsupervised; give a separate labelled source dataset")
-
-
-def mar_transform(height: int, width: int, norm: Norm) -> TrainTransform:
-    """MAR's training augmentation (§6.4): flip, resize, pad 7 + random crop, the dataset's own
-    normalisation, no random erasing."""
-    return TrainTransform(height, width, pad=7, mean=norm.mean, std=norm.std, erasing=False)
+    return (f"warning: --aux-data is the target --data ({target}): training learns the target's own identity "
+            "labels, so the run is not unsupervised; give a separate labelled source dataset")
