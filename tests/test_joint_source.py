@@ -197,6 +197,8 @@ def test_source_errors_are_one_line(data, tmp_path):
               "give it with --aux-data")
     run_error(*base, "--method", "mar", "--aux-data", source, "--aux-weight", "2",
               match=r"--aux-weight does not apply to --method mar \(an option of cc")
+    run_error(*base, "--k1", "6", "--aux-data", source, "--aux-batch", "6", "--bn-chunks", "4",
+              match="--bn-chunks 4 cannot split a batch of 6")
     run_error(*base, "--k1", "6", "--aux-data", source, "--aux-splits", "test", match="--aux-splits test: choose train or train,test")
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
@@ -246,3 +248,24 @@ def test_the_uda_example_runs_every_method_with_and_without_the_source(tmp_path)
         plain = json.loads((tmp_path / "out" / name / "summary.json").read_text())["epochs"][-1]["train"]["logs"]
         aux = json.loads((tmp_path / "out" / f"{name}_aux" / "summary.json").read_text())["epochs"][-1]["train"]
         assert "source" not in plain and aux["logs"]["source"] > 0, name
+
+
+def test_an_epoch_continues_a_checkpoint_only_as_it_was_trained(data, tmp_path):
+    """A checkpoint trained without a source is not continued with one (its heads and optimiser
+    state would not fit), and one trained beside a source keeps it when none is given."""
+    source, target = data
+    labels = tmp_path / "labels.h5"
+    run_ok("extract", "--data", target, "--split", "train", "--out", tmp_path / "f.h5", *MODEL, *RUN[:4])
+    run_ok("cluster", tmp_path / "f.h5", "--out", labels, "--k1", "6", "--k2", "2", "--eps", "0.6")
+    args = ["train-epoch", "--data", target, "--labels", labels, "--batch-size", "16", "--num-instances", "4",
+            "--iters", "1", "--bn-chunks", "2", *RUN]
+    run_error(*args, "--out", tmp_path / "plain.pt", *MODEL, "--aux-batch", "8",
+              match="--aux-batch set how a labelled source is trained beside the target: give it with --aux-data")
+    run_ok(*args, "--out", tmp_path / "plain.pt", *MODEL)
+    run_error(*args, "--checkpoint", tmp_path / "plain.pt", "--out", tmp_path / "x.pt", "--aux-data", source,
+              "--aux-batch", "8", match="plain.pt: trained without a labelled source; continue it as it was trained")
+    run_ok(*args, "--out", tmp_path / "joint.pt", *MODEL, "--aux-data", source, "--aux-batch", "8")
+    run_ok(*args, "--checkpoint", tmp_path / "joint.pt", "--out", tmp_path / "joint1.pt")
+    resumed = load_checkpoint(tmp_path / "joint1.pt")
+    assert resumed["source"]["aux_data"] == str(source) and resumed["epoch"] == 1
+    assert resumed["history"][-1]["logs"]["source"] > 0

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from reidctl.cluster.clustering import ClusterParams
 from reidctl.errors import ReidctlError
 from reidctl.methods.registry import METHODS
+from reidctl.train.bn_chunks import check_bn_chunks
 from reidctl.options import flag_of, not_applicable, option_fields, read_elsewhere, reads, resolve
 
 if TYPE_CHECKING:
@@ -143,9 +144,8 @@ def make_plan(method: type[Method], options: Mapping[str, Any], *, stage: str | 
         read_elsewhere(method.Switches, routed.switches, _SWITCH_READER[stage], STAGE_COMMANDS[stage])
     switches = resolve(method.Switches, routed.switches, what=f"--method {method.name}")
     source = resolve(method.Source, routed.source, what=f"--method {method.name}")
-    if stage is None and routed.source and not source.given and not method.learns_source:
-        flags = ", ".join(flag_of(k) for k in routed.source)
-        raise ReidctlError(f"{flags} set how a labelled source is trained beside the target: give it with --aux-data")
+    if stage is None:
+        refuse_source_options(method, routed.source, source)
     read = _training_reads(method)
     given_train = {**{k: v for k, v in {**routed.switches, **routed.source}.items() if k in read}, **routed.train}
     if stage is None:
@@ -155,6 +155,8 @@ def make_plan(method: type[Method], options: Mapping[str, Any], *, stage: str | 
     if stage != "refine":
         handed = {k: getattr(sec, k) for sec in (switches, source) for k in field_names(type(sec)) if k in read}
         train = method.resolve_params(None, {**handed, **given_train})
+        if source.given and not method.learns_source:  # its batch is BatchNorm-chunked as the target's
+            check_bn_chunks(source.aux_batch, train.bn_chunks)
     cluster = None
     if method.clusters and stage != "train":
         cluster = cluster_params(method, switches, n_samples=n_samples, sized_later=stage == "refine",
@@ -173,6 +175,14 @@ def make_plan(method: type[Method], options: Mapping[str, Any], *, stage: str | 
     cluster_given = (*routed.cluster, *(k for k in routed.switches if reads(method.Switches, k, "cluster")))
     return Plan(method, switches, cluster, dict(routed.refine), train, given_train, preludes, given, cluster_given,
                 source, dict(routed.source))
+
+
+def refuse_source_options(method: type[Method], given: Mapping[str, Any], source: Any) -> None:
+    """Refuse source options (``--aux-weight`` ...) given without a source to train beside the
+    target: they would change nothing."""
+    if given and not source.given and not method.learns_source:
+        flags = ", ".join(flag_of(k) for k in given)
+        raise ReidctlError(f"{flags} set how a labelled source is trained beside the target: give it with --aux-data")
 
 
 def _training_reads(method: type[Method]) -> set[str]:

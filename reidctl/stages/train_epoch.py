@@ -27,7 +27,7 @@ from reidctl.data.datasets import load_dataset
 from reidctl.data.stats import input_norm
 from reidctl.errors import ArtifactError, ReidctlError
 from reidctl.methods import get_method
-from reidctl.methods.plan import Plan
+from reidctl.methods.plan import Plan, refuse_source_options
 from reidctl.models.checkpoint import (
     CHECKPOINT_SCHEMA,
     load_checkpoint,
@@ -106,6 +106,7 @@ def open_session(req: TrainEpochRequest, device: torch.device, plan: Plan | None
         session = resume(payload, method_cls, overrides=plan.train_given, device=device, amp=run.amp, seed=run.seed,
                          source=spec.checkpoint, source_options=plan.source_given)
         return session, {"init": f"checkpoint:{Path(spec.checkpoint).name}", "from_epoch": session.epoch}
+    refuse_source_options(method_cls, plan.source_given, plan.source)  # (a checkpoint may hold the source)
     model, provenance = spec.build(run.seed)
     session = TrainSession(model, method_cls(plan.train), device=device, amp=run.amp, seed=run.seed, source=plan.source)
     return session, {"init": init_description(spec.pretrained, spec.weights)}

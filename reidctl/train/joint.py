@@ -40,7 +40,7 @@ from reidctl.errors import ReidctlError
 from reidctl.models.reid import ReidModel
 from reidctl.options import option
 from reidctl.train.agents import AgentClassifier
-from reidctl.train.bn_chunks import chunk_sizes
+from reidctl.train.bn_chunks import check_bn_chunks
 from reidctl.train.epoch import EpochData, StreamContext
 from reidctl.train.losses import agent_learning_loss
 from reidctl.train.streams import labelled_stream, zip_streams
@@ -138,10 +138,7 @@ class JointSource:
         o, source = self.options, self.source
         if o.aux_batch % ctx.world:
             raise ReidctlError(f"--aux-batch {o.aux_batch} is not divisible by the {ctx.world} processes")
-        chunks = self.method.params.bn_chunks
-        if chunks > 1 and min(chunk_sizes(o.aux_batch // ctx.world, max(1, chunks // ctx.world))) < 2:
-            raise ReidctlError(f"--aux-batch {o.aux_batch} splits into BatchNorm chunks (--bn-chunks {chunks}) of "
-                               "fewer than 2 images; raise --aux-batch")
+        check_bn_chunks(o.aux_batch, self.method.params.bn_chunks)  # the source batch is chunked as the target's
         target = self.method.train_stream(ctx)
         norm = ctx.norm_of(source.train or source.samples)
         batches = labelled_stream(ctx, source.samples, source.labels, batch_size=o.aux_batch, steps=ctx.length,

@@ -179,10 +179,9 @@ def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, over
                            generator=generator, epoch=-1 if last is None else int(last),
                            steps=int(payload.get("steps") or 0) if same else 0, source=joint)
     takes_heads = same or payload.get("method") in method_cls.heads_from
-    if same and bool(payload.get("source")) != (session.source is not None):
-        raise ReidctlError(f"{source}: {'trained beside' if payload.get('source') else 'trained without'} a labelled "
-                           "source (--aux-data); continue it " + ("with the same source" if payload.get("source")
-                                                                  else "without one, or start a new run"))
+    if same and bool(payload.get("source")) != (session.source is not None):  # its heads and optimiser would not fit
+        was = "beside a labelled source (--aux-data)" if payload.get("source") else "without a labelled source"
+        raise ReidctlError(f"{source}: trained {was}; continue it as it was trained, or start a new run")
     load_training_state(payload, model=session.model, heads=session.heads if takes_heads else None, source=source,
                         optimizer=session.optimizer if same else None, scaler=session.scaler if same else None)
     if not same and isinstance(session.method, JointSource):
