@@ -52,7 +52,7 @@ from reidctl.stages.evaluate import evaluate_feature_file
 from reidctl.runtime.processes import check_loader_options
 from reidctl.stages.extract import ExtractRequest, run_extract
 from reidctl.methods import Method, get_method
-from reidctl.data.source import load_source, source_is_target_warning
+from reidctl.data.source import source_is_target_warning
 from reidctl.methods.base import pair_key
 from reidctl.methods.plan import refine_options
 from reidctl.models.spec import ModelSpec
@@ -174,8 +174,7 @@ class _Loop:
         self.train_params = plan.train.to_dict()
         source = plan.source
         # once: the labelled source's fingerprint, part of the train stage's key ("aux", as MAR's always was)
-        self.train_reads = {"aux": load_source(source.aux_data, source.aux_dataset, source.aux_splits).fingerprint()
-                            } if source.given else {}
+        self.train_reads = {"aux": source.load().fingerprint()} if source.given else {}
         # the joint source step's options (a method that learns the source itself has them in its parameters)
         self.train_source = source.to_dict() if source.given and not self.method_cls.learns_source else None
         self._check_parts(self.method_cls(plan.train))

@@ -76,6 +76,10 @@ class SourceParams:
         if self.aux_batch < 2:
             raise ReidctlError("--aux-batch must be at least 2")
 
+    def load(self) -> SourceData:
+        """The labelled source these options name (``reidctl.data.source.load_source``)."""
+        return load_source(self.aux_data, self.aux_dataset, self.aux_splits)
+
     @property
     def given(self) -> bool:
         """Whether a source is given (the joint step runs)."""
@@ -113,8 +117,7 @@ class JointSource:
     @property
     def source(self) -> SourceData:
         if self._source is None:
-            o = self.options
-            self._source = load_source(o.aux_data, o.aux_dataset, o.aux_splits)
+            self._source = self.options.load()
         return self._source
 
     def build_heads(self, model: ReidModel) -> JointHeads:
