@@ -30,7 +30,9 @@ NOT_OPTIONS = {ClusterParams: {"device"}, ModelSpec: {"checkpoint", "seed"},
                # inherited, marked unused: MAR's own batch halves and weights replace the joint step's
                MARSource: {"aux_weight", "aux_batch", "aux_scale"},
                # set by the plan from NCPLR's switch (NCPLRSwitches), not an option of the training
-               NCPLRParams: {"global_local"}, GLNCPLRParams: {"global_local"}}
+               NCPLRParams: {"global_local"}, GLNCPLRParams: {"global_local"},
+               # inherited, marked unused: stage 1 trains one camera at a time, with no cross-camera positive
+               INTRA_CAMERA.Options: {"camera_proxies", "cam_lambda", "cam_temperature", "cam_hard_negatives"}}
 
 
 def _declared(cls) -> set[str]:

@@ -103,30 +103,6 @@ def test_soft_triplet_by_hand():
     assert losses.soft_triplet_loss(x, torch.zeros(3, dtype=torch.long)).item() == 0.0  # no negatives
 
 
-def test_camera_proxies_and_loss_by_hand():
-    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0], [1.0, 1.0]])
-    labels, cams = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 1, 0])
-    proxies, pl, pc = pplr_losses.camera_proxies(feats, labels, cams)
-    assert pl.tolist() == [0, 0, 1] and pc.tolist() == [0, 1, 0]
-    r = 1 / math.sqrt(2)
-    assert torch.allclose(proxies, torch.tensor([[r, r], [0.0, 1.0], [r, r]]))
-    # a batch of two: sample 0 (label 0, cam 0) has the cross-camera positive proxy 1; sample 1
-    # (label 1, cam 0) has no proxy of its label in another camera and is skipped
-    f = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    tau = 0.5
-    loss = pplr_losses.camera_proxy_loss(f, torch.tensor([0, 1]), torch.tensor([0, 0]), proxies, pl, pc,
-                                    temperature=tau, hard_negatives=50)
-    s_pos, s_neg = 0.0 / tau, r / tau  # negatives of sample 0: proxy 2 only
-    expected = -(s_pos - math.log(math.exp(s_pos) + math.exp(s_neg))) / 2  # divided by the batch size
-    assert loss.item() == pytest.approx(expected, abs=1e-6)
-    # hard negatives: only the most similar ones enter the softmax
-    many = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
-    l1 = pplr_losses.camera_proxy_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), torch.tensor([0]), many,
-                                  torch.tensor([0, 1, 2]), torch.tensor([1, 0, 0]), temperature=1.0,
-                                  hard_negatives=1)
-    assert l1.item() == pytest.approx(-(0.0 - math.log(math.exp(0.0) + math.exp(1.0))), abs=1e-6)
-
-
 # --------------------------------------------------------------------------------------------
 # classifiers and parameters
 
@@ -195,7 +171,7 @@ def test_errors_and_params():
         refine_options(get_method("cc"), {"k": 5})
 
 
-def test_loss_switches_pglr_aals_and_camera_proxies():
+def test_loss_switches_pglr_and_aals():
     outputs = {"global": torch.randn(8, 512), "parts": torch.randn(8, 2, 512)}
     from reidctl.methods.base import Batch
 
@@ -203,8 +179,7 @@ def test_loss_switches_pglr_aals_and_camera_proxies():
                   camids=torch.tensor([0, 1] * 4), index=torch.arange(8))
     results = {}
     for name, over, epoch in [("warmup", {}, 0), ("aals", {}, 5), ("no_aals", {"aals": False}, 5),
-                              ("no_pglr", {"pglr": False}, 0), ("beta1", {"beta": 1.0}, 0),
-                              ("cam", {"camera_proxies": True}, 0)]:
+                              ("no_pglr", {"pglr": False}, 0), ("beta1", {"beta": 1.0}, 0)]:
         session = _session()
         session.method = PPLR(PPLR.resolve_params(None, {"classifier_rows": 3000, **over}))
         state = session.method.make_state(_epoch_data(epoch=epoch), session.heads)
@@ -215,8 +190,6 @@ def test_loss_switches_pglr_aals_and_camera_proxies():
     assert logs["no_aals"]["part_ce"] == logs["warmup"]["part_ce"]  # label smoothing in every epoch
     assert logs["no_pglr"]["global_ce"] == pytest.approx(logs["beta1"]["global_ce"])
     assert logs["no_pglr"]["global_ce"] != pytest.approx(logs["warmup"]["global_ce"])
-    assert "camera" in results["cam"][1] and "camera" not in results["warmup"][1]
-    assert results["cam"][0] > results["warmup"][0]
 
 
 # --------------------------------------------------------------------------------------------

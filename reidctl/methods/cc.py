@@ -14,18 +14,20 @@ import torch
 import torch.nn as nn
 
 from reidctl.errors import ReidctlError
-from reidctl.methods.base import Batch, EpochData, Method, TrainParams
+from reidctl.methods.base import Batch, EpochData, Method
 from reidctl.options import option
+from reidctl.train.camera import CameraAwareParams
 from reidctl.train.memory import UPDATES, ClusterMemory
 
 
 @dataclass
-class CCParams(TrainParams):
+class CCParams(CameraAwareParams):
     """The official Market-1501 command's values (README; argparse defaults differ: batch 2,
     num-instances 4, iters 400, momentum 0.2). MSMT17 uses ``iters=400``; the shipped IBN log
     uses ``memory_update='hard'``. The shared options (iters 200, batch 256, 16 instances,
-    Adam 3.5e-4 / 5e-4, StepLR 20 × 0.1, 4 BN chunks) are inherited from :class:`TrainParams`,
-    which holds exactly CC's values."""
+    Adam 3.5e-4 / 5e-4, StepLR 20 × 0.1, 4 BN chunks) are inherited from
+    :class:`~reidctl.train.contract.TrainParams`, which holds exactly CC's values; the camera-aware
+    term's (off) from :class:`~reidctl.train.camera.CameraAwareParams`."""
 
     momentum: float = field(default=0.1, metadata=option("Cluster memory momentum m in C = m·C + (1−m)·x."))
     temperature: float = field(default=0.05, metadata=option("ClusterNCE temperature τ."))

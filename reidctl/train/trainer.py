@@ -45,6 +45,7 @@ from reidctl.models.checkpoint import (
 )
 from reidctl.options import resolve
 from reidctl.train.contract import SCHEDULER_INTERVALS, EpochData, Forward, StepResult, StreamContext, TrainingMethod
+from reidctl.train.camera import CameraAware, wants_camera_term
 from reidctl.train.joint import JointSource, SourceParams
 
 class _Net(nn.Module):
@@ -70,6 +71,15 @@ class _Net(nn.Module):
         return out
 
 
+def wrapped(method: TrainingMethod, source: SourceParams | None) -> Any:
+    """``method`` with the trainer's own terms around it: the camera-aware term when its
+    parameters switch it on (:mod:`reidctl.train.camera`), then the joint source step when a
+    source is given (:mod:`reidctl.train.joint`; outermost, so the camera term sees the target
+    batch alone)."""
+    inner: Any = CameraAware(method) if wants_camera_term(method) else method
+    return inner if source is None else JointSource(inner, source)
+
+
 class TrainSession:
     """Everything that carries over from one epoch to the next; what a checkpoint holds.
 
@@ -88,7 +98,7 @@ class TrainSession:
         #: The labelled source trained beside the target (``--aux-data``), or None; a method that
         #: learns from it itself (MAR) reads it from its parameters instead of being joined to it.
         self.source = source if source is not None and source.given and not method.learns_source else None
-        self.method: Any = method if self.source is None else JointSource(method, self.source)
+        self.method: Any = wrapped(method, self.source)
         self.amp = amp
         self.amp_dtype = resolve_amp(amp, self.device)
         self.heads = self.method.build_heads(model)

@@ -39,7 +39,7 @@ from reidctl.methods.icrefine.intra import (
     DEFAULT_CLUSTERS, CameraReport, camera_k1, camera_rows, cluster_camera, clusters_for, parse_clusters, silhouette,
     skip_reason, write_intra_labels,
 )
-from reidctl.options import option, resolve
+from reidctl.options import option, resolve, unused
 from reidctl.runtime import Runtime
 from reidctl.progress import progress_bar
 from reidctl.models.checkpoint import checkpoint_digest
@@ -56,6 +56,11 @@ class IntraCameraParams(CCParams):
     batch_size: int = 64
     num_instances: int = 4
     momentum: float = 0.2
+    # one camera at a time: no cross-camera positive exists, so the camera-aware term is not offered
+    camera_proxies: bool = field(default=False, metadata=unused())
+    cam_lambda: float = field(default=0.5, metadata=unused())
+    cam_temperature: float = field(default=0.07, metadata=unused())
+    cam_hard_negatives: int = field(default=50, metadata=unused())
     epochs: int = field(default=20, metadata=option("Epochs per camera; lower it on a CPU."))
     k1: int = field(default=30, metadata=option("Jaccard k1; a camera needs more images than k1."))
     k2: int = field(default=6, metadata=option("Jaccard k2."))

@@ -1,6 +1,7 @@
 """PPLR's own losses (ALGORITHMS.md §4.4-4.5): the part-guided global target (PGLR), the
-agreement-aware label smoothing of the parts (AALS) and the camera-aware proxy loss of
-``train_pplr_cam.py``. Plain functions of tensors, checked by hand in tests/test_pplr.py.
+agreement-aware label smoothing of the parts (AALS). Plain functions of tensors, checked by hand
+in tests/test_pplr.py. The camera-aware proxy loss of ``train_pplr_cam.py`` is the trainer's, for
+any method (:mod:`reidctl.train.camera`).
 """
 
 from __future__ import annotations
@@ -42,41 +43,3 @@ def aals_loss(part_logits: torch.Tensor, labels: torch.Tensor, agreement: torch.
     kl_uniform = -math.log(k) - logp.mean(-1)  # B×P
     s = agreement.float()
     return (s * ce + (1.0 - s) * kl_uniform).mean()
-
-
-def camera_proxies(features: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One proxy per (cluster, camera) pair: the L2-normalised mean of the members' features there.
-
-    Returns ``(proxies M×D, proxy_labels M, proxy_cams M)``, pairs in ascending (label, camera) order.
-    """
-    x = F.normalize(features.float(), dim=1)
-    pairs, inverse = torch.unique(torch.stack([labels, camids], 1), dim=0, return_inverse=True)
-    sums = torch.zeros(len(pairs), x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, inverse, x)
-    return F.normalize(sums, dim=1), pairs[:, 0], pairs[:, 1]
-
-
-def camera_proxy_loss(features: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor,
-                      proxies: torch.Tensor, proxy_labels: torch.Tensor, proxy_cams: torch.Tensor,
-                      temperature: float = 0.07, hard_negatives: int = 50) -> torch.Tensor:
-    """Inter-camera proxy loss (PPLR's camera-aware variant, ALGORITHMS.md §4.5).
-
-    For sample i with similarities ``s = normalize(f_i)·proxies / τ``: positives are the proxies of
-    its own label in *other* cameras, negatives the ``hard_negatives`` most similar proxies of other
-    labels, and ``loss_i = −mean_{pos} log softmax_{pos ∪ neg}(s)``. Samples without a cross-camera
-    positive add nothing, but the sum is still divided by the whole batch size.
-    """
-    b = features.shape[0]
-    pos = (labels[:, None] == proxy_labels[None, :]) & (camids[:, None] != proxy_cams[None, :])
-    valid = pos.any(1)
-    if not bool(valid.any()):
-        return features.sum() * 0.0
-    s = F.normalize(features[valid].float(), dim=1) @ proxies.t() / temperature  # V×M
-    pos = pos[valid]
-    neg = labels[valid][:, None] != proxy_labels[None, :]
-    h = min(hard_negatives, proxies.shape[0])
-    neg_s = s.masked_fill(~neg, float("-inf")).topk(h, dim=1).values  # −inf where fewer negatives exist
-    lse = torch.logsumexp(torch.cat([s.masked_fill(~pos, float("-inf")), neg_s], 1), dim=1)
-    npos = pos.sum(1)
-    mean_pos = (s * pos).sum(1) / npos
-    return (lse - mean_pos).sum() / b

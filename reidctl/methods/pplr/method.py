@@ -8,8 +8,9 @@ image in the global space and in each part space overlap. Training then uses ``S
 * AALS: each part classifier's target is smoothed towards uniform where the part disagrees
   (``1−S``), from epoch ``aals_epoch`` on (ordinary label smoothing before);
 
-plus a batch-hard soft triplet on the global BN features and, optionally, the camera-aware proxy
-loss of the official ``train_pplr_cam.py``. The classifiers are bias-free ``Linear`` layers with a
+plus a batch-hard soft triplet on the global BN features and, optionally (``--camera-proxies``),
+the camera-aware proxy loss of the official ``train_pplr_cam.py``, which the trainer adds to any
+method (:mod:`reidctl.train.camera`). The classifiers are bias-free ``Linear`` layers with a
 fixed number of rows (3000 officially), re-initialised every epoch with the normalised cluster
 centroids; their Adam moments persist across epochs, as in the official code.
 
@@ -28,13 +29,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reidctl.errors import ReidctlError
-from reidctl.methods.base import Batch, EpochData, Method, Refined, RunDefaults, TrainParams
+from reidctl.methods.base import Batch, EpochData, Method, Refined, RunDefaults
 from reidctl.methods.plan import refine_options
+from reidctl.methods.pplr import losses as pplr_losses
 from reidctl.models.reid import ReidModel
 from reidctl.options import option
 from reidctl.search import knn
-from reidctl.methods.pplr import losses as pplr_losses
 from reidctl.train import losses
+from reidctl.train.camera import CameraAwareParams
 from reidctl.train.heads import CentroidClassifiers
 from reidctl.train.memory import cluster_centroids
 
@@ -79,11 +81,12 @@ def cross_agreement(global_feats: np.ndarray | torch.Tensor, part_feats: np.ndar
 
 
 @dataclass
-class PPLRParams(TrainParams):
+class PPLRParams(CameraAwareParams):
     """The official command's values (``train_pplr.py``, ALGORITHMS.md §4.6). Adam 3.5e-4 / 5e-4,
     StepLR 20 × 0.1 and 4 BN chunks (here 16 images each: the 4-GPU runs) are inherited from
-    :class:`TrainParams`. Clustering: DBSCAN eps 0.5 (``PPLR.cluster_defaults``); model: 3
-    average-pooled disjoint stripes at 384×128 (``PPLR.model_defaults``). The camera-aware variant
+    :class:`~reidctl.train.contract.TrainParams`, and the camera-aware options from
+    :class:`~reidctl.train.camera.CameraAwareParams`. Clustering: DBSCAN eps 0.5
+    (``PPLR.cluster_defaults``); model: 3 average-pooled disjoint stripes at 384×128 (``PPLR.model_defaults``). The camera-aware variant
     (``camera_proxies``) officially clusters with eps 0.4 (Market) / 0.6 (MSMT17) and uses
     ``cam_lambda`` 1.0 on MSMT17."""
 
@@ -102,12 +105,6 @@ class PPLRParams(TrainParams):
         "pplr: T of the part weights softmax(S/T) in PGLR."))
     classifier_rows: int = field(default=3000, metadata=option(
         "pplr, ncplr: rows of each classifier = the most clusters allowed."))
-    camera_proxies: bool = field(default=False, metadata=option(
-        "pplr: add the camera-aware proxy loss (train_pplr_cam.py; needs camera ids)."))
-    cam_lambda: float = field(default=0.5, metadata=option("pplr: weight λ of the camera proxy loss (MSMT17 1.0)."))
-    cam_temperature: float = field(default=0.07, metadata=option("pplr: temperature τ of the camera proxy loss."))
-    cam_hard_negatives: int = field(default=50, metadata=option(
-        "pplr: hard negative proxies of the camera proxy loss."))
 
     def check(self) -> None:
         super().check()
@@ -121,10 +118,6 @@ class PPLRParams(TrainParams):
             raise ReidctlError("--agreement-temperature must be positive")
         if self.classifier_rows < 1:
             raise ReidctlError("--classifier-rows must be at least 1")
-        if self.cam_temperature <= 0 or self.cam_hard_negatives < 1:
-            raise ReidctlError("--cam-temperature must be positive and --cam-hard-negatives at least 1")
-        if self.cam_lambda < 0:
-            raise ReidctlError("--cam-lambda must not be negative")
 
 
 @dataclass
@@ -144,11 +137,10 @@ PPLRHeads = CentroidClassifiers
 
 @dataclass
 class PPLRState:
-    """One epoch's constants: the agreement of the epoch's rows and the optional camera proxies."""
+    """One epoch's constants: the agreement of the epoch's rows."""
 
     agreement: torch.Tensor  # n×P, rows of EpochData
     epoch: int
-    proxies: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # global, then each part
 
 
 class PPLR(Method):
@@ -188,7 +180,7 @@ class PPLR(Method):
 
     def make_state(self, data: EpochData, heads: nn.Module | None) -> PPLRState:
         """Re-initialise the classifiers' first K rows with the epoch's normalised centroids (global
-        and per part), take the agreement rows of the clustered samples, build the camera proxies."""
+        and per part), take the agreement rows of the clustered samples."""
         p = self.params
         k = data.num_clusters
         if not isinstance(heads, PPLRHeads):
@@ -210,18 +202,12 @@ class PPLR(Method):
         parts = [np.ascontiguousarray(data.parts[:, i]) for i in range(nparts)]
         heads.reset(cluster_centroids(data.features, data.labels, k),
                     [cluster_centroids(x, data.labels, k) for x in parts])
-        proxies = None
-        if p.camera_proxies:
-            if (data.camids < 0).any():
-                raise ReidctlError("--camera-proxies needs camera ids, and some images have none")
-            y, cams = torch.as_tensor(data.labels), torch.as_tensor(data.camids)
-            proxies = [tuple(t.to(data.device) for t in pplr_losses.camera_proxies(torch.as_tensor(x), y, cams))
-                       for x in (data.features, *parts)]
-        return PPLRState(torch.as_tensor(agreement, device=data.device), data.epoch, proxies)  # type: ignore[arg-type]
+        return PPLRState(torch.as_tensor(agreement, device=data.device), data.epoch)
 
     def loss(self, batch: Batch, outputs: dict[str, torch.Tensor], state: PPLRState
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-        """``L_GCE (PGLR) + L_PCE (AALS or label smoothing) + L_TRI (+ λ_cam·L_cam)``, weights 1."""
+        """``L_GCE (PGLR) + L_PCE (AALS or label smoothing) + L_TRI``, weights 1 (``--camera-proxies``:
+        the trainer adds ``λ_cam·L_cam``, :mod:`reidctl.train.camera`)."""
         p = self.params
         y = batch.labels
         s = state.agreement[batch.index]
@@ -240,14 +226,6 @@ class PPLR(Method):
         loss = l_global + l_parts + l_tri
         logs: dict[str, torch.Tensor | float] = {"global_ce": l_global.detach(), "part_ce": l_parts.detach(),
                                                  "triplet": l_tri.detach()}
-        if state.proxies is not None:
-            feats = [outputs["global"], *outputs["parts"].unbind(1)]
-            cam = [pplr_losses.camera_proxy_loss(f, y, batch.camids, *prox, temperature=p.cam_temperature,
-                                            hard_negatives=p.cam_hard_negatives)
-                   for f, prox in zip(feats, state.proxies)]
-            l_cam = cam[0] + torch.stack(cam[1:]).mean()
-            loss = loss + p.cam_lambda * l_cam
-            logs["camera"] = l_cam.detach()
         return loss, logs
 
     def epoch_summary(self, state: PPLRState) -> dict[str, Any]:
