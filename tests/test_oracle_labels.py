@@ -41,6 +41,18 @@ def test_the_true_identities_in_split_order_train_an_epoch(tmp_path):
     assert json.loads(r.stdout)["clusters"] == 4
 
 
+def test_per_camera_splits_each_identity_by_camera(tmp_path):
+    market = colour_market(tmp_path / "m", train_ids=3, test_ids=2, per_camera=2)
+    out = tmp_path / "split.h5"
+    assert _script(market, out, "--per-camera").returncode == 0
+    train = load_dataset(market).train
+    keys = np.array([(s.pid, s.camid) for s in train])
+    labels = read_labels(out).labels
+    assert len(set(map(tuple, keys))) == labels.max() + 1 == 2 * 3  # two cameras per identity
+    for a in range(len(keys)):  # same label ⇔ same identity and same camera
+        assert ((labels == labels[a]) == (keys == keys[a]).all(1)).all()
+
+
 def test_unlabelled_images_are_refused(tmp_path):
     folder = tmp_path / "imgs"
     market = colour_market(tmp_path / "m", train_ids=2, test_ids=2, per_camera=1)
