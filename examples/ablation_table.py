@@ -1,6 +1,6 @@
 """Print one Markdown table comparing `reidctl loop` runs, epoch by epoch.
 
-usage: python examples/ablation_table.py OUT_DIR NAME [NAME ...]
+usage: python examples/ablation_table.py [--labels] OUT_DIR NAME [NAME ...]
 
 Reads OUT_DIR/NAME/summary.json of each run. Columns: mAP per epoch (the initial model first),
 the pseudo labels' pairwise F (when the data has identities), the clusters per epoch with how
@@ -8,6 +8,9 @@ many span two or more cameras, the cross-camera mAP per epoch and the same-camer
 last epoch (from the run's test features, `reidctl evaluate --pairs cross-camera|same-camera`:
 the Market protocol counts same-camera strangers as misses, so a model that learns its cameras
 rises there while its Market mAP falls), and the best mAP.
+
+--labels prints the pseudo labels' table instead: per epoch, pairwise precision / recall (%) of
+the labels the method trained on, and the share of the train images left out as outliers.
 """
 
 from __future__ import annotations
@@ -48,7 +51,25 @@ def row(summary: dict, run: Path) -> str:
     return f"{maps} | {f} | {clusters} | {cross} | {same} | {pct(best.get('mAP'))} ({best.get('epoch', '—')})"
 
 
+def labels_row(summary: dict) -> str:
+    refined = [e["refine"] for e in summary["epochs"] if "refine" in e]
+    quality = [r.get("quality", {}) for r in refined]
+    pr = " → ".join(f"{pct(q.get('precision'))} / {pct(q.get('recall'))}" for q in quality)
+    outliers = " → ".join(pct(q.get("outlier_fraction")) for q in quality)
+    return f"{pr} | {outliers}"
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--labels"]:
+        if len(argv) < 3:
+            print(__doc__.strip().splitlines()[2], file=sys.stderr)
+            return 2
+        out = Path(argv[1])
+        print("| run | pairwise precision / recall % per epoch | outliers % per epoch |")
+        print("|---|---|---|")
+        for name in argv[2:]:
+            print(f"| {name} | {labels_row(json.loads((out / name / 'summary.json').read_text()))} |")
+        return 0
     if len(argv) < 2:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2

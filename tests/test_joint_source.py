@@ -248,6 +248,13 @@ def test_the_uda_example_runs_every_method_with_and_without_the_source(tmp_path)
         plain = json.loads((tmp_path / "out" / name / "summary.json").read_text())["epochs"][-1]["train"]["logs"]
         aux = json.loads((tmp_path / "out" / f"{name}_aux" / "summary.json").read_text())["epochs"][-1]["train"]
         assert "source" not in plain and aux["logs"]["source"] > 0, name
+    cells = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| cc |")][0]
+    assert len(cells) == 7 and cells[4].count("→") == 1  # cross-camera mAP of the initial model and epoch 0
+    table = subprocess.run([sys.executable, str(script.parent / "ablation_table.py"), "--labels", str(tmp_path / "out"),
+                            "cc", "ncplr_aux"], capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr
+    quality = json.loads((tmp_path / "out" / "cc" / "summary.json").read_text())["epochs"][-1]["refine"]["quality"]
+    assert f"| cc | {100 * quality['precision']:.1f} / {100 * quality['recall']:.1f} | " in table.stdout
 
 
 def test_an_epoch_continues_a_checkpoint_only_as_it_was_trained(data, tmp_path):
