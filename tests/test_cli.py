@@ -130,6 +130,27 @@ def test_cluster_and_refine_commands(tiny, tmp_path):
     assert json.loads(r.stdout)["clusters"] == 6
 
 
+def test_a_cluster_that_swallows_many_people_warns(tmp_path):
+    """60 images around one direction beside 20 groups of 4: at a wide eps `cluster` makes one
+    cluster of nearly all 60 (over 40 % of the clustered images, 15 times the median of 4) and says
+    so (exit 0, a warning)."""
+    groups = np.concatenate([np.zeros(60, int), np.repeat(np.arange(1, 21), 4)])
+    feats = np.zeros((len(groups), 32), np.float32)
+    feats[np.arange(len(groups)), groups] = 1.0
+    feats += 0.01 * np.random.default_rng(0).normal(size=feats.shape).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    path = tmp_path / "f.h5"
+    write_features(path, feats, camids=np.arange(len(groups)) % 2, paths=[f"{i:03d}.jpg" for i in range(len(groups))],
+                   split=["train"] * len(groups))
+    r = run_ok("cluster", path, "--out", tmp_path / "l.h5", "--k1", "4", "--k2", "2", "--eps", "0.9", "--json")
+    sizes = json.loads(r.stdout)["sizes"]
+    assert sizes["largest"] >= 50 and sizes["median"] == 4.0 and sizes["clustered"] >= 130
+    share, k = round(100 * sizes["largest"] / sizes["clustered"]), json.loads(r.stdout)["clusters"]
+    r = run_ok("cluster", path, "--out", tmp_path / "l.h5", "--k1", "4", "--k2", "2", "--eps", "0.9")
+    assert (f"one of the {k} pseudo identities holds {sizes['largest']} of the {sizes['clustered']} clustered images "
+            f"({share} %; the median one 4)") in r.stderr
+
+
 def test_single_camera_clusters_warn(tmp_path):
     """Features that group by camera, not by person: the commands say so (exit 0, a warning)."""
     n = 16

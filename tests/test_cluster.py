@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from reidctl import search
 from reidctl.cluster import agglomerative, dbscan, jaccard_distance, label_quality
-from reidctl.cluster.report import camera_mix, labels_report, single_camera_warning
+from reidctl.cluster.report import camera_mix, labels_report, merged_cluster_warning, single_camera_warning
 from reidctl.errors import ReidctlError
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
@@ -359,3 +359,22 @@ def test_labels_report_and_single_camera_warning():
     assert single_camera_warning(right) is None
     assert single_camera_warning(labels_report(np.full(4, -1), cams, None)) is None  # no clusters at all
     assert "camera_mix" not in labels_report(np.array([0, 0, 1, 1]), np.full(4, -1), None)
+
+
+def test_a_cluster_that_swallows_many_people_is_warned_about():
+    """Sizes 300, 20 × 10 and 30 outliers: the largest holds 300 of 500 clustered images (60 %)
+    and 30 times the median (10). Even sizes, or a large cluster among large ones, are not warned about."""
+    labels = np.concatenate([np.zeros(300), np.repeat(np.arange(1, 21), 10), np.full(30, -1)]).astype(int)
+    report = labels_report(labels, np.zeros(len(labels), int), None)
+    assert report["sizes"] == {"largest": 300, "median": 10.0, "clustered": 500}
+    assert merged_cluster_warning(report) == (
+        "warning: one of the 21 pseudo identities holds 300 of the 500 clustered images (60 %; the median one 10): "
+        "the clustering chains different people together on these features; a smaller --eps (DBSCAN) or more "
+        "--n-clusters splits it (docs/guide.md: Camera mix)")
+    assert merged_cluster_warning(labels_report(np.repeat(np.arange(50), 10), np.zeros(500, int), None)) is None
+    # 5 % of 2,000 clustered images is 100: a cluster of 99, 11 times the median, stays quiet
+    quiet = np.concatenate([np.zeros(99), np.repeat(np.arange(1, 212), 9)]).astype(int)
+    assert labels_report(quiet, np.zeros(len(quiet), int), None)["sizes"]["clustered"] == 99 + 211 * 9
+    assert merged_cluster_warning(labels_report(quiet, np.zeros(len(quiet), int), None)) is None
+    assert merged_cluster_warning({"clusters": 3, "outliers": 0}) is None  # a report of an older run
+    assert "sizes" not in labels_report(np.full(4, -1), np.zeros(4, int), None)

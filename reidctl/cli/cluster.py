@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from reidctl.cli.common import (command, multi_camera_cell, notice, out_console, print_json, print_quality,
-                                warn_single_camera)
+                                warn_about_labels)
 from reidctl.cli.method_options import cluster_flags, runtime_flags
 from reidctl.cluster.clustering import ClusterParams
 from reidctl.stages.cluster import run_cluster
@@ -41,6 +41,6 @@ def cluster(
     table.add_row(*(str(summary[k]) for k in ("rows", "clusters", "outliers")), multi_camera_cell(summary),
                   *(str(summary[k]) for k in ("knn_s", "jaccard_s", "cluster_s")))
     out_console.print(table)
-    warn_single_camera(summary)
+    warn_about_labels(summary)
     if "quality" in summary:
         print_quality(summary["quality"])

@@ -269,13 +269,14 @@ def multi_camera_cell(summary: dict[str, Any]) -> str:
     return "—" if not mix else str(mix["multi_camera_clusters"])
 
 
-def warn_single_camera(summary: dict[str, Any]) -> None:
-    """Print the single-camera warning of :func:`reidctl.cluster.report.single_camera_warning`."""
-    from reidctl.cluster.report import single_camera_warning
+def warn_about_labels(summary: dict[str, Any]) -> None:
+    """Print the warnings of :mod:`reidctl.cluster.report` about a labels report: one pseudo
+    identity swallowing many people, none spanning two cameras."""
+    from reidctl.cluster.report import merged_cluster_warning, single_camera_warning
 
-    warning = single_camera_warning(summary)
-    if warning:
-        notice(warning)
+    for warning in (merged_cluster_warning(summary), single_camera_warning(summary)):
+        if warning:
+            notice(warning)
 
 
 def print_quality(quality: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from reidctl import progress
 from reidctl.cli import options as o
 from reidctl.cli.method_options import loop_flags, model_flags, run_default_text, runtime_flags
 from reidctl.cli.common import (command, err_console, error, given_options, multi_camera_cell, notice, out_console,
-                                print_json, runtime_of, warn_single_camera)
+                                print_json, runtime_of, warn_about_labels)
 from reidctl.errors import ReidctlError
 from reidctl.models.spec import ModelSpec
 from reidctl.methods.plan import model_settings, switches_of
@@ -149,7 +149,7 @@ def _print_epoch(method: type[Method], rec: EpochRecord) -> None:
                 f"R1 {_pct(rec.eval['rank1'])}")
     err_console.print(msg, highlight=False)
     if ref is not None:
-        warn_single_camera(ref)
+        warn_about_labels(ref)
 
 
 def _pair_figures(method: type[Method], rec: EpochRecord) -> list[tuple[Any, dict[str, Any]]]:

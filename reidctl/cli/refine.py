@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from reidctl.cli.common import (command, err_console, multi_camera_cell, notice, out_console, print_json,
-                                print_quality, settings, warn_single_camera)
+                                print_quality, settings, warn_about_labels)
 from reidctl.cli.method_options import refine_flags, runtime_flags
 from reidctl.cli.options import METHOD
 from reidctl.methods import METHODS, get_method
@@ -47,7 +47,7 @@ def refine(
         table.add_column(col, justify="right")
     table.add_row(*(str(summary[k]) for k in ("rows", "clusters", "outliers")), multi_camera_cell(summary))
     out_console.print(table)
-    warn_single_camera(summary)
+    warn_about_labels(summary)
     for note in summary.get("notes", []):
         err_console.print(note, highlight=False)
     if "quality" in summary:
