@@ -16,10 +16,11 @@
 # $AUX_ARGS to the _aux runs (e.g. "--aux-weight 0.5"), $<METHOD>_ARGS to one method's two runs
 # (ICREFINE_ARGS="--n-clusters 400"); $METHODS picks the methods. Runs are cached by `reidctl loop`.
 #
-# The runs of docs/uda.md (CPU, about 10 minutes per run):
+# The runs of docs/uda.md (CPU, 6 to 25 minutes per run on 2 cores):
 #   W=../shared/weights/mobilenet_v2_imagenet_features.pth
 #   PRETRAIN_ARGS="--arch mobilenet_v2 --weights $W --height 128 --width 64 --parts 3 --device cpu --splits train,test --epochs 20" \
 #   MAR_ARGS="--aux-splits train,test --epochs 5 --batch-size 128 --eval-every 1 --lr-drops early --device cpu" \
+#   ICREFINE_ARGS="--intra-epochs 2 --intra-iters 40" \
 #   examples/uda_cuhk01_to_cuhk03.sh ../shared/data/cuhk01 ../shared/data/cuhk03_labeled runs/uda \
 #       --epochs 5 --iters 60 --batch-size 128 --num-instances 4 --eval-every 1 --device cpu
 set -euo pipefail
