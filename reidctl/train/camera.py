@@ -27,6 +27,7 @@ from reidctl.errors import ReidctlError
 from reidctl.options import option
 from reidctl.train.contract import StepResult, TrainParams
 from reidctl.train.epoch import EpochData
+from reidctl.train.wrapper import MethodWrapper
 
 
 @dataclass
@@ -95,16 +96,13 @@ def wants_camera_term(method: Any) -> bool:
     return isinstance(method.params, CameraAwareParams) and method.params.camera_proxies
 
 
-class CameraAware:
+class CameraAware(MethodWrapper):
     """``method`` with the inter-camera proxy loss added to its step (see the module docstring).
     Every hook it does not override is the method's own."""
 
     def __init__(self, method: Any) -> None:
-        self.method = method
+        super().__init__(method)
         self._proxies: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    def __getattr__(self, name: str) -> Any:  # the method's own hooks and attributes
-        return getattr(self.method, name)
 
     def make_state(self, data: EpochData, heads: nn.Module | None) -> Any:
         """The method's state; the epoch's proxies (global, then each trained part), kept here."""

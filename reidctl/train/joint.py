@@ -44,6 +44,7 @@ from reidctl.train.bn_chunks import check_bn_chunks
 from reidctl.train.epoch import EpochData, StreamContext
 from reidctl.train.losses import agent_learning_loss
 from reidctl.train.streams import labelled_stream, zip_streams
+from reidctl.train.wrapper import MethodWrapper
 
 #: The output key of the source classifier's weights in a joint step.
 SOURCE_AGENTS = "source_agents"
@@ -102,17 +103,14 @@ class JointHeads(nn.Module):
         return {**extra, SOURCE_AGENTS: self.source(outputs)["agents"]}
 
 
-class JointSource:
+class JointSource(MethodWrapper):
     """``method`` trained beside a labelled source (see the module docstring). Every hook it
     does not override is the method's own (``name``, ``params``, the schedule, the state ...)."""
 
     def __init__(self, method: Any, options: SourceParams, source: SourceData | None = None) -> None:
-        self.method = method
+        super().__init__(method)
         self.options = options
         self._source = source
-
-    def __getattr__(self, name: str) -> Any:  # the method's own hooks and attributes
-        return getattr(self.method, name)
 
     @property
     def source(self) -> SourceData:
