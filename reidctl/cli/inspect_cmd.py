@@ -46,9 +46,31 @@ def inspect(
         table.add_row(f"[cyan]{name}[/]", desc)
     for key, value in info["attrs"].items():
         table.add_row(f"attr {key}", str(value))
+    for label, text in probe_rows(info["attrs"]):
+        table.add_row(label, text)
     table.add_row("params", _json.dumps(info["params"], indent=1, sort_keys=True))
     table.add_row("inputs", _json.dumps(info["inputs"], indent=1, sort_keys=True) if info["inputs"] else "—")
     out_console.print(table)
+
+
+def probe_rows(attrs: dict) -> list[tuple[str, str]]:
+    """The recall probes of an approximate kNN search in a stage's summary, one readable row each
+    (the summary holds them as JSON): recall@k, identical lists, sample, and a fallback."""
+    try:
+        summary = _json.loads(attrs.get("summary", "{}"))
+    except (TypeError, ValueError):
+        return []
+    rows = []
+    for key in sorted(k for k in summary if k.startswith("knn_probe")):
+        p = summary[key]
+        rows.append((key.replace("knn_probe", "kNN recall probe"),
+                     f"recall@{p['k']} {p['recall']:.3f}, identical lists {p['identical']:.3f} "
+                     f"on {p['rows']:,} rows (seed {p['seed']}) against exact search"))
+    tuning = summary.get("knn_tuning")
+    if tuning:
+        rows.append(("kNN tuning", f"{len(tuning['rounds'])} trial(s), sample recall {tuning['sample_recall']:.3f}"
+                     + (": fell back to exact search" if tuning["exact_fallback"] else f", settings {tuning['settings']}")))
+    return rows
 
 
 def _is_hdf5(file: Path) -> bool:

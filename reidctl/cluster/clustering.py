@@ -8,7 +8,7 @@ icrefine), or InfoMap on the cosine kNN graph (Cluster Contrast's InfoMap varian
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from reidctl.cluster.algorithms import ALGORITHMS, ClusterAlgorithm, get_algorit
 from reidctl.errors import ReidctlError
 from reidctl.options import check_finite, option
 from reidctl.registry import one_of
-from reidctl.search import KNN_BACKENDS, choose_backend
+from reidctl.search import DEFAULT_RECALL, KNN_BACKENDS, choose_backend
 from reidctl.search.approx import APPROX_BACKENDS, require_faiss
 
 
@@ -57,6 +57,10 @@ class ClusterParams:
         "kNN backend: torch or faiss (exact), faiss-ivf or faiss-hnsw (approximate, re-ranked exactly; "
         "pip install 'reidctl[faiss]'), or auto (exact while affordable, else faiss-hnsw where faiss is installed; "
         "said in the output)."))
+    knn_recall: float = field(default=DEFAULT_RECALL, metadata=option(
+        "Recall@k1 an approximate kNN search must reach on 1,000 sampled rows against exact search: auto tunes "
+        "its settings until it does, or searches exactly and says why; faiss-hnsw/faiss-ivf keep theirs and warn "
+        "below it. The measured recall is in the stage's summary. 0: no probe."))
     jaccard_keep: float | None = field(default=None, metadata=option(
         "Store only Jaccard distances up to this value (the others read as 1, as beyond the neighbourhoods); "
         "1 stores all. Default: all up to 200,000 images, and --eps with DBSCAN beyond (the same clusters; "
@@ -89,6 +93,8 @@ class ClusterParams:
             raise ReidctlError(f"--knn-backend {self.knn_backend}: choose one of {', '.join(KNN_BACKENDS)}")
         if self.knn_backend in APPROX_BACKENDS:
             require_faiss(self.knn_backend)
+        if not 0 <= self.knn_recall <= 1:
+            raise ReidctlError(f"--knn-recall {self.knn_recall}: must lie in [0, 1] (0: no probe)")
         keep = self.jaccard_keep
         if keep is not None and not 0 <= keep <= 1:
             raise ReidctlError(f"--jaccard-keep {keep}: must lie in [0, 1] (1 stores every distance)")
@@ -113,8 +119,10 @@ def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray
     """Cluster L2-normalised features with the registered algorithm ``params.algo``; returns the
     labels, kNN lists, the sparse distance the labels were clustered on (under the algorithm's
     ``distance_name``, also given as ``distance``: ``jaccard`` for the CC family,
-    ``link_distance`` for InfoMap), timings, and the kNN backend used (``knn_backend``;
-    ``knn_note`` says why when ``auto`` left exact search, else None).
+    ``link_distance`` for InfoMap), timings, and the kNN backend that searched (``knn_backend``,
+    exact where ``auto``'s tuning fell back; ``knn_note`` says why when ``auto`` left exact
+    search, else None); an approximate search adds its recall probe (``knn_probe``, ``knn_tuning``,
+    ``knn_recall_note``: :meth:`reidctl.search.Searched.report`).
 
     With several ``params.branches`` (``parts``: the N×P×D part features) the distance is the
     weighted mixture of each branch's Jaccard distance, and the kNN lists are the first branch's.
@@ -127,18 +135,21 @@ def cluster_features(feats: np.ndarray, params: ClusterParams, parts: np.ndarray
     backend, note = choose_backend(n, feats.shape[1], params.knn_backend, params.device)
     keep, keep_note = jaccard_bound(params, n)
     chosen = {"knn_backend": backend, "knn_note": note, "jaccard_keep": keep, "jaccard_note": keep_note}
-    params = replace(params, knn_backend=backend)  # every rank and branch searches with the same one
     algorithm = params.algorithm
     res = algorithm.run(feats, params, parts=parts, keep=keep)
     if res is None:
         return None
     return {"labels": res.labels, "knn_index": res.knn_index, "knn_dist": res.knn_dist,
-            algorithm.distance_name: res.distance, "distance": algorithm.distance_name, "times": res.times, **chosen}
+            algorithm.distance_name: res.distance, "distance": algorithm.distance_name, "times": res.times,
+            **chosen, **res.searched, "searched": res.searched}
 
 
 def size_choices(res: dict[str, Any]) -> dict[str, Any]:
     """What the stage chose for the data's size, for its summary: ``knn_backend``, ``jaccard_keep``
-    (None: all distances below 1 stored), and ``knn_note`` / ``jaccard_note`` when a default left
-    exact search or bounded the distances (every ``*_note`` is said by the commands and the loop)."""
+    (None: all distances below 1 stored), ``knn_note`` / ``jaccard_note`` when a default left
+    exact search or bounded the distances (every ``*_note`` is said by the commands and the loop),
+    and an approximate search's recall probe (``knn_probe``), tuning (``knn_tuning``) and
+    ``knn_recall_note`` when it fell back to exact search or stayed below ``--knn-recall``."""
     notes = {name: res[name] for name in ("knn_note", "jaccard_note") if res.get(name)}
-    return {"knn_backend": res["knn_backend"], "jaccard_keep": res.get("jaccard_keep"), **notes}
+    return {"knn_backend": res["knn_backend"], "jaccard_keep": res.get("jaccard_keep"), **notes,
+            **res.get("searched", {})}

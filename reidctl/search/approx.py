@@ -77,27 +77,104 @@ def approx_knn(x: torch.Tensor, k: int, backend: str, *, rows: tuple[int, int] |
     (exact, from the re-rank) ascending, ties by index, each row's own index among its neighbours.
     ``times``, when given, receives the seconds of each step (``pca_s``, ``index_s``,
     ``search_s``, ``rerank_s``): the benchmarks show where the time goes."""
+    n = x.shape[0]
+    lo, hi = rows or (0, n)
+    index = build_index(x, backend, settings, device, times)
+    return index.search(np.arange(lo, hi), k, settings, progress)
+
+
+def build_index(x: torch.Tensor, backend: str, settings: ApproxSettings = ApproxSettings(),
+                device: torch.device = torch.device("cpu"), times: dict[str, float] | None = None,
+                reduced: np.ndarray | None = None) -> "ApproxIndex":
+    """The index of ``backend`` on the L2-normalised ``x`` (its build-time settings: ``pca_dim``,
+    the IVF lists, HNSW's links), searched by :meth:`ApproxIndex.search` with any search-time
+    settings: the recall tuning (:mod:`reidctl.search.tuning`) tries several on one index.
+    ``reduced``: ``x`` already projected (:func:`pca_reduce` with these settings)."""
     if backend not in APPROX_BACKENDS:
         raise ReidctlError(f"unknown approximate kNN backend {backend!r} ({', '.join(APPROX_BACKENDS)})")
     faiss = require_faiss(backend)
     clock = _Clock(times)
-    n = x.shape[0]
-    lo, hi = rows or (0, n)
-    reduced = clock("pca_s", pca_reduce, x, settings)
-    if backend == "faiss-ivf":
-        return clock("search_s", ivf_knn, faiss, x, reduced, k, (lo, hi), device, settings, progress)
-    index = clock("index_s", _build_hnsw, faiss, reduced, settings)
-    kc = min(n, max(k, settings.candidates * k))
-    dist = np.empty((hi - lo, k), np.float32)
-    idx = np.empty((hi - lo, k), np.int64)
-    for s in range(lo, hi, settings.block):
-        e = min(hi, s + settings.block)
-        _, cand = clock("search_s", index.search, reduced[s:e], kc)
-        cand = _with_self(cand.astype(np.int64), s)
-        dist[s - lo:e - lo], idx[s - lo:e - lo] = clock("rerank_s", exact_rerank, x, s, cand, k, device)
-        if progress:
-            progress(e - lo, hi - lo)
-    return dist, idx
+    if reduced is None:
+        reduced = clock("pca_s", pca_reduce, x, settings)
+    cls = IvfIndex if backend == "faiss-ivf" else HnswIndex
+    return clock("index_s", cls, faiss, x, reduced, settings, device, clock)
+
+
+class ApproxIndex:
+    """An index over the reduced features of ``x``; :meth:`search` returns exact distances."""
+
+    backend: str
+
+    def __init__(self, faiss: Any, x: torch.Tensor, reduced: np.ndarray, settings: ApproxSettings,
+                 device: torch.device, clock: "_Clock") -> None:
+        self.faiss, self.x, self.reduced, self.device, self.clock = faiss, x, reduced, device, clock
+        self.pca_dim = settings.pca_dim if 0 < settings.pca_dim < x.shape[1] else 0
+
+    def search(self, rows: np.ndarray, k: int, settings: ApproxSettings,
+               progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` neighbours of the query rows ``rows`` (indices into ``x``) among all rows."""
+        raise NotImplementedError
+
+
+class HnswIndex(ApproxIndex):
+    """A graph of the reduced features: faiss's HNSW on the CPU, or CAGRA on a GPU where the
+    faiss build has it (faiss has no GPU HNSW); then ``candidates × k`` candidates re-ranked
+    exactly."""
+
+    backend = "faiss-hnsw"
+
+    def __init__(self, faiss: Any, x: torch.Tensor, reduced: np.ndarray, settings: ApproxSettings,
+                 device: torch.device, clock: "_Clock") -> None:
+        super().__init__(faiss, x, reduced, settings, device, clock)
+        self.on_gpu = device.type == "cuda" and gpu_index_available(faiss, "GpuIndexCagra")
+        self.index = _build_cagra(faiss, reduced, settings) if self.on_gpu else _build_hnsw(faiss, reduced, settings)
+
+    def search(self, rows: np.ndarray, k: int, settings: ApproxSettings,
+               progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        n = self.x.shape[0]
+        kc = min(n, max(k, settings.candidates * k))
+        width = max(settings.ef_search, kc)
+        params = _cagra_params(self.faiss, width) if self.on_gpu else _hnsw_params(self.faiss, width)
+        dist = np.empty((len(rows), k), np.float32)
+        idx = np.empty((len(rows), k), np.int64)
+        for s in range(0, len(rows), settings.block):
+            block = rows[s:s + settings.block]
+            _, cand = self.clock("search_s", self.index.search, _take(self.reduced, block), kc, params=params)
+            cand = _with_self(cand.astype(np.int64), block)
+            dist[s:s + len(block)], idx[s:s + len(block)] = self.clock(
+                "rerank_s", exact_rerank, self.x, block, cand, k, self.device)
+            if progress:
+                progress(s + len(block), len(rows))
+        return dist, idx
+
+
+class IvfIndex(ApproxIndex):
+    """An inverted file of the reduced features (faiss's k-means, on the GPU when asked for and
+    faiss-gpu is installed), searched with exact full-dimensional distances (:func:`ivf_search`)."""
+
+    backend = "faiss-ivf"
+
+    def __init__(self, faiss: Any, x: torch.Tensor, reduced: np.ndarray, settings: ApproxSettings,
+                 device: torch.device, clock: "_Clock") -> None:
+        super().__init__(faiss, x, reduced, settings, device, clock)
+        self.on_gpu = device.type == "cuda" and gpu_index_available(faiss, "GpuIndexIVFFlat")
+        self.centroids, self.assign = ivf_lists(faiss, reduced, settings, gpu=self.on_gpu)
+
+    def search(self, rows: np.ndarray, k: int, settings: ApproxSettings,
+               progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.clock("search_s", ivf_search, self, rows, k, settings.nprobe, progress)
+
+
+def gpu_index_available(faiss: Any, name: str) -> bool:
+    """True when this faiss build has the GPU index ``name`` and sees a GPU."""
+    return hasattr(faiss, name) and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _take(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[rows]`` as a C-contiguous array, a view when the rows are one contiguous run."""
+    if len(rows) and (np.diff(rows) == 1).all():
+        return a[rows[0]:rows[-1] + 1]
+    return np.ascontiguousarray(a[rows])
 
 
 class _Clock:
@@ -106,9 +183,9 @@ class _Clock:
     def __init__(self, times: dict[str, float] | None) -> None:
         self.times = times
 
-    def __call__(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def __call__(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
-        out = fn(*args)
+        out = fn(*args, **kwargs)
         if self.times is not None:
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
         return out
@@ -139,15 +216,16 @@ def pca_reduce(x: torch.Tensor, settings: ApproxSettings) -> np.ndarray:
     return out
 
 
-def ivf_lists(faiss: Any, reduced: np.ndarray, st: ApproxSettings) -> tuple[np.ndarray, np.ndarray]:
+def ivf_lists(faiss: Any, reduced: np.ndarray, st: ApproxSettings, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The inverted file: k-means centroids of the reduced features (faiss, on at most
-    ``train_per_list`` samples per list, ``niter`` iterations) and each row's nearest centroid."""
+    ``train_per_list`` samples per list, ``niter`` iterations; on the GPU when ``gpu``) and each
+    row's nearest centroid."""
     n, d = reduced.shape
     nlist = max(1, min(n // 8, round(st.lists_per_sqrt_n * math.sqrt(n))))
     rng = np.random.default_rng(st.seed)
     sample = reduced[np.sort(rng.choice(n, min(n, nlist * st.train_per_list), replace=False))]
     kmeans = faiss.Kmeans(d, nlist, niter=st.niter, seed=st.seed, max_points_per_centroid=st.train_per_list,
-                          min_points_per_centroid=1, verbose=False)
+                          min_points_per_centroid=1, verbose=False, gpu=gpu)
     kmeans.train(sample)
     centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
     return centroids, _nearest_centroids(reduced, centroids, 1)[:, 0]
@@ -165,21 +243,21 @@ def _nearest_centroids(data: np.ndarray, centroids: np.ndarray, m: int) -> np.nd
     return out
 
 
-def ivf_knn(faiss: Any, x: torch.Tensor, reduced: np.ndarray, k: int, rows: tuple[int, int], device: torch.device,
-            st: ApproxSettings, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+def ivf_search(index: IvfIndex, rows: np.ndarray, k: int, nprobe: int,
+               progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
     """IVF search with exact full-dimensional distances: each query row is compared with the
     members of its ``nprobe`` nearest lists. Why not faiss's own IVF search: at D = 2,048 it
     scans a list one vector at a time (a few GFLOPS here), slower than the exact blocked search;
-    here every list is one matrix product of the queries that probe it with its members."""
-    lo, hi = rows
-    centroids, assign = ivf_lists(faiss, reduced, st)
-    nprobe = min(len(centroids), st.nprobe)
-    probes = _nearest_centroids(reduced[lo:hi], centroids, nprobe)  # (hi-lo) × nprobe
+    here every list is one matrix product (on the index's device) of the queries that probe it
+    with its members."""
+    x, device, centroids, assign = index.x, index.device, index.centroids, index.assign
+    nprobe = min(len(centroids), nprobe)
+    probes = _nearest_centroids(_take(index.reduced, rows), centroids, nprobe)  # queries × nprobe
     order = np.argsort(assign, kind="stable")  # members of each list, ascending row
     starts = np.searchsorted(assign[order], np.arange(len(centroids) + 1))
     q_of = np.argsort(probes.ravel(), kind="stable")  # (query, slot) pairs grouped by list
     q_starts = np.searchsorted(probes.ravel()[q_of], np.arange(len(centroids) + 1))
-    nq = hi - lo
+    nq = len(rows)
     cand_sim = np.full((nq, nprobe, k), -np.inf, np.float32)
     cand_idx = np.full((nq, nprobe, k), -1, np.int64)
     done = 0
@@ -189,7 +267,7 @@ def ivf_knn(faiss: Any, x: torch.Tensor, reduced: np.ndarray, k: int, rows: tupl
         if len(pairs) == 0 or len(members) == 0:
             continue
         qi, slot = pairs // nprobe, pairs % nprobe
-        sims = (x[torch.from_numpy(lo + qi)].to(device, torch.float32)
+        sims = (x[torch.from_numpy(rows[qi])].to(device, torch.float32)
                 @ x[torch.from_numpy(members)].to(device, torch.float32).T)
         kk = min(k, len(members))
         top, arg = torch.topk(sims, kk, dim=1)
@@ -205,23 +283,47 @@ def ivf_knn(faiss: Any, x: torch.Tensor, reduced: np.ndarray, k: int, rows: tupl
     dist = np.maximum(2 - 2 * np.take_along_axis(sim, best, 1).astype(np.float64), 0).astype(np.float32)
     short = np.flatnonzero((idx < 0).any(1))  # probed lists held fewer than k rows: search those exactly
     if len(short):
-        dist[short], idx[short] = search(x[torch.from_numpy(lo + short)], x, k, device=str(device))
+        dist[short], idx[short] = search(x[torch.from_numpy(rows[short])], x, k, device=str(device))
     return dist, idx
 
 
 def _build_hnsw(faiss: Any, data: np.ndarray, st: ApproxSettings) -> Any:
-    """The HNSW graph of the reduced features (faiss has no GPU HNSW: it stays on the CPU)."""
+    """The HNSW graph of the reduced features, on the CPU."""
     index = faiss.IndexHNSWFlat(data.shape[1], st.hnsw_m)
     index.hnsw.efConstruction = st.ef_construction
     index.add(data)
-    index.hnsw.efSearch = max(st.ef_search, st.candidates * 32)
     return index
 
 
-def _with_self(cand: np.ndarray, first_row: int) -> np.ndarray:
+def _hnsw_params(faiss: Any, width: int) -> Any:
+    """Search parameters of the HNSW graph: ``width`` (efSearch) candidates kept while walking."""
+    params = faiss.SearchParametersHNSW()
+    params.efSearch = width
+    return params
+
+
+def _build_cagra(faiss: Any, data: np.ndarray, st: ApproxSettings) -> Any:
+    """CAGRA, faiss's GPU graph index (faiss ≥ 1.8 built with cuVS), of the reduced features:
+    ``hnsw_m`` out-links a node, as the CPU graph has."""
+    config = faiss.GpuIndexCagraConfig()
+    config.graph_degree = st.hnsw_m
+    config.intermediate_graph_degree = 2 * st.hnsw_m
+    index = faiss.GpuIndexCagra(faiss.StandardGpuResources(), data.shape[1], faiss.METRIC_L2, config)
+    index.train(data)  # CAGRA builds its graph from the data it is trained on
+    return index
+
+
+def _cagra_params(faiss: Any, width: int) -> Any:
+    """Search parameters of CAGRA: ``width`` (its itopk size, HNSW's efSearch) candidates kept."""
+    params = faiss.SearchParametersCagra()
+    params.itopk_size = width
+    return params
+
+
+def _with_self(cand: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Candidates with each row's own index (the exact kNN lists always hold the point itself);
     it replaces the last candidate where the reduced search missed it, or a -1 (no result)."""
-    own = first_row + np.arange(len(cand))
+    own = np.asarray(rows, dtype=np.int64)
     missing = ~(cand == own[:, None]).any(1)
     cand[missing, -1] = own[missing]
     bad = cand < 0
@@ -230,14 +332,15 @@ def _with_self(cand: np.ndarray, first_row: int) -> np.ndarray:
     return cand
 
 
-def exact_rerank(x: torch.Tensor, first_row: int, cand: np.ndarray, k: int,
+def exact_rerank(x: torch.Tensor, rows: np.ndarray, cand: np.ndarray, k: int,
                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` candidates of each row nearest by the exact distance ``2 − 2·cos``; ties and
-    duplicate candidates resolved by the smaller index, as the exact search does."""
+    """The ``k`` candidates ``cand[i]`` of each query row ``rows[i]`` nearest by the exact distance
+    ``2 − 2·cos``; ties and duplicate candidates resolved by the smaller index, as the exact
+    search does."""
     b = cand.shape[0]
     out_d = np.empty((b, k), np.float32)
     out_i = np.empty((b, k), np.int64)
-    sims = _candidate_similarities(x, first_row, cand, device)
+    sims = _candidate_similarities(x, np.asarray(rows, dtype=np.int64), cand, device)
     for s in range(0, b, 65_536):
         e = min(b, s + 65_536)
         ci, sim = cand[s:e], sims[s:e].astype(np.float64)
@@ -251,8 +354,8 @@ def exact_rerank(x: torch.Tensor, first_row: int, cand: np.ndarray, k: int,
     return out_d, out_i
 
 
-def _candidate_similarities(x: torch.Tensor, first_row: int, cand: np.ndarray, device: torch.device) -> np.ndarray:
-    """``sim[i, j] = x[first_row + i] · x[cand[i, j]]`` in float32.
+def _candidate_similarities(x: torch.Tensor, rows: np.ndarray, cand: np.ndarray, device: torch.device) -> np.ndarray:
+    """``sim[i, j] = x[rows[i]] · x[cand[i, j]]`` in float32.
 
     Why faiss on the CPU: gathering each row's candidate vectors into a tensor and multiplying
     (torch) moves every candidate through memory twice and ran at ≈ 2.6 GB/s here, the largest
@@ -262,7 +365,7 @@ def _candidate_similarities(x: torch.Tensor, first_row: int, cand: np.ndarray, d
     if device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
         faiss = require_faiss("faiss-hnsw")
         xs = x.numpy()
-        queries = np.ascontiguousarray(xs[first_row:first_row + b])
+        queries = _take(xs, rows)
         ids = np.ascontiguousarray(cand, dtype=np.int64)
         sims = np.empty((b, kc), np.float32)
         faiss.fvec_inner_products_by_idx(faiss.swig_ptr(sims), faiss.swig_ptr(queries), faiss.swig_ptr(xs),
@@ -272,7 +375,7 @@ def _candidate_similarities(x: torch.Tensor, first_row: int, cand: np.ndarray, d
     step = max(1, (1 << 26) // max(1, kc * x.shape[1]))  # gathered candidates ≤ 256 MiB per block
     for s in range(0, b, step):
         e = min(b, s + step)
-        q = x[first_row + s:first_row + e].to(device, torch.float32)
+        q = x[torch.from_numpy(rows[s:e])].to(device, torch.float32)
         g = x[torch.from_numpy(cand[s:e]).reshape(-1)].to(device, torch.float32).reshape(e - s, kc, -1)
         sims[s:e] = torch.bmm(g, q.unsqueeze(2)).squeeze(2).cpu().numpy()
     return sims

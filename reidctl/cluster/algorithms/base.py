@@ -26,7 +26,7 @@ import torch
 
 from reidctl.progress import callback, progress_bar
 from reidctl.runtime import dist as ddp  # (``dist`` names the kNN distances here)
-from reidctl.search import knn
+from reidctl.search import Searched, knn_search, recall_report
 from reidctl.search.approx import APPROX_BACKENDS
 
 
@@ -51,6 +51,7 @@ class Clustered:
     knn_dist: np.ndarray  # N×k float32, squared L2 of unit vectors (2 − 2·cos)
     distance: sp.csr_matrix  # the sparse N×N distance the labels were clustered on
     times: dict[str, float]  # seconds per step (knn_s, jaccard_s, cluster_s ...)
+    searched: dict[str, Any] = dataclasses.field(default_factory=dict)  # the approximate search's probe (summary keys)
 
 
 class ClusterAlgorithm:
@@ -88,18 +89,33 @@ class ClusterAlgorithm:
         raise NotImplementedError
 
 
-def stage_knn(x: np.ndarray, k: int, params: Any, label: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """The kNN lists of the cluster stage. Under ``torchrun`` each rank searches its block of query
-    rows against all rows and every rank gets the whole lists, in row order: the same lists as
-    one process (the search is row-wise, with a tie rule that does not depend on the blocks)."""
+def stage_knn(x: np.ndarray, k: int, params: Any, label: str = "") -> Searched:
+    """The kNN lists of the cluster stage, with the recall probe of an approximate search
+    (``params.knn_recall``). Under ``torchrun`` each rank searches its block of query rows against
+    all rows, the ranks follow rank 0's tuning, and every rank gets the whole lists, in row order:
+    the same lists as one process for an exact search (row-wise, with a tie rule that does not
+    depend on the blocks); the probe then runs on the gathered lists."""
     n = len(x)
     sharded = ddp.is_distributed()
     lo, hi = ddp.shard_range(n) if sharded else (0, n)
     shown = f" ({params.knn_backend})" if params.knn_backend in APPROX_BACKENDS else ""
     with progress_bar(f"kNN{label}{shown}", hi - lo, unit="rows") as advance:
-        d, i = knn(x, k, backend=params.knn_backend, device=params.device, progress=callback(advance),
-                   rows=(lo, hi) if sharded else None)
+        found = knn_search(x, k, backend=params.knn_backend, device=params.device, progress=callback(advance),
+                           rows=(lo, hi) if sharded else None, recall=params.knn_recall,
+                           agree=(lambda value: ddp.all_gather_object(value)[0]) if sharded else None)
     if sharded:
-        d = ddp.all_gather_rows(torch.from_numpy(np.ascontiguousarray(d))).numpy()
-        i = ddp.all_gather_rows(torch.from_numpy(np.ascontiguousarray(i))).numpy()
-    return d, i
+        found.dist = ddp.all_gather_rows(torch.from_numpy(np.ascontiguousarray(found.dist))).numpy()
+        found.idx = ddp.all_gather_rows(torch.from_numpy(np.ascontiguousarray(found.idx))).numpy()
+        if found.settings is not None and params.knn_recall > 0 and ddp.is_main():
+            found.probe, found.note = recall_report(x, found.idx, k, params.knn_recall, found.backend, found.settings)
+    return found
+
+
+def search_report(found: Searched, name: str = "") -> dict[str, Any]:
+    """``found``'s probe, tuning and note as summary entries; a named branch's keys carry its name
+    (``knn_probe_part0``, ``knn_part0_recall_note``: every ``*_note`` is said to the user)."""
+    report = found.report()
+    if not name:  # the stored lists' search: the backend that searched them (exact where auto fell back)
+        return {**report, "knn_backend": found.backend}
+    return {(f"knn_{name}_recall_note" if key == "knn_recall_note" else f"{key}_{name}"): value
+            for key, value in report.items()}

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from reidctl.cluster.algorithms.base import ClusterAlgorithm, Clustered, SharedParams, stage_knn
+from reidctl.cluster.algorithms.base import ClusterAlgorithm, Clustered, SharedParams, search_report, stage_knn
 from reidctl.cluster.infomap import (
     INFOMAP_SEED,
     drop_small,
@@ -66,7 +66,8 @@ class InfoMap(ClusterAlgorithm):
         n = len(feats)
         times: dict[str, float] = {}
         t = time.perf_counter()
-        dist, idx = stage_knn(feats, params.k1, params)
+        found = stage_knn(feats, params.k1, params)
+        dist, idx = found.dist, found.idx
         times["knn_s"] = time.perf_counter() - t
         if not ddp.is_main():
             return None
@@ -76,4 +77,4 @@ class InfoMap(ClusterAlgorithm):
         labels = drop_small(infomap_modules(n, links, seed=INFOMAP_SEED), params.k2)
         times["cluster_s"] = time.perf_counter() - t
         return Clustered(labels.astype(np.int32), idx.astype(np.int32), dist.astype(np.float32),
-                         link_distances(n, links), times)
+                         link_distances(n, links), times, search_report(found))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from reidctl.cluster.algorithms.base import ClusterAlgorithm, Clustered, stage_knn
+from reidctl.cluster.algorithms.base import ClusterAlgorithm, Clustered, search_report, stage_knn
 from reidctl.cluster.jaccard import jaccard_distance
 from reidctl.cluster.mixing import branch_features, mix_jaccard, parse_branches
 from reidctl.errors import ReidctlError
@@ -43,11 +43,12 @@ class JaccardAlgorithm(ClusterAlgorithm):
         # every branch's features before any work: a missing part fails at once
         inputs = [feats if name == "global" else branch_features(name, feats, parts) for name, _ in branches]
         times: dict[str, float] = {}
+        searched: dict[str, Any] = {}
         if len(branches) == 1:  # one Jaccard, used as it is (the default: exactly Cluster Contrast)
-            dist, idx, jac = _branch_jaccard(inputs[0], params, times, keep=keep)
+            dist, idx, jac = _branch_jaccard(inputs[0], params, times, searched, keep=keep)
         else:  # each branch whole: a bound applies to the mixture only
             dist, idx, jac = _mixed_jaccard([name for name, _ in branches], inputs,
-                                            [w for _, w in branches], params, times)
+                                            [w for _, w in branches], params, times, searched)
             jac = _bounded(jac, keep)
         if not ddp.is_main():
             return None  # under torchrun the ranks shared the kNN search; rank 0 clusters and writes
@@ -55,17 +56,20 @@ class JaccardAlgorithm(ClusterAlgorithm):
         labels = self.partition(jac, params)
         times["cluster_s"] = time.perf_counter() - t
         return Clustered(np.asarray(labels, dtype=np.int32), idx.astype(np.int32), dist.astype(np.float32), jac,
-                         times)
+                         times, searched)
 
 
-def _branch_jaccard(x: np.ndarray, params: Any, times: dict[str, float],
+def _branch_jaccard(x: np.ndarray, params: Any, times: dict[str, float], searched: dict[str, Any],
                     name: str = "", keep: float | None = None) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
     """kNN lists and sparse Jaccard distance of one feature matrix; adds its timings to ``times``
-    (``knn_s``/``jaccard_s``, and ``knn_<name>_s``/``jaccard_<name>_s`` for a named branch)."""
+    (``knn_s``/``jaccard_s``, and ``knn_<name>_s``/``jaccard_<name>_s`` for a named branch) and an
+    approximate search's probe to ``searched``."""
     n, label = len(x), f" {name}" if name else ""
     t = time.perf_counter()
     k_search = params.k1 + 1 if params.jaccard_variant == "original" else params.k1
-    dist, idx = stage_knn(x, k_search, params, label)
+    found = stage_knn(x, k_search, params, label)
+    dist, idx = found.dist, found.idx
+    searched.update(search_report(found, name))
     _add_time(times, "knn", name, time.perf_counter() - t)
     if not ddp.is_main():
         return dist, idx, sp.csr_matrix((n, n), dtype=np.float32)  # rank 0 alone goes on
@@ -78,9 +82,9 @@ def _branch_jaccard(x: np.ndarray, params: Any, times: dict[str, float],
 
 
 def _mixed_jaccard(names: list[str], inputs: list[np.ndarray], weights: list[float], params: Any,
-                   times: dict[str, float]) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
+                   times: dict[str, float], searched: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
     """The first branch's kNN lists and Σ_b w_b·J_b (ALGORITHMS.md §7.2), one branch at a time."""
-    results = [_branch_jaccard(x, params, times, name) for name, x in zip(names, inputs)]
+    results = [_branch_jaccard(x, params, times, searched, name) for name, x in zip(names, inputs)]
     t = time.perf_counter()
     mixed = mix_jaccard([jac for _, _, jac in results], weights)
     _add_time(times, "jaccard", "mix", time.perf_counter() - t)

@@ -1,0 +1,217 @@
+"""Settings of an approximate kNN search that reach a recall target on the user's own features, or
+the decision to search exactly.
+
+Why: the defaults of :class:`~reidctl.search.approx.ApproxSettings` were tuned on CNN features;
+on features of another shape (a flat spectrum, another backbone, an early epoch) the same settings
+lose most true neighbours (issue 30: recall@30 0.32). So ``--knn-backend auto`` measures before it
+trusts: the exact lists of a seeded sample of rows (its cost: ``rows / N`` of the exact search,
+which also gives the exact search's time), then trial searches of that sample only, widening the
+search-time settings on one index and, when widening stops paying, a larger PCA dimension (a new
+index). It keeps the first settings whose sample recall reaches the target. It gives up and
+searches exactly when the rounds run out, or when what the approximate search has spent plus its
+predicted full search would no longer beat the exact search's estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from reidctl.search.approx import ApproxIndex, ApproxSettings, build_index, exact_rerank, pca_reduce
+from reidctl.search.probe import PROBE_ROWS, PROBE_SEED, exact_sample, found_per_row, sample_rows
+
+#: The recall@k the approximate search must reach on the probe's sample (``--knn-recall``).
+DEFAULT_RECALL = 0.98
+#: Trial searches of the sample on an index at most. (HNSW's checks of a reduced space by brute
+#: force, before its index is built, are bounded by the PCA ladder: three per dimension.)
+MAX_ROUNDS = 8
+#: The share of exact search's estimated time the approximate search (tuning included) may spend:
+#: beyond it, exact search is both cheaper and exact.
+BUDGET_SHARE = 1.0
+#: Trial searches on one index before a larger PCA dimension: widening alone cannot recover
+#: neighbours the reduced space ranks far down.
+WIDEN_STEPS = 3
+#: The reduced space must keep this much more recall than the target when the graph is perfect:
+#: the graph search loses some.
+CEILING_MARGIN = 0.005
+#: Widening the search-time settings that gains less recall than this moves on to a larger PCA
+#: dimension: the reduced space, not the index, is losing the neighbours.
+MIN_GAIN = 0.01
+
+
+@dataclass(frozen=True)
+class RecallTarget:
+    """What an approximate search must reach: ``recall`` (0: no probe) on ``rows`` sampled rows;
+    ``adapt``: tune the settings (``auto``) or keep them and only report (an explicit backend)."""
+
+    recall: float = DEFAULT_RECALL
+    adapt: bool = True
+    rows: int = PROBE_ROWS
+    seed: int = PROBE_SEED
+    max_rounds: int = MAX_ROUNDS
+
+
+@dataclass
+class Tuned:
+    """The outcome of :func:`tune`: the settings and their index, or ``index is None`` and the
+    reason to search exactly; every trial (``rounds``) and the exact search's estimated seconds."""
+
+    settings: ApproxSettings
+    index: ApproxIndex | None
+    sample_recall: float
+    exact_estimate_s: float
+    seconds: float
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings": search_settings(self.settings), "sample_recall": round(self.sample_recall, 4),
+                "exact_estimate_s": round(self.exact_estimate_s, 1), "seconds": round(self.seconds, 1),
+                "rounds": self.rounds, "exact_fallback": self.index is None}
+
+
+def search_settings(st: ApproxSettings) -> dict[str, Any]:
+    """The settings the tuning may change, for the stage's summary."""
+    return {"pca_dim": st.pca_dim, "ef_search": st.ef_search, "candidates": st.candidates, "nprobe": st.nprobe}
+
+
+def pca_ladder(first: int, d: int) -> list[int]:
+    """PCA dimensions to try: ``first``, doubling while below ``d``, then none (0: all of ``d``)."""
+    dims, p = [], first
+    while 0 < p < d:
+        dims.append(p)
+        p *= 2
+    return dims + [0]
+
+
+def widen(st: ApproxSettings, backend: str, step: int) -> ApproxSettings:
+    """The search-time settings of trial ``step`` (0: as given) on one index: HNSW keeps ``2^step``
+    times the candidates while walking its graph (efSearch); IVF probes ``4^step`` times the lists."""
+    if backend == "faiss-ivf":
+        return dataclasses.replace(st, nprobe=st.nprobe * 4 ** step)
+    return dataclasses.replace(st, ef_search=st.ef_search * 2 ** step)
+
+
+@dataclass
+class _Trials:
+    """The tuning's sample, its exact lists, its clock and its record."""
+
+    x: torch.Tensor
+    k: int
+    picked: np.ndarray
+    exact_dist: np.ndarray
+    start: float
+    exact_s: float
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    best: float = 0.0
+
+    def recall(self, idx: np.ndarray) -> float:
+        return float(found_per_row(self.x, self.picked, idx, self.exact_dist).mean() / self.k)
+
+    def record(self, st: ApproxSettings, recall: float, **extra: Any) -> None:
+        self.best = max(self.best, recall)
+        self.rounds.append({**search_settings(st), "sample_recall": round(recall, 4), **extra})
+
+    def searches(self) -> int:
+        """Trial searches on an index so far (the rounds :attr:`RecallTarget.max_rounds` bounds)."""
+        return sum(1 for r in self.rounds if not r.get("ceiling"))
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def tune(x: torch.Tensor, k: int, backend: str, settings: ApproxSettings, target: RecallTarget,
+         device: torch.device, times: dict[str, float] | None = None) -> Tuned:
+    """Settings of ``backend`` whose recall@k on a sample of ``target.rows`` rows reaches
+    ``target.recall`` (the module's docstring says how), with their index; or no index and the
+    reason to search exactly."""
+    start = time.perf_counter()
+    n, d = x.shape
+    picked = sample_rows(n, target.rows, target.seed + 1)  # not the probe's sample: it reports on fresh rows
+    exact_dist, _ = exact_sample(x, picked, k, str(device))
+    trials = _Trials(x, k, picked, exact_dist, start, (time.perf_counter() - start) * n / len(picked))
+    budget = BUDGET_SHARE * trials.exact_s
+
+    def fallback(why: str, st: ApproxSettings) -> Tuned:
+        return Tuned(st, None, trials.best, trials.exact_s, trials.elapsed(), trials.rounds,
+                     _reason(backend, k, trials.best, target, trials.exact_s, why))
+
+    st = settings
+    for pca in pca_ladder(settings.pca_dim, d):
+        if trials.searches() >= target.max_rounds:
+            break
+        if trials.elapsed() >= budget:
+            return fallback("its time so far no longer beats exact search", st)
+        st = dataclasses.replace(settings, pca_dim=pca)
+        reduced = pca_reduce(x, st)
+        if backend == "faiss-hnsw" and pca:  # (a full-dimensional graph re-ranks exact distances)
+            found = _enough_candidates(trials, reduced, st, target, device)
+            if found is None:
+                continue  # even a perfect graph on this reduced space misses too many neighbours
+            st = found
+        index = build_index(x, backend, st, device, times, reduced=reduced)
+        previous = -1.0
+        for step in range(WIDEN_STEPS):
+            trial = widen(st, backend, step)
+            t = time.perf_counter()
+            _, idx = index.search(picked, k, trial)
+            predicted = trials.elapsed() + (time.perf_counter() - t) * n / len(picked)
+            recall = trials.recall(idx)
+            trials.record(trial, recall, predicted_s=round(predicted, 1))
+            if predicted >= budget:
+                return fallback("its predicted time no longer beats exact search", trial)
+            if recall >= target.recall:
+                return Tuned(trial, index, recall, trials.exact_s, trials.elapsed(), trials.rounds)
+            if recall - previous < MIN_GAIN or trials.searches() >= target.max_rounds:
+                break  # widening stopped paying: the reduced space loses the neighbours
+            previous = recall
+    return fallback(f"{trials.searches()} trial searches", st)
+
+
+def _enough_candidates(trials: _Trials, reduced: np.ndarray, st: ApproxSettings, target: RecallTarget,
+                       device: torch.device) -> ApproxSettings | None:
+    """``st`` with the fewest candidates (``candidates`` × 1, 2, 4) whose exact re-rank reaches the
+    target on the sample when the reduced search is perfect (brute force in the reduced space:
+    ``pca_dim / D`` of the exact probe's cost); None when none does. This separates what the
+    projection loses (more candidates or dimensions help) from what the graph misses (efSearch)."""
+    import faiss  # noqa: PLC0415 (the approximate backends need it; checked before)
+
+    n, k = trials.x.shape[0], trials.k
+    widest = min(n, 4 * st.candidates * k)
+    _, order = faiss.knn(np.ascontiguousarray(reduced[trials.picked]), reduced, widest)
+    for factor in (1, 2, 4):
+        kc = min(n, max(k, factor * st.candidates * k))
+        cand = np.ascontiguousarray(order[:, :kc], dtype=np.int64)
+        _, idx = exact_rerank(trials.x, trials.picked, cand, k, device)
+        found = dataclasses.replace(st, candidates=factor * st.candidates)
+        ceiling = trials.recall(idx)
+        trials.record(found, ceiling, ceiling=True)
+        if ceiling >= target.recall + CEILING_MARGIN:
+            return found
+        if kc == n:
+            break
+    return None
+
+
+def _reason(backend: str, k: int, best: float, target: RecallTarget, exact_s: float, why: str) -> str:
+    return (f"--knn-backend auto: {backend} reached recall@{k} {best:.3f} at best on {target.rows:,} sampled rows, "
+            f"below --knn-recall {target.recall:g} ({why}); searching exactly (estimated {exact_s:.0f} s)")
+
+
+def agreed(tuned: Tuned, chosen: tuple[ApproxSettings, bool], x: torch.Tensor, backend: str,
+           device: torch.device) -> Tuned:
+    """``tuned`` made to follow the settings and exact-or-not decision ``chosen`` of another
+    process (rank 0 under ``torchrun``): the ranks search alike even when their trial searches
+    differed (faiss builds its graph with threads, not always the same graph)."""
+    settings, exact = chosen
+    if exact:
+        return dataclasses.replace(tuned, index=None, settings=settings)
+    if tuned.index is None or tuned.settings.pca_dim != settings.pca_dim:
+        tuned = dataclasses.replace(tuned, index=build_index(x, backend, settings, device))
+    return dataclasses.replace(tuned, settings=settings, reason=None)
+
