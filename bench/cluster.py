@@ -206,7 +206,7 @@ def worker(args: argparse.Namespace) -> dict:
     from reidctl.cluster import dbscan, jaccard_distance, label_quality
 
     from reidctl.cluster.clustering import ClusterParams, jaccard_bound
-    from reidctl.search.approx import APPROX_BACKENDS, approx_knn
+    from reidctl.search.approx import APPROX_BACKENDS
 
     x, pid = features_like(args.like, args.n, args.dim, args.ids) if args.like else features(args.n, args.dim, args.ids)
     rows: dict[str, list[float]] = {"knn": [], "jaccard": [], "dbscan": [], "floor": []}
@@ -216,11 +216,16 @@ def worker(args: argparse.Namespace) -> dict:
     peaks = {"knn": 0, "jaccard": 0, "dbscan": 0}
     with PeakRSS() as base:
         pass
+    probe: dict = {}
     for _ in range(args.runs):
         with PeakRSS() as p:
             t0 = time.perf_counter()
-            if approx:  # the same call search.knn makes, with its steps timed
-                knn = approx_knn(torch.from_numpy(x), args.k1, args.knn_backend, times=steps)
+            if approx:  # the cluster stage's search: tuned as auto tunes it unless --knn-recall 0, then probed
+                found = search.knn_search(torch.from_numpy(x), args.k1, backend=args.knn_backend, device=args.device,
+                                          recall=args.knn_recall, adapt=args.knn_recall > 0, times=steps)
+                knn = (found.dist, found.idx)
+                probe = {"probe": found.probe and found.probe.to_json(), "backend": found.backend,
+                         "tuning": found.tuning and found.tuning.to_json()}
             else:
                 knn = search.knn(x, args.k1, backend=args.knn_backend, device=args.device)
             rows["knn"].append(time.perf_counter() - t0)
@@ -246,6 +251,7 @@ def worker(args: argparse.Namespace) -> dict:
         "floor_how": how,
         "steps": {k: v / args.runs for k, v in steps.items()},
         "recall": recall,
+        **probe,
         "ids": int(len(np.unique(pid))),
         "keep": keep,
         "peak": peaks,
@@ -286,6 +292,9 @@ def main() -> None:
                                    "(features_like) instead of near-isotropic ones")
     ap.add_argument("--recall-rows", type=int, default=2000,
                     help="approximate backends: recall@k1 measured on this many query rows (0: skip)")
+    ap.add_argument("--knn-recall", type=float, default=0.98,
+                    help="approximate backends: tune to this recall on the probe's sample, as --knn-backend auto "
+                         "does (0: the default settings, no probe)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -310,7 +319,8 @@ def main() -> None:
                   "--runs", str(runs), "--k1", str(args.k1), "--k2", str(args.k2),
                   "--eps", str(args.eps), "--device", args.device, "--knn-backend", args.knn_backend,
                   "--floor-bytes", str(args.floor_bytes), "--floor-rows", str(floor_rows),
-                  "--recall-rows", str(args.recall_rows), *(["--like", args.like] if args.like else [])]
+                  "--recall-rows", str(args.recall_rows), "--knn-recall", str(args.knn_recall),
+                  *(["--like", args.like] if args.like else [])]
         r = run_child(common)
         total = r["knn"] + r["jaccard"] + r["dbscan"]
         gb = [r["peak"][k] / 1e9 for k in ("knn", "jaccard", "dbscan")]
@@ -324,6 +334,15 @@ def main() -> None:
             notes.append(f"{name}: kNN steps: {split}; recall@{args.k1} on {args.recall_rows:,} query rows "
                          f"against exact search: {r['recall']:.3f}" if r["recall"] is not None else
                          f"{name}: kNN steps: {split}")
+        if r.get("tuning"):
+            t = r["tuning"]
+            notes.append(f"{name}: tuned to --knn-recall {args.knn_recall} in {t['seconds']:.1f} s "
+                         f"(exact search estimated {t['exact_estimate_s']:.0f} s): "
+                         + ("fell back to exact search" if t["exact_fallback"] else f"settings {t['settings']}")
+                         + f"; trials {t['rounds']}")
+        if r.get("probe"):
+            notes.append(f"{name}: the probe: recall@{args.k1} {r['probe']['recall']:.3f}, identical lists "
+                         f"{r['probe']['identical']:.3f} on {r['probe']['rows']:,} rows ({r['probe']['seconds']:.1f} s)")
         if r["keep"] is not None:
             notes.append(f"{name}: the Jaccard matrix keeps the distances ≤ {r['keep']} (the cluster stage's default "
                          "beyond 200k rows; J nnz/row counts those)")

@@ -8,7 +8,11 @@ process: the exact blocked search (the floor every approximate backend must beat
 backend and setting. For each: seconds, recall@k1 (the share of the exact k1 neighbours found),
 the share of the exact same-identity neighbours found, and the adjusted Rand index of the
 Jaccard + DBSCAN partition against the exact pipeline's (k1 30, k2 6, eps 0.6, min 4), and
-where the approximate search spent its time (PCA, index build, search, exact re-rank).
+where the approximate search spent its time (PCA, index build, search, exact re-rank). Beside the
+true recall (all rows) is what the recall probe of every approximate search measures on its
+1,000 seeded rows (reidctl.search.probe), so the two can be compared. ``--tuned`` adds a row per
+backend tuned as ``--knn-backend auto`` tunes it (``--knn-recall``): its settings, its time with
+the tuning, or the exact fallback it chose.
 ``--features FILE`` uses real features instead; ``--like FILE`` draws synthetic ones with that
 file's identity statistics (bench/cluster.py ``features_like``).
 """
@@ -34,6 +38,7 @@ def main() -> None:
     from reidctl import search
     from reidctl.cluster import dbscan, jaccard_distance
     from reidctl.search.approx import ApproxSettings, approx_knn
+    from reidctl.search.probe import probe_recall
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20000)
@@ -46,6 +51,8 @@ def main() -> None:
     ap.add_argument("--like", help="draw synthetic features with the identity statistics of this features file "
                                    "(bench/cluster.py features_like)")
     ap.add_argument("--ef-search", type=int, nargs="+", default=[ApproxSettings.ef_search])
+    ap.add_argument("--tuned", action="store_true", help="also each backend tuned to --knn-recall, as auto tunes it")
+    ap.add_argument("--knn-recall", type=float, default=search.DEFAULT_RECALL)
     args = ap.parse_args()
     if args.features:
         from reidctl.artifacts import read_features, read_ground_truth
@@ -70,10 +77,19 @@ def main() -> None:
     source = args.features or (f"features like {args.like}" if args.like else "synthetic features")
     print(f"# bench/knn_approx.py  {source}: N={args.n:,} D={args.dim} k1={args.k1}, "
           f"torch threads {torch.get_num_threads()}")
-    print("| backend | pca dim | nprobe / efSearch | s | / exact | recall@k1 | same-identity found | ARI vs exact "
-          "| steps (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| exact (torch, blocked) | – | – | {exact_s:.1f} | 1.00 | 1.000 | 1.000 | 1.000 | |", flush=True)
+    print("| backend | pca dim | nprobe / efSearch (candidates) | s | / exact | recall@k1 | probe recall@k1 (1,000 rows) "
+          "| same-identity found | ARI vs exact | steps (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| exact (torch, blocked) | – | – | {exact_s:.1f} | 1.00 | 1.000 | – | 1.000 | 1.000 | |", flush=True)
+
+    def row(name: str, st: ApproxSettings | None, knob: str, s: float, ad: np.ndarray, ai: np.ndarray, split: str) -> None:
+        probe = probe_recall(x, ai, args.k1).recall
+        found = (pid[ai] == pid[:, None]).sum() / same.sum()
+        ari = adjusted_rand_score(exact_labels, partition(ad, ai))
+        pca = "–" if st is None else (st.pca_dim or "none")
+        print(f"| {name} | {pca} | {knob} | {s:.1f} | {s / exact_s:.2f} | {recall(ai, ei):.3f} | {probe:.3f} | "
+              f"{found:.3f} | {ari:.3f} | {split} |", flush=True)
+
     for backend in args.backends:
         for pca in args.pca_dim:
             for knob_value in (args.nprobe if backend == "faiss-ivf" else args.ef_search):
@@ -83,11 +99,17 @@ def main() -> None:
                 ad, ai = approx_knn(xt, args.k1, backend, settings=st, times=steps)
                 s = time.perf_counter() - t
                 split = ", ".join(f"{name[:-2]} {v:.1f}" for name, v in steps.items())
-                found_share = recall(ai, ei)
-                found = (pid[ai] == pid[:, None]).sum() / same.sum()
-                ari = adjusted_rand_score(exact_labels, partition(ad, ai))
-                print(f"| {backend} | {pca or 'none'} | {knob_value} | {s:.1f} | {s / exact_s:.2f} | {found_share:.3f} | "
-                      f"{found:.3f} | {ari:.3f} | {split} |", flush=True)
+                row(backend, st, f"{knob_value} ({st.candidates})", s, ad, ai, split)
+        if args.tuned:
+            t = time.perf_counter()
+            got = search.knn_search(xt, args.k1, backend=backend, device="cpu", recall=args.knn_recall, adapt=True)
+            s = time.perf_counter() - t
+            tuned = got.tuning
+            st = tuned.settings
+            knob = f"{st.nprobe if backend == 'faiss-ivf' else st.ef_search} ({st.candidates})"
+            name = f"{backend} tuned to {args.knn_recall:g}" + (": exact fallback" if tuned.index is None else "")
+            row(name, st, knob, s, got.dist, got.idx, f"tuning {tuned.seconds:.1f}, "
+                f"{sum(not r.get('ceiling') for r in tuned.rounds)} trial searches")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -138,8 +141,9 @@ def test_an_explicit_backend_keeps_its_settings_and_warns_below_the_target():
     found = search.knn_search(x, 20, backend="faiss-hnsw", device="cpu", settings=ApproxSettings(pca_dim=8))
     assert found.backend == "faiss-hnsw" and found.tuning is None and found.settings.pca_dim == 8
     assert found.probe.recall < 0.98
-    assert found.note.startswith(f"faiss-hnsw found recall@20 {found.probe.recall:.3f} on 1,000 sampled rows, below "
-                                 "--knn-recall 0.98")
+    assert found.warn and found.note.startswith(
+        f"faiss-hnsw found recall@20 {found.probe.recall:.3f} on 1,000 sampled rows against exact search (identical "
+        f"lists on {found.probe.identical:.0%}), below --knn-recall 0.98")
     with pytest.warns(UserWarning, match="faiss-ivf found recall@20 .* below --knn-recall 0.98"):
         search.knn(x, 20, backend="faiss-ivf", device="cpu")  # 32 of 219 lists probed
     quiet = search.knn_search(x, 20, backend="faiss-hnsw", device="cpu", recall=0)
@@ -185,7 +189,10 @@ def test_cluster_and_refine_keep_the_probe_in_their_summary(tmp_path, forced_app
     f = _features_file(tmp_path / "f.h5", *_blobs())
     out = json.loads(run_ok("cluster", f, "--out", tmp_path / "l.h5", "--k1", "10", "--device", "cpu", "--json").stdout)
     assert out["knn_backend"] == "faiss-hnsw" and out["knn_probe"]["recall"] >= 0.98 and out["knn_probe"]["rows"] == 800
-    assert out["knn_tuning"]["exact_fallback"] is False and "knn_recall_note" not in out
+    assert out["knn_tuning"]["exact_fallback"] is False
+    note = out["knn_recall_note"]
+    assert note.startswith(f"faiss-hnsw found recall@10 {out['knn_probe']['recall']:.3f} on 800 sampled rows against "
+                           "exact search (identical lists on ") and note.endswith("), at or above --knn-recall 0.98")
     stored = json.loads(read_labels(tmp_path / "l.h5").meta.attrs["summary"])
     assert stored["knn_probe"] == out["knn_probe"]
     shown = run_ok("inspect", tmp_path / "l.h5").stdout
@@ -199,7 +206,7 @@ def test_cluster_and_refine_keep_the_probe_in_their_summary(tmp_path, forced_app
 def test_an_explicit_backend_below_the_target_warns_in_cluster(tmp_path):
     f = _features_file(tmp_path / "f.h5", _isotropic(1200, 64), np.arange(1200) % 60)
     res = run_ok("cluster", f, "--out", tmp_path / "l.h5", "--knn-backend", "faiss-ivf", "--k1", "20", "--device", "cpu")
-    assert "faiss-ivf found recall@20" in res.stderr and "below --knn-recall 0.98" in res.stderr
+    assert "faiss-ivf found recall@20" in res.stderr and "below --knn-recall 0.98 (pca dim" in res.stderr
     summary = json.loads(read_labels(tmp_path / "l.h5").meta.attrs["summary"])
     assert summary["knn_probe"]["recall"] < 0.98 and summary["knn_recall_note"].startswith("faiss-ivf found")
 
@@ -214,3 +221,17 @@ def test_loop_logs_the_probe_of_every_epoch(tmp_path, forced_approximate):
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     clustered = [r for r in records if r.get("stage") == "cluster" and "rows" in r]  # (not its progress, notices)
     assert clustered and all("knn_probe" in r and "knn_tuning" in r for r in clustered)
+
+
+@needs_faiss
+@pytest.mark.slow
+def test_the_probe_of_a_sharded_search_runs_on_the_gathered_lists(tmp_path):
+    f = _features_file(tmp_path / "f.h5", *_blobs(n=900))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "reidctl",
+           "cluster", str(f), "--out", str(tmp_path / "two.h5"), "--knn-backend", "faiss-hnsw", "--k1", "10",
+           "--device", "cpu", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["world_size"] == 2 and out["knn_probe"]["rows"] == 900 and out["knn_probe"]["recall"] >= 0.98

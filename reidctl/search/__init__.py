@@ -90,7 +90,7 @@ def choose_backend(n: int, d: int, backend: str = "auto", device: str = "auto") 
 class Searched:
     """What :func:`knn_search` found and how: the lists, the backend that searched (exact when
     ``auto`` fell back), the recall probe of an approximate search, the tuning's record, and a
-    sentence for the user when the search fell back or stayed below the target."""
+    sentence for the user: the probe's recall, or why the search fell back to exact search."""
 
     dist: np.ndarray
     idx: np.ndarray
@@ -99,6 +99,7 @@ class Searched:
     probe: RecallProbe | None = None
     tuning: Tuned | None = None
     note: str | None = None
+    warn: bool = False  # the note is a warning: a fallback, or a probe below the target
 
     def report(self) -> dict[str, Any]:
         """The probe and the tuning, for a stage's summary (empty after an exact search)."""
@@ -138,7 +139,7 @@ def knn(
     """
     found = knn_search(feats, k, backend=backend, device=device, block_size=block_size, progress=progress, rows=rows,
                        recall=recall)
-    if found.note:
+    if found.warn:
         warnings.warn(found.note, stacklevel=2)
     return found.dist, found.idx
 
@@ -154,14 +155,17 @@ def knn_search(
     rows: tuple[int, int] | None = None,
     recall: float = DEFAULT_RECALL,
     settings: ApproxSettings = ApproxSettings(),
+    adapt: bool | None = None,
     agree: Callable[[Any], Any] | None = None,
+    times: dict[str, float] | None = None,
 ) -> Searched:
     """:func:`knn`, with how it searched (:class:`Searched`).
 
     An approximate backend chosen by ``auto`` is tuned until its recall@k on a sample reaches
     ``recall`` (:mod:`reidctl.search.tuning`), or replaced by exact search when that cannot be done
     in less time than exact search would take. An approximate backend named by the caller keeps
-    ``settings``. Either way, a search of all rows is probed (:func:`probe_recall`, seeded) and a
+    ``settings`` (``adapt=True`` tunes it too; None: tune when ``backend`` is ``auto``). Either
+    way, a search of all rows is probed (:func:`probe_recall`, seeded) and a
     probe below ``recall`` gives a note; ``recall=0`` neither tunes nor probes. ``agree`` (under
     ``torchrun``: rank 0's value to every rank) makes the ranks' tuning decisions one.
     """
@@ -177,35 +181,39 @@ def knn_search(
     if chosen not in APPROX_BACKENDS:
         return Searched(*_exact_knn(x, k, chosen, device, block_size, progress, (lo, hi), rows is None), chosen)
     dev = resolve_device(device)
-    target = RecallTarget(recall=recall, adapt=backend == "auto")
+    target = RecallTarget(recall=recall, adapt=backend == "auto" if adapt is None else adapt)
     tuned, note = None, None
     if target.adapt and recall > 0:
-        tuned = tune(x, k, chosen, settings, target, dev)
+        tuned = tune(x, k, chosen, settings, target, dev, times)
         if agree is not None:
             tuned = agreed(tuned, agree((tuned.settings, tuned.index is None)), x, chosen, dev)
         if tuned.index is None:
             exact = "faiss" if dev.type != "cpu" and faiss_gpu_available() else "torch"
             dist, idx = _exact_knn(x, k, exact, device, block_size, progress, (lo, hi), rows is None)
-            return Searched(dist, idx, exact, tuning=tuned, note=tuned.reason)
+            return Searched(dist, idx, exact, tuning=tuned, note=tuned.reason, warn=True)
         index, settings = tuned.index, tuned.settings
     else:
-        index = build_index(x, chosen, settings, dev)
+        index = build_index(x, chosen, settings, dev, times)
     dist, idx = index.search(np.arange(lo, hi), k, settings, progress)
-    probe = recall_report(x, idx, k, recall, chosen, settings) if rows is None and recall > 0 else (None, None)
-    return Searched(dist, idx, chosen, settings, probe[0], tuned, probe[1])
+    if rows is not None or recall == 0:
+        return Searched(dist, idx, chosen, settings, tuning=tuned)
+    probe, note = recall_report(x, idx, k, recall, chosen, settings)
+    return Searched(dist, idx, chosen, settings, probe, tuned, note, warn=probe.recall < recall)
 
 
 def recall_report(x: np.ndarray | torch.Tensor, idx: np.ndarray, k: int, recall: float, backend: str,
-                  settings: ApproxSettings) -> tuple[RecallProbe, str | None]:
-    """The probe of the lists ``idx`` of all rows, and a warning when it stays below ``recall``
-    (the search's own lists: under ``torchrun``, after the ranks gathered them)."""
+                  settings: ApproxSettings) -> tuple[RecallProbe, str]:
+    """The probe of the lists ``idx`` of all rows (the search's own lists: under ``torchrun``, after
+    the ranks gathered them), and the sentence that tells it: a warning when it stays below
+    ``recall``."""
     probe = probe_recall(x, idx, k)
+    measured = (f"{backend} found recall@{k} {probe.recall:.3f} on {probe.rows:,} sampled rows against exact search "
+                f"(identical lists on {probe.identical:.0%})")
     if probe.recall >= recall:
-        return probe, None
-    return probe, (f"{backend} found recall@{k} {probe.recall:.3f} on {probe.rows:,} sampled rows, below "
-                   f"--knn-recall {recall:g} (pca dim {settings.pca_dim or 'none'}, efSearch {settings.ef_search}, "
-                   f"nprobe {settings.nprobe}): the clusters may differ from exact search's; --knn-backend auto "
-                   "tunes the settings, --knn-backend torch searches exactly")
+        return probe, f"{measured}, at or above --knn-recall {recall:g}"
+    return probe, (f"{measured}, below --knn-recall {recall:g} (pca dim {settings.pca_dim or 'none'}, efSearch "
+                   f"{settings.ef_search}, nprobe {settings.nprobe}): the clusters may differ from exact search's; "
+                   "--knn-backend auto tunes the settings, --knn-backend torch searches exactly")
 
 
 def _exact_knn(x: torch.Tensor, k: int, backend: str, device: str, block_size: int | None,

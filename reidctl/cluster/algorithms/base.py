@@ -108,6 +108,7 @@ def stage_knn(x: np.ndarray, k: int, params: Any, label: str = "") -> Searched:
         found.idx = ddp.all_gather_rows(torch.from_numpy(np.ascontiguousarray(found.idx))).numpy()
         if found.settings is not None and params.knn_recall > 0 and ddp.is_main():
             found.probe, found.note = recall_report(x, found.idx, k, params.knn_recall, found.backend, found.settings)
+            found.warn = found.probe.recall < params.knn_recall
     return found
 
 
