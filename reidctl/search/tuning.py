@@ -141,20 +141,27 @@ def tune(x: torch.Tensor, k: int, backend: str, settings: ApproxSettings, target
         return Tuned(st, None, trials.best, trials.exact_s, trials.elapsed(), trials.rounds,
                      _reason(backend, k, trials.best, target, trials.exact_s, why))
 
+    def out_of_time(st: ApproxSettings) -> Tuned | None:
+        return fallback("its time so far no longer beats exact search", st) if trials.elapsed() >= budget else None
+
     st = settings
     for pca in pca_ladder(settings.pca_dim, d):
         if trials.searches() >= target.max_rounds:
             break
-        if trials.elapsed() >= budget:
-            return fallback("its time so far no longer beats exact search", st)
         st = dataclasses.replace(settings, pca_dim=pca)
+        if stop := out_of_time(st):
+            return stop
         reduced = pca_reduce(x, st)
+        if stop := out_of_time(st):
+            return stop
         if backend == "faiss-hnsw" and pca:  # (a full-dimensional graph re-ranks exact distances)
             found = _enough_candidates(trials, reduced, st, target, device)
             if found is None:
                 continue  # even a perfect graph on this reduced space misses too many neighbours
             st = found
         index = build_index(x, backend, st, device, times, reduced=reduced)
+        if stop := out_of_time(st):
+            return stop
         previous = -1.0
         for step in range(WIDEN_STEPS):
             trial = widen(st, backend, step)
