@@ -177,7 +177,27 @@ def cmd_faiss(device: str, n: int = 20000, dim: int = 256, k: int = 30) -> None:
            f"torch {times['torch']:.2f} s, faiss {times['faiss']:.2f} s")
     if same < 0.999 or diff > 1e-4:
         fail(f"MISMATCH {msg}")
-    detail(msg)
+    detail(f"{msg}; {_approx_on_gpu(x, k)}")
+
+
+def _approx_on_gpu(x: Any, k: int) -> str:
+    """The approximate backends with --device cuda (CAGRA where faiss has it, GPU k-means for IVF),
+    probed against exact search: each one's probe recall, seconds and the index it used."""
+    import faiss
+
+    from reidctl import search
+    from reidctl.search.approx import gpu_index_available
+
+    parts = []
+    for backend, index in (("faiss-hnsw", "GpuIndexCagra"), ("faiss-ivf", "GpuIndexIVFFlat")):
+        t = time.perf_counter()
+        found = search.knn_search(x, k, backend=backend, device="cuda", recall=0.98)
+        seconds = time.perf_counter() - t
+        if found.probe is None:
+            fail(f"{backend} on cuda: no recall probe")
+        where = "GPU" if gpu_index_available(faiss, index) else "CPU (this faiss has no " + index + ")"
+        parts.append(f"{backend} {where} {seconds:.1f} s probe recall@{k} {found.probe.recall:.3f}")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------

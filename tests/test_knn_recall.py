@@ -235,3 +235,23 @@ def test_the_probe_of_a_sharded_search_runs_on_the_gathered_lists(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["world_size"] == 2 and out["knn_probe"]["rows"] == 900 and out["knn_probe"]["recall"] >= 0.98
+
+
+@needs_faiss
+def test_without_a_gpu_index_the_cpu_graph_is_built(monkeypatch):
+    import faiss
+
+    import reidctl.search.approx as approx
+
+    x = torch.from_numpy(_blobs()[0])
+    cuda = torch.device("cuda")  # asked for, but this faiss has no GPU index (or sees no GPU)
+    if approx.gpu_index_available(faiss, "GpuIndexCagra"):
+        pytest.skip("this faiss has a GPU graph index: bench/gpu_check.sh checks it")
+    hnsw = build_index(x, "faiss-hnsw", ApproxSettings(pca_dim=16), cuda)
+    assert not hnsw.on_gpu and isinstance(hnsw.index, faiss.IndexHNSWFlat)
+    assert not build_index(x, "faiss-ivf", ApproxSettings(pca_dim=16), cuda).on_gpu
+    built = []
+    monkeypatch.setattr(approx, "gpu_index_available", lambda module, name: True)
+    monkeypatch.setattr(approx, "_build_cagra", lambda module, data, st: built.append(data.shape) or "cagra")
+    assert build_index(x, "faiss-hnsw", ApproxSettings(pca_dim=16), cuda).index == "cagra" and built == [(800, 16)]
+    assert build_index(x, "faiss-hnsw", ApproxSettings(pca_dim=16), torch.device("cpu")).index != "cagra"
