@@ -36,7 +36,7 @@ from reidctl.search.probe import RecallProbe, probe_recall
 from reidctl.search.tuning import DEFAULT_RECALL, RecallTarget, Tuned, agreed, tune
 
 __all__ = ["APPROX_BACKENDS", "AUTO_APPROX", "DEFAULT_RECALL", "EXACT_BUDGET", "KNN_BACKENDS", "Exclude", "Progress",
-           "RecallProbe", "RecallTarget", "Searched", "check_normalised", "choose_backend", "faiss_available",
+           "RecallProbe", "RecallTarget", "Searched", "check_normalised", "choose_backend", "exact_backend", "faiss_available",
            "faiss_gpu_available", "knn", "knn_search", "probe_recall", "recall_report", "search"]
 
 
@@ -60,6 +60,11 @@ def faiss_available() -> bool:
     return True
 
 
+def exact_backend(dev: torch.device) -> str:
+    """The exact backend of a device: faiss-gpu on a GPU where installed, else torch."""
+    return "faiss" if dev.type != "cpu" and faiss_gpu_available() else "torch"
+
+
 def choose_backend(n: int, d: int, backend: str = "auto", device: str = "auto") -> tuple[str, str | None]:
     """The backend :func:`knn` uses for N×D features, and a sentence for the stage's output when
     ``auto`` leaves exact search (or would, but faiss is missing).
@@ -73,7 +78,7 @@ def choose_backend(n: int, d: int, backend: str = "auto", device: str = "auto") 
     if backend != "auto":
         return backend, None
     dev = resolve_device(device)
-    exact = "faiss" if dev.type != "cpu" and faiss_gpu_available() else "torch"
+    exact = exact_backend(dev)
     cost = float(n) * n * d
     if cost <= EXACT_BUDGET.get(dev.type, EXACT_BUDGET["cpu"]):
         return exact, None
@@ -182,13 +187,13 @@ def knn_search(
         return Searched(*_exact_knn(x, k, chosen, device, block_size, progress, (lo, hi), rows is None), chosen)
     dev = resolve_device(device)
     target = RecallTarget(recall=recall, adapt=backend == "auto" if adapt is None else adapt)
-    tuned, note = None, None
+    tuned = None
     if target.adapt and recall > 0:
         tuned = tune(x, k, chosen, settings, target, dev, times)
         if agree is not None:
             tuned = agreed(tuned, agree((tuned.settings, tuned.index is None)), x, chosen, dev)
         if tuned.index is None:
-            exact = "faiss" if dev.type != "cpu" and faiss_gpu_available() else "torch"
+            exact = exact_backend(dev)
             dist, idx = _exact_knn(x, k, exact, device, block_size, progress, (lo, hi), rows is None)
             return Searched(dist, idx, exact, tuning=tuned, note=tuned.reason, warn=True)
         index, settings = tuned.index, tuned.settings
@@ -197,16 +202,16 @@ def knn_search(
     dist, idx = index.search(np.arange(lo, hi), k, settings, progress)
     if rows is not None or recall == 0:
         return Searched(dist, idx, chosen, settings, tuning=tuned)
-    probe, note = recall_report(x, idx, k, recall, chosen, settings)
+    probe, note = recall_report(x, idx, k, recall, chosen, settings, str(dev))
     return Searched(dist, idx, chosen, settings, probe, tuned, note, warn=probe.recall < recall)
 
 
 def recall_report(x: np.ndarray | torch.Tensor, idx: np.ndarray, k: int, recall: float, backend: str,
-                  settings: ApproxSettings) -> tuple[RecallProbe, str]:
+                  settings: ApproxSettings, device: str = "cpu") -> tuple[RecallProbe, str]:
     """The probe of the lists ``idx`` of all rows (the search's own lists: under ``torchrun``, after
     the ranks gathered them), and the sentence that tells it: a warning when it stays below
     ``recall``."""
-    probe = probe_recall(x, idx, k)
+    probe = probe_recall(x, idx, k, device=device)
     measured = (f"{backend} found recall@{k} {probe.recall:.3f} on {probe.rows:,} sampled rows against exact search "
                 f"(identical lists on {probe.identical:.0%})")
     if probe.recall >= recall:

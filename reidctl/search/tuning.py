@@ -4,12 +4,15 @@ the decision to search exactly.
 Why: the defaults of :class:`~reidctl.search.approx.ApproxSettings` were tuned on CNN features;
 on features of another shape (a flat spectrum, another backbone, an early epoch) the same settings
 lose most true neighbours (issue 30: recall@30 0.32). So ``--knn-backend auto`` measures before it
-trusts: the exact lists of a seeded sample of rows (its cost: ``rows / N`` of the exact search,
-which also gives the exact search's time), then trial searches of that sample only, widening the
-search-time settings on one index and, when widening stops paying, a larger PCA dimension (a new
-index). It keeps the first settings whose sample recall reaches the target. It gives up and
-searches exactly when the rounds run out, or when what the approximate search has spent plus its
-predicted full search would no longer beat the exact search's estimate.
+trusts. It searches a seeded sample of rows exactly (its cost: ``rows / N`` of the exact search,
+which also times the exact search). For HNSW it then separates the two ways of losing neighbours:
+what the PCA projection loses (the recall a perfect graph would give in the reduced space with 1,
+2 and 4 times the candidates, by brute force there, cheap; the PCA dimension doubles, up to none,
+until one reaches the target) from what the graph misses (trial searches of the sample on the
+index, efSearch doubling while it gains). IVF widens the lists probed, then the PCA dimension. It
+keeps the first settings whose sample recall reaches the target, and gives up and searches
+exactly when the trials run out, or when what it has spent plus the predicted full search would
+no longer beat the exact search's estimate.
 """
 
 from __future__ import annotations
