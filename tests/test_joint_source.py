@@ -187,7 +187,22 @@ def test_a_pretraining_of_the_same_source_starts_the_source_classifier(data, tmp
     # agents of another source (its 4 identities) do not fit: the classifier starts fresh
     joint = JointSource(get_method("cc")(), SourceParams(aux_data=str(source), aux_splits="train"))
     heads = joint.build_heads(ReidModel(ModelConfig(arch="resnet18", height=64, width=32)))
-    assert not joint.start_agents({"weight": torch.zeros(4, 512), "pids": torch.arange(4)}, heads)
+    note = joint.start_agents({"weight": torch.zeros(4, 512), "pids": torch.arange(4)}, heads)
+    assert note.startswith("the checkpoint's source classifier holds 4 identities, --aux-data's --aux-splits train ")
+    assert note.endswith("starts fresh (give --aux-splits the splits the model was pretrained on, e.g. train,test)")
+    assert joint.start_agents({"weight": torch.zeros(4, 512)}, heads) is None  # no agents: nothing to say
+
+
+def test_agents_of_other_splits_are_said_in_the_loop(data, tmp_path):
+    source, target = data
+    ckpt = tmp_path / "source.pt"
+    run_ok("pretrain", "--data", source, "--splits", "train,test", "--out", ckpt, "--epochs", "1", "--batch-size", "8",
+           *MODEL, *RUN)
+    res = run_ok("loop", "--data", target, "--method", "cc", "--aux-data", source, "--checkpoint", ckpt, "--epochs",
+                 "1", "--eval-every", "0", "--no-eval-init", *SMALL, *RUN, "--run-dir", tmp_path / "run")
+    assert "the source classifier starts fresh (give --aux-splits the splits the model was pretrained on" in res.stderr
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("--aux-splits train" in r.get("source_note", "") for r in records if r.get("stage") == "train")
 
 
 def test_source_errors_are_one_line(data, tmp_path):

@@ -9,7 +9,8 @@ import typer
 
 from reidctl.runtime import dist
 from reidctl.cli import options as o
-from reidctl.cli.common import command, err_console, print_json, run_request, runtime_of
+from reidctl.cli.common import command, err_console, notice, print_json, run_request, runtime_of
+from reidctl.pipeline.rundir import summary_notes
 from reidctl.models.spec import ModelSpec
 from reidctl.cli.method_options import model_flags, runtime_flags, train_flags
 from reidctl.methods.plan import model_settings, switches_of
@@ -53,6 +54,8 @@ def train_epoch(
     if run["json"]:
         print_json(result.to_json())
     else:
+        for note in summary_notes(result.to_json()):
+            notice(note)
         stats = result.stats
         clusters = f" in {stats.clusters} clusters" if method_cls.clusters else ""
         err_console.print(

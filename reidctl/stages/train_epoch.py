@@ -64,11 +64,13 @@ class TrainEpochSummary(StageSummary):
     rows: int  # train images the labels cover
     train_images_not_in_labels: int
     params: dict[str, Any]
+    source_note: str | None = None  # why the source classifier started fresh (said to the user)
 
     def to_json(self) -> dict[str, Any]:
+        note = {"source_note": self.source_note} if self.source_note else {}
         return {"out": self.out, "method": self.method, **self.stats.to_dict(), "outliers": self.outliers,
                 "rows": self.rows, "train_images_not_in_labels": self.train_images_not_in_labels,
-                "params": self.params}
+                "params": self.params, **note}
 
 
 @dataclass
@@ -243,4 +245,4 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummar
             })
         dist.barrier()
     return TrainEpochSummary(str(out), req.method, stats, int(np.sum(labels < 0)), len(train),
-                             len(ds.train) - len(train), session.params.to_dict())
+                             len(ds.train) - len(train), session.params.to_dict(), session.source_note)

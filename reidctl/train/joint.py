@@ -122,14 +122,21 @@ class JointSource(MethodWrapper):
         return JointHeads(self.method.build_heads(model), AgentClassifier(model.channels,
                                                                           torch.as_tensor(self.source.pids)))
 
-    def start_agents(self, heads: Mapping[str, Any] | None, session_heads: JointHeads) -> bool:
+    def start_agents(self, heads: Mapping[str, Any] | None, session_heads: JointHeads) -> str | None:
         """Start the source classifier from a checkpoint's agents (``reidctl pretrain``'s) when
-        they are this source's identities; whether they were taken."""
+        they are this source's identities. Returns None when they were taken or there were none,
+        else the sentence that says why the classifier starts fresh: the pretraining learnt
+        other identities (most often other splits of the same source)."""
         pids = None if heads is None else heads.get("pids")
-        if pids is None or not torch.equal(torch.as_tensor(pids, dtype=torch.int64), session_heads.source.pids.cpu()):
-            return False
+        if pids is None:
+            return None
+        pids = torch.as_tensor(pids, dtype=torch.int64)
+        if not torch.equal(pids, session_heads.source.pids.cpu()):
+            return (f"the checkpoint's source classifier holds {len(pids)} identities, --aux-data's "
+                    f"--aux-splits {self.options.aux_splits} {len(session_heads.source.pids)}: the source classifier "
+                    "starts fresh (give --aux-splits the splits the model was pretrained on, e.g. train,test)")
         session_heads.source.load_state_dict({"weight": heads["weight"], "pids": pids})
-        return True
+        return None
 
     def make_state(self, data: EpochData, heads: nn.Module | None) -> Any:
         return self.method.make_state(data, heads.method if isinstance(heads, JointHeads) else heads)

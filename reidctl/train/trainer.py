@@ -111,6 +111,8 @@ class TrainSession:
         self.scheduler: LRScheduler | None = None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.generator = generator if generator is not None else np.random.default_rng(seed)
+        #: Why a labelled source's classifier did not start from the checkpoint's agents (:func:`resume`).
+        self.source_note: str | None = None
         self.seed = seed
         self.epoch = epoch
         self.steps = steps
@@ -195,7 +197,7 @@ def resume(payload: Mapping[str, Any], method_cls: type[TrainingMethod], *, over
     load_training_state(payload, model=session.model, heads=session.heads if takes_heads else None, source=source,
                         optimizer=session.optimizer if same else None, scaler=session.scaler if same else None)
     if not same and isinstance(session.method, JointSource):
-        session.method.start_agents(payload.get("heads"), session.heads)
+        session.source_note = session.method.start_agents(payload.get("heads"), session.heads)
     if same and payload.get("method_state"):
         method.load_state_dict(payload["method_state"])
     if same and payload.get("method_arrays"):
