@@ -147,7 +147,7 @@ def tune(x: torch.Tensor, k: int, backend: str, settings: ApproxSettings, target
                      _reason(backend, k, trials.best, target, trials.exact_s, why))
 
     def out_of_time(st: ApproxSettings) -> Tuned | None:
-        return fallback("its time so far no longer beats exact search", st) if trials.elapsed() >= budget else None
+        return fallback(f"its time so far passed {BUDGET_SHARE:g}× exact search's", st) if trials.elapsed() >= budget else None
 
     st = settings
     for pca in pca_ladder(settings.pca_dim, d):
@@ -176,7 +176,7 @@ def tune(x: torch.Tensor, k: int, backend: str, settings: ApproxSettings, target
             recall = trials.recall(idx)
             trials.record(trial, recall, predicted_s=round(predicted, 1))
             if predicted >= budget:
-                return fallback("its predicted time no longer beats exact search", trial)
+                return fallback(f"its predicted time passes {BUDGET_SHARE:g}× exact search's", trial)
             if recall >= target.recall:
                 return Tuned(trial, index, recall, trials.exact_s, trials.elapsed(), trials.rounds)
             if recall - previous < MIN_GAIN or trials.searches() >= target.max_rounds:
