@@ -189,12 +189,11 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def sample_recall(x: np.ndarray, idx: np.ndarray, k: int, rows: int, seed: int = 0) -> float:
-    """recall@k of the lists ``idx`` on ``rows`` random query rows, against their exact search."""
-    from reidctl import search
+    """recall@k of the lists ``idx`` on ``rows`` random query rows, against their exact search
+    (the cluster stage's probe, reidctl.search.probe, on another number of rows)."""
+    from reidctl.search.probe import probe_recall
 
-    picked = np.sort(np.random.default_rng(seed).choice(len(x), min(rows, len(x)), replace=False))
-    _, exact = search.search(x[picked], x, k, device="cpu")
-    return recall(idx[picked], exact)
+    return probe_recall(x, idx, k, rows=rows, seed=seed).recall
 
 
 def worker(args: argparse.Namespace) -> dict:

@@ -191,12 +191,28 @@ class _Clock:
         return out
 
 
-def pca_reduce(x: torch.Tensor, settings: ApproxSettings) -> np.ndarray:
+def pca_reduce(x: torch.Tensor, settings: ApproxSettings,
+               axes: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
     """``x`` projected on its top ``pca_dim`` principal axes (estimated on an evenly spaced
-    sample of rows), float32 and C-contiguous, as faiss wants it; ``x`` itself when D ≤ pca_dim."""
+    sample of rows), float32 and C-contiguous, as faiss wants it; ``x`` itself when D ≤ pca_dim.
+    ``axes``: :func:`principal_axes` of ``x`` already computed (the tuning tries several
+    dimensions on one decomposition)."""
     n, d = x.shape
     if not settings.pca_dim or d <= settings.pca_dim:
         return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    mean, vecs = axes if axes is not None else principal_axes(x, settings)
+    top = vecs[:, :settings.pca_dim].contiguous()
+    out = np.empty((n, settings.pca_dim), np.float32)
+    mean32 = mean.float()
+    for s in range(0, n, 16_384):
+        out[s:s + 16_384] = ((x[s:s + 16_384].float() - mean32) @ top).numpy()
+    return out
+
+
+def principal_axes(x: torch.Tensor, settings: ApproxSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean row (float64) and every principal axis of ``x`` (D×D float32, columns by
+    descending variance), from at most ``pca_samples`` evenly spaced rows."""
+    n, d = x.shape
     step = max(1, n // settings.pca_samples)
     sample = x[::step][: settings.pca_samples]
     total = torch.zeros(d, dtype=torch.float64)
@@ -208,12 +224,7 @@ def pca_reduce(x: torch.Tensor, settings: ApproxSettings) -> np.ndarray:
     mean = total / len(sample)
     cov = (gram - len(sample) * torch.outer(mean, mean)) / max(1, len(sample) - 1)
     _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
-    axes = vecs[:, -settings.pca_dim:].flip(1).float()
-    out = np.empty((n, settings.pca_dim), np.float32)
-    mean32 = mean.float()
-    for s in range(0, n, 16_384):
-        out[s:s + 16_384] = ((x[s:s + 16_384].float() - mean32) @ axes).numpy()
-    return out
+    return mean, vecs.flip(1).float()
 
 
 def ivf_lists(faiss: Any, reduced: np.ndarray, st: ApproxSettings, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:

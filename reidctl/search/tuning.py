@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidctl.search.approx import ApproxIndex, ApproxSettings, build_index, exact_rerank, pca_reduce
+from reidctl.search.approx import (
+    ApproxIndex,
+    ApproxSettings,
+    build_index,
+    exact_rerank,
+    pca_reduce,
+    principal_axes,
+)
 from reidctl.search.probe import PROBE_ROWS, PROBE_SEED, exact_sample, found_per_row, sample_rows
 
 #: The recall@k the approximate search must reach on the probe's sample (``--knn-recall``).
@@ -150,13 +157,16 @@ def tune(x: torch.Tensor, k: int, backend: str, settings: ApproxSettings, target
         return fallback(f"its time so far passed {BUDGET_SHARE:g}× exact search's", st) if trials.elapsed() >= budget else None
 
     st = settings
+    axes = None  # one decomposition for every dimension tried
     for pca in pca_ladder(settings.pca_dim, d):
         if trials.searches() >= target.max_rounds:
             break
         st = dataclasses.replace(settings, pca_dim=pca)
         if stop := out_of_time(st):
             return stop
-        reduced = pca_reduce(x, st)
+        if pca and axes is None:
+            axes = principal_axes(x, st)
+        reduced = pca_reduce(x, st, axes)
         if stop := out_of_time(st):
             return stop
         if backend == "faiss-hnsw" and pca:  # (a full-dimensional graph re-ranks exact distances)
