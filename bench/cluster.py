@@ -219,9 +219,10 @@ def worker(args: argparse.Namespace) -> dict:
     for _ in range(args.runs):
         with PeakRSS() as p:
             t0 = time.perf_counter()
-            if approx:  # the cluster stage's search: tuned as auto tunes it unless --knn-recall 0, then probed
+            if approx:  # the cluster stage's search: tuned as auto tunes it (unless --fixed), then probed
                 found = search.knn_search(torch.from_numpy(x), args.k1, backend=args.knn_backend, device=args.device,
-                                          recall=args.knn_recall, adapt=args.knn_recall > 0, times=steps)
+                                          recall=args.knn_recall, adapt=args.knn_recall > 0 and not args.fixed,
+                                          times=steps)
                 knn = (found.dist, found.idx)
                 probe = {"probe": found.probe and found.probe.to_json(), "backend": found.backend,
                          "tuning": found.tuning and found.tuning.to_json()}
@@ -294,6 +295,9 @@ def main() -> None:
     ap.add_argument("--knn-recall", type=float, default=0.98,
                     help="approximate backends: tune to this recall on the probe's sample, as --knn-backend auto "
                          "does (0: the default settings, no probe)")
+    ap.add_argument("--fixed", action="store_true",
+                    help="approximate backends: keep the default settings (as an explicit --knn-backend does) and "
+                         "only probe them")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -319,6 +323,7 @@ def main() -> None:
                   "--eps", str(args.eps), "--device", args.device, "--knn-backend", args.knn_backend,
                   "--floor-bytes", str(args.floor_bytes), "--floor-rows", str(floor_rows),
                   "--recall-rows", str(args.recall_rows), "--knn-recall", str(args.knn_recall),
+                  *(["--fixed"] if args.fixed else []),
                   *(["--like", args.like] if args.like else [])]
         r = run_child(common)
         total = r["knn"] + r["jaccard"] + r["dbscan"]
