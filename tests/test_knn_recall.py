@@ -20,7 +20,7 @@ from reidctl import search
 from reidctl.artifacts import read_labels, write_features
 from reidctl.search.approx import ApproxSettings, build_index
 from reidctl.search.probe import probe_recall, sample_rows
-from reidctl.search.tuning import RecallTarget, agreed, pca_ladder, tune, widen
+from reidctl.search.tuning import RecallTarget, agreed, graphs, pca_ladder, tune, widen
 from tests.clitools import run_error, run_ok
 from tests.fakedata import colour_market
 
@@ -83,6 +83,7 @@ def test_ladders():
     st = ApproxSettings(ef_search=96, candidates=2, nprobe=32)
     assert (widen(st, "faiss-hnsw", 2).ef_search, widen(st, "faiss-hnsw", 2).candidates) == (384, 2)
     assert widen(st, "faiss-ivf", 2).nprobe == 512 and widen(st, "faiss-ivf", 0) == st
+    assert [g.ef_construction for g in graphs(st, "faiss-hnsw")] == [40, 160] and graphs(st, "faiss-ivf") == [st]
 
 
 @needs_faiss

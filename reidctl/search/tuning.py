@@ -9,7 +9,7 @@ which also times the exact search). For HNSW it then separates the two ways of l
 what the PCA projection loses (the recall a perfect graph would give in the reduced space with 1,
 2 and 4 times the candidates, by brute force there, cheap; the PCA dimension doubles, up to none,
 until one reaches the target) from what the graph misses (trial searches of the sample on the
-index, efSearch doubling while it gains). IVF widens the lists probed, then the PCA dimension. It
+index, efSearch doubling while it gains, then a graph built with 4× the efConstruction). IVF widens the lists probed, then the PCA dimension. It
 keeps the first settings whose sample recall reaches the target, and gives up and searches
 exactly when the trials run out, or when what it has spent plus the predicted full search would
 no longer beat the exact search's estimate.
@@ -39,7 +39,9 @@ from reidctl.search.probe import PROBE_ROWS, PROBE_SEED, exact_sample, found_per
 DEFAULT_RECALL = 0.98
 #: Trial searches of the sample on an index at most. (HNSW's checks of a reduced space by brute
 #: force, before its index is built, are bounded by the PCA ladder: three per dimension.)
-MAX_ROUNDS = 8
+MAX_ROUNDS = 12
+#: HNSW's second graph on a reduced space is built with this many times the efConstruction.
+GRAPH_GROWTH = 4
 #: The share of exact search's estimated time the approximate search (tuning included) may spend.
 #: Half: an approximate search that is not at least twice as fast is not worth its missed
 #: neighbours, and a tuning that fails costs at most 1.5 times the exact search (it then searches
@@ -89,7 +91,8 @@ class Tuned:
 
 def search_settings(st: ApproxSettings) -> dict[str, Any]:
     """The settings the tuning may change, for the stage's summary."""
-    return {"pca_dim": st.pca_dim, "ef_search": st.ef_search, "candidates": st.candidates, "nprobe": st.nprobe}
+    return {"pca_dim": st.pca_dim, "ef_construction": st.ef_construction, "ef_search": st.ef_search,
+            "candidates": st.candidates, "nprobe": st.nprobe}
 
 
 def pca_ladder(first: int, d: int) -> list[int]:
@@ -174,25 +177,48 @@ def tune(x: torch.Tensor, k: int, backend: str, settings: ApproxSettings, target
             if found is None:
                 continue  # even a perfect graph on this reduced space misses too many neighbours
             st = found
-        index = build_index(x, backend, st, device, times, reduced=reduced)
-        if stop := out_of_time(st):
-            return stop
-        previous = -1.0
-        for step in range(WIDEN_STEPS):
-            trial = widen(st, backend, step)
-            t = time.perf_counter()
-            _, idx = index.search(picked, k, trial)
-            predicted = trials.elapsed() + (time.perf_counter() - t) * n / len(picked)
-            recall = trials.recall(idx)
-            trials.record(trial, recall, predicted_s=round(predicted, 1))
-            if predicted >= budget:
-                return fallback(f"its predicted time passes {BUDGET_SHARE:g}× exact search's", trial)
-            if recall >= target.recall:
-                return Tuned(trial, index, recall, trials.exact_s, trials.elapsed(), trials.rounds)
-            if recall - previous < MIN_GAIN or trials.searches() >= target.max_rounds:
-                break  # widening stopped paying: the reduced space loses the neighbours
-            previous = recall
+        for built in graphs(st, backend):
+            if trials.searches() >= target.max_rounds:
+                break
+            index = build_index(x, backend, built, device, times, reduced=reduced)
+            if stop := out_of_time(built):
+                return stop
+            if (done := _widen(trials, index, built, backend, target, budget, fallback)) is not None:
+                return done
     return fallback(f"{trials.searches()} trial searches", st)
+
+
+def graphs(st: ApproxSettings, backend: str) -> list[ApproxSettings]:
+    """The indexes to try on one reduced space: HNSW's graph as set, then one built with
+    :data:`GRAPH_GROWTH` times the efConstruction (a better graph reaches at efSearch 192 what the
+    default one reaches at 384: bench/README.md, issue 30); IVF's lists as set."""
+    if backend == "faiss-hnsw":
+        return [st, dataclasses.replace(st, ef_construction=st.ef_construction * GRAPH_GROWTH)]
+    return [st]
+
+
+def _widen(trials: _Trials, index: ApproxIndex, st: ApproxSettings, backend: str, target: RecallTarget,
+           budget: float, fallback: Any) -> Tuned | None:
+    """Trial searches of the sample on ``index``, widening its search while that gains: the
+    tuned settings when one reaches the target, the fallback when the predicted time passes the
+    budget, None when widening stopped paying (or the trials ran out)."""
+    n, k = trials.x.shape[0], trials.k
+    previous = -1.0
+    for step in range(WIDEN_STEPS):
+        trial = widen(st, backend, step)
+        t = time.perf_counter()
+        _, idx = index.search(trials.picked, k, trial)
+        predicted = trials.elapsed() + (time.perf_counter() - t) * n / len(trials.picked)
+        recall = trials.recall(idx)
+        trials.record(trial, recall, predicted_s=round(predicted, 1))
+        if predicted >= budget:
+            return fallback(f"its predicted time passes {BUDGET_SHARE:g}× exact search's", trial)
+        if recall >= target.recall:
+            return Tuned(trial, index, recall, trials.exact_s, trials.elapsed(), trials.rounds)
+        if recall - previous < MIN_GAIN or trials.searches() >= target.max_rounds:
+            return None
+        previous = recall
+    return None
 
 
 def _enough_candidates(trials: _Trials, reduced: np.ndarray, st: ApproxSettings, target: RecallTarget,
@@ -233,7 +259,8 @@ def agreed(tuned: Tuned, chosen: tuple[ApproxSettings, bool], x: torch.Tensor, b
     settings, exact = chosen
     if exact:
         return dataclasses.replace(tuned, index=None, settings=settings)
-    if tuned.index is None or tuned.settings.pca_dim != settings.pca_dim:
+    built = (tuned.settings.pca_dim, tuned.settings.ef_construction, tuned.settings.hnsw_m)
+    if tuned.index is None or built != (settings.pca_dim, settings.ef_construction, settings.hnsw_m):
         tuned = dataclasses.replace(tuned, index=build_index(x, backend, settings, device))
     return dataclasses.replace(tuned, settings=settings, reason=None)
 
