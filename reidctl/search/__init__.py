@@ -106,6 +106,11 @@ class Searched:
     note: str | None = None
     warn: bool = False  # the note is a warning: a fallback, or a probe below the target
 
+    def __iter__(self) -> Any:
+        """``dist, idx = found``: the lists, as :func:`knn` returns them (a clustering algorithm
+        of a plugin unpacks its ``stage_knn`` so)."""
+        return iter((self.dist, self.idx))
+
     def report(self) -> dict[str, Any]:
         """The probe and the tuning, for a stage's summary (empty after an exact search)."""
         out: dict[str, Any] = {}
