@@ -155,7 +155,7 @@ def tune(x: torch.Tensor, k: int, backend: str, settings: ApproxSettings, target
 
     def fallback(why: str, st: ApproxSettings) -> Tuned:
         return Tuned(st, None, trials.best, trials.exact_s, trials.elapsed(), trials.rounds,
-                     _reason(backend, k, trials.best, target, trials.exact_s, why))
+                     _reason(backend, k, trials.best if trials.searches() else None, target, trials.exact_s, why))
 
     def out_of_time(st: ApproxSettings) -> Tuned | None:
         return fallback(f"its time so far passed {BUDGET_SHARE:g}× exact search's", st) if trials.elapsed() >= budget else None
@@ -247,9 +247,12 @@ def _enough_candidates(trials: _Trials, reduced: np.ndarray, st: ApproxSettings,
     return None
 
 
-def _reason(backend: str, k: int, best: float, target: RecallTarget, exact_s: float, why: str) -> str:
-    return (f"--knn-backend auto: {backend} reached recall@{k} {best:.3f} at best on {target.rows:,} sampled rows, "
-            f"below --knn-recall {target.recall:g} ({why}); searching exactly (estimated {exact_s:.0f} s)")
+def _reason(backend: str, k: int, best: float | None, target: RecallTarget, exact_s: float, why: str) -> str:
+    """The fallback's sentence; ``best`` None when no trial search ran (the budget ran out first)."""
+    reached = (f"reached recall@{k} {best:.3f} at best on {target.rows:,} sampled rows, below" if best is not None
+               else "ran no trial search that could reach")
+    return (f"--knn-backend auto: {backend} {reached} --knn-recall {target.recall:g} ({why}); searching exactly "
+            f"(estimated {exact_s:.0f} s)")
 
 
 def agreed(tuned: Tuned, chosen: tuple[ApproxSettings, bool], x: torch.Tensor, backend: str,
