@@ -81,8 +81,11 @@ def test_ladders():
     assert pca_ladder(128, 2048) == [128, 256, 512, 1024, 0]
     assert pca_ladder(128, 512) == [128, 256, 0] and pca_ladder(0, 512) == [0] and pca_ladder(128, 64) == [0]
     st = ApproxSettings(ef_search=96, candidates=2, nprobe=32)
-    assert (widen(st, "faiss-hnsw", 2).ef_search, widen(st, "faiss-hnsw", 2).candidates) == (384, 2)
-    assert widen(st, "faiss-ivf", 2).nprobe == 512 and widen(st, "faiss-ivf", 0) == st
+    assert (widen(st, "faiss-hnsw", 2, 30).ef_search, widen(st, "faiss-hnsw", 2, 30).candidates) == (384, 2)
+    assert widen(st, "faiss-ivf", 2, 30).nprobe == 512 and widen(st, "faiss-ivf", 0, 30) == st
+    # 8 × 30 = 240 candidates: the walk keeps 240 whatever efSearch below it, so each step doubles 240
+    wide = dataclasses.replace(st, candidates=8)
+    assert [widen(wide, "faiss-hnsw", s, 30).ef_search for s in range(4)] == [96, 480, 960, 1920]
     assert [g.ef_construction for g in graphs(st, "faiss-hnsw")] == [40, 160] and graphs(st, "faiss-ivf") == [st]
 
 

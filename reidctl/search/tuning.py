@@ -104,12 +104,18 @@ def pca_ladder(first: int, d: int) -> list[int]:
     return dims + [0]
 
 
-def widen(st: ApproxSettings, backend: str, step: int) -> ApproxSettings:
-    """The search-time settings of trial ``step`` (0: as given) on one index: HNSW keeps ``2^step``
-    times the candidates while walking its graph (efSearch); IVF probes ``4^step`` times the lists."""
+def widen(st: ApproxSettings, backend: str, step: int, k: int) -> ApproxSettings:
+    """The search-time settings of trial ``step`` (0: as given) on one index: IVF probes ``4^step``
+    times the lists; HNSW walks its graph keeping ``2^step`` times the list it really keeps at
+    step 0, ``max(efSearch, candidates × k)``: faiss's walk keeps at least the candidates asked
+    for, so doubling an efSearch below that changed nothing, and the tuning took the equal
+    recall for a widening that stopped paying (1M rows, 8 × k = 240 candidates: efSearch 96 and
+    192 gave the same 0.730; bench/README.md, issue 30)."""
     if backend == "faiss-ivf":
         return dataclasses.replace(st, nprobe=st.nprobe * 4 ** step)
-    return dataclasses.replace(st, ef_search=st.ef_search * 2 ** step)
+    if step == 0:
+        return st
+    return dataclasses.replace(st, ef_search=max(st.ef_search, st.candidates * k) * 2 ** step)
 
 
 @dataclass
@@ -206,7 +212,7 @@ def _widen(trials: _Trials, index: ApproxIndex, st: ApproxSettings, backend: str
     n, k = trials.x.shape[0], trials.k
     previous = -1.0
     for step in range(WIDEN_STEPS):
-        trial = widen(st, backend, step)
+        trial = widen(st, backend, step, k)
         t = time.perf_counter()
         _, idx = index.search(trials.picked, k, trial)
         predicted = trials.elapsed() + (time.perf_counter() - t) * n / len(trials.picked)
