@@ -69,6 +69,9 @@ def main() -> None:
     def partition(d: np.ndarray, i: np.ndarray) -> np.ndarray:
         return dbscan(jaccard_distance(x, args.k1, 6, knn=(d, i)), 0.6, 4)
 
+    def outliers(labels: np.ndarray) -> str:
+        return f"{(labels < 0).mean():.1%}"
+
     t = time.perf_counter()
     ed, ei = search.knn(x, args.k1, backend="torch", device="cpu")
     exact_s = time.perf_counter() - t
@@ -78,17 +81,19 @@ def main() -> None:
     print(f"# bench/knn_approx.py  {source}: N={args.n:,} D={args.dim} k1={args.k1}, "
           f"torch threads {torch.get_num_threads()}")
     print("| backend | pca dim | nprobe / efSearch (candidates) | s | / exact | recall@k1 | probe recall@k1 (1,000 rows) "
-          "| same-identity found | ARI vs exact | steps (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| exact (torch, blocked) | – | – | {exact_s:.1f} | 1.00 | 1.000 | – | 1.000 | 1.000 | |", flush=True)
+          "| same-identity found | ARI vs exact | outliers | steps (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| exact (torch, blocked) | – | – | {exact_s:.1f} | 1.00 | 1.000 | – | 1.000 | 1.000 | "
+          f"{outliers(exact_labels)} | |", flush=True)
 
     def row(name: str, st: ApproxSettings | None, knob: str, s: float, ad: np.ndarray, ai: np.ndarray, split: str) -> None:
         probe = probe_recall(x, ai, args.k1).recall
         found = (pid[ai] == pid[:, None]).sum() / same.sum()
-        ari = adjusted_rand_score(exact_labels, partition(ad, ai))
+        labels = partition(ad, ai)
+        ari = adjusted_rand_score(exact_labels, labels)
         pca = "–" if st is None else (st.pca_dim or "none")
         print(f"| {name} | {pca} | {knob} | {s:.1f} | {s / exact_s:.2f} | {recall(ai, ei):.3f} | {probe:.3f} | "
-              f"{found:.3f} | {ari:.3f} | {split} |", flush=True)
+              f"{found:.3f} | {ari:.3f} | {outliers(labels)} | {split} |", flush=True)
 
     for backend in args.backends:
         for pca in args.pca_dim:
