@@ -1,6 +1,7 @@
 """HNSW's recall/time frontier on N rows, measured the way the recall tuning measures it.
 
     python bench/knn_frontier.py --n 100000 --like cuhk03_mnv2.h5
+    python bench/knn_frontier.py --features feats.h5 --candidates 2 4 8   # your own features
     python bench/knn_frontier.py --n 1000000 --like cuhk03_mnv2.h5 --pca-dim 256 --ef-construction 40 160
 
 Why: at a million rows the whole search of every setting is out of reach on 2 cores (exact search
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--k1", type=int, default=30)
+    ap.add_argument("--features", help="a reidctl features file to measure instead of synthetic features")
     ap.add_argument("--like", help="draw synthetic features with the identity statistics of this features file")
     ap.add_argument("--pca-dim", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--ef-construction", type=int, nargs="+", default=[40, 160])
@@ -48,8 +50,16 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=PROBE_ROWS)
     args = ap.parse_args()
 
-    x, _ = features_like(args.like, args.n, args.dim) if args.like else features(args.n, args.dim, args.n // 17)
-    xt, n, k = torch.from_numpy(x), args.n, args.k1
+    if args.features:
+        from reidctl.artifacts import read_features
+
+        x = read_features(args.features).feats
+        args.n, args.dim = x.shape
+    elif args.like:
+        x, _ = features_like(args.like, args.n, args.dim)
+    else:
+        x, _ = features(args.n, args.dim, args.n // 17)
+    xt, n, k = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), args.n, args.k1
     picked = sample_rows(n, args.rows, PROBE_SEED + 1)
     t = time.perf_counter()
     exact_dist, _ = exact_sample(xt, picked, k)
@@ -58,7 +68,7 @@ def main() -> None:
     def recall(idx: np.ndarray) -> float:
         return float(found_per_row(xt, picked, idx, exact_dist).mean() / k)
 
-    source = f"features like {args.like}" if args.like else "synthetic features"
+    source = args.features or (f"features like {args.like}" if args.like else "synthetic features")
     print(f"# bench/knn_frontier.py  {source}: N={n:,} D={args.dim} k1={k}, {len(picked):,} sampled rows, "
           f"torch threads {torch.get_num_threads()}; exact search estimated {exact_s:.0f} s", flush=True)
     print("| pca dim | efConstruction (build s) | efSearch | candidates | sample recall@k1 | perfect graph | "
