@@ -183,6 +183,22 @@ def floor(x: np.ndarray, max_bytes: int, rows: int = 0) -> tuple[float, str]:
     return seconds, how
 
 
+def bench_features(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """The features a kNN benchmark measures, with an identity per row: a reidctl features file
+    (``args.features``; each row its own identity when the file has none), ones drawn
+    :func:`features_like` ``args.like``, or :func:`features`. ``args.n`` and ``args.dim`` become
+    the file's shape when a file is read."""
+    if args.features:
+        from reidctl.artifacts import read_features, read_ground_truth
+
+        x, pid = read_features(args.features).feats, read_ground_truth(args.features)
+        args.n, args.dim = x.shape
+        return np.ascontiguousarray(x, dtype=np.float32), np.arange(len(x)) if pid is None else pid
+    if args.like:
+        return features_like(args.like, args.n, args.dim)
+    return features(args.n, args.dim, args.n // 17)
+
+
 def recall(found: np.ndarray, exact: np.ndarray) -> float:
     """recall@k: the mean share of each row's exact k neighbours that ``found`` holds."""
     return float(np.mean([len(np.intersect1d(a, e)) for a, e in zip(found, exact)])) / exact.shape[1]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import features, features_like, recall  # noqa: E402
+from cluster import bench_features, recall  # noqa: E402
 
 
 def main() -> None:
@@ -54,16 +54,7 @@ def main() -> None:
     ap.add_argument("--tuned", action="store_true", help="also each backend tuned to --knn-recall, as auto tunes it")
     ap.add_argument("--knn-recall", type=float, default=search.DEFAULT_RECALL)
     args = ap.parse_args()
-    if args.features:
-        from reidctl.artifacts import read_features, read_ground_truth
-
-        x, pid = read_features(args.features).feats, read_ground_truth(args.features)
-        args.n, args.dim = x.shape
-        pid = np.arange(len(x)) if pid is None else pid
-    elif args.like:
-        x, pid = features_like(args.like, args.n, args.dim)
-    else:
-        x, pid = features(args.n, args.dim, args.n // 17)
+    x, pid = bench_features(args)
     xt = torch.from_numpy(x)
 
     def partition(d: np.ndarray, i: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import features, features_like  # noqa: E402
+from cluster import bench_features  # noqa: E402
 
 
 def main() -> None:
@@ -50,16 +50,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=PROBE_ROWS)
     args = ap.parse_args()
 
-    if args.features:
-        from reidctl.artifacts import read_features
-
-        x = read_features(args.features).feats
-        args.n, args.dim = x.shape
-    elif args.like:
-        x, _ = features_like(args.like, args.n, args.dim)
-    else:
-        x, _ = features(args.n, args.dim, args.n // 17)
-    xt, n, k = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), args.n, args.k1
+    x, _ = bench_features(args)
+    xt, n, k = torch.from_numpy(x), args.n, args.k1
     picked = sample_rows(n, args.rows, PROBE_SEED + 1)
     t = time.perf_counter()
     exact_dist, _ = exact_sample(xt, picked, k)

@@ -132,8 +132,8 @@ class HnswIndex(ApproxIndex):
     def search(self, rows: np.ndarray, k: int, settings: ApproxSettings,
                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
         n = self.x.shape[0]
-        kc = min(n, max(k, settings.candidates * k))
-        width = max(settings.ef_search, kc)
+        kc = candidate_count(settings, k, n)
+        width = walk_width(settings, k, n)
         params = _cagra_params(self.faiss, width) if self.on_gpu else _hnsw_params(self.faiss, width)
         dist = np.empty((len(rows), k), np.float32)
         idx = np.empty((len(rows), k), np.int64)
@@ -146,6 +146,19 @@ class HnswIndex(ApproxIndex):
             if progress:
                 progress(s + len(block), len(rows))
         return dist, idx
+
+
+def candidate_count(settings: ApproxSettings, k: int, n: int | None = None) -> int:
+    """The candidates an HNSW search re-ranks exactly: ``candidates × k`` (at least k, at most the
+    ``n`` rows when given)."""
+    kc = max(k, settings.candidates * k)
+    return kc if n is None else min(n, kc)
+
+
+def walk_width(settings: ApproxSettings, k: int, n: int | None = None) -> int:
+    """The list faiss's HNSW walk really keeps: efSearch, or the candidates asked for when they are
+    more (an efSearch below them changes nothing; the recall tuning widens from this)."""
+    return max(settings.ef_search, candidate_count(settings, k, n))
 
 
 class IvfIndex(ApproxIndex):

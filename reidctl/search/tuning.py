@@ -32,6 +32,7 @@ from reidctl.search.approx import (
     exact_rerank,
     pca_reduce,
     principal_axes,
+    walk_width,
 )
 from reidctl.search.probe import PROBE_ROWS, PROBE_SEED, exact_sample, found_per_row, sample_rows
 
@@ -115,7 +116,7 @@ def widen(st: ApproxSettings, backend: str, step: int, k: int) -> ApproxSettings
         return dataclasses.replace(st, nprobe=st.nprobe * 4 ** step)
     if step == 0:
         return st
-    return dataclasses.replace(st, ef_search=max(st.ef_search, st.candidates * k) * 2 ** step)
+    return dataclasses.replace(st, ef_search=walk_width(st, k) * 2 ** step)
 
 
 @dataclass
