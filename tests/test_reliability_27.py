@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -193,18 +194,17 @@ def test_10_synth_jobs_below_one_is_refused(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_10_mar_with_its_target_as_source_warns(market, tmp_path):
+def test_10_mar_with_its_target_as_source_is_refused(market, tmp_path):
     from reidctl.models.reid import ModelConfig, ReidModel
     from reidctl.models.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "cc.pt"
     save_checkpoint(ckpt, ReidModel(ModelConfig("resnet18", height=64, width=32)), method="cc")
-    result = run_error("loop", "--method", "mar", "--data", market, "--aux-data", str(market) + "/",
-                       "--checkpoint", ckpt, "--run-dir", tmp_path / "run", "--epochs", "1", "--batch-size", "8",
-                       "--workers", "0", "--device", "cpu", match="has no agents")
-    warnings = [line for line in result.stderr.splitlines() if "--aux-data" in line and "--data" in line]
-    assert len(warnings) == 1, result.stderr
-    assert warnings[0].startswith(f"warning: --aux-data is the target --data ({market})")
+    run_error("loop", "--method", "mar", "--data", market, "--aux-data", str(market) + "/",
+              "--checkpoint", ckpt, "--run-dir", tmp_path / "run", "--epochs", "1", "--batch-size", "8",
+              "--workers", "0", "--device", "cpu",
+              match=rf"^error: --aux-data is the target --data \({re.escape(str(market))}\): training would learn")
+    assert not (tmp_path / "run").exists()
 
 
 def _png16(path: Path, arr: np.ndarray, colour_type: int) -> Path:

@@ -28,7 +28,6 @@ run leaves the config of the results the folder holds.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from reidctl.stages.evaluate import evaluate_feature_file
 from reidctl.runtime.processes import check_loader_options
 from reidctl.stages.extract import ExtractRequest, run_extract
 from reidctl.methods import Method, get_method
-from reidctl.data.source import source_is_target_warning
+from reidctl.data.source import refuse_source_is_target
 from reidctl.methods.base import pair_key
 from reidctl.methods.plan import refine_options
 from reidctl.models.spec import ModelSpec
@@ -173,6 +172,7 @@ class _Loop:
                                                 checkpoint=cfg.model.checkpoint)
         self.train_params = plan.train.to_dict()
         source = plan.source
+        refuse_source_is_target(source.aux_data, cfg.data)
         # once: the labelled source's fingerprint, part of the train stage's key ("aux", as MAR's always was)
         self.train_reads = {"aux": source.load().fingerprint()} if source.given else {}
         # the joint source step's options (a method that learns the source itself has them in its parameters)
@@ -565,9 +565,6 @@ def run_loop(cfg: LoopConfig, on_epoch: Callable[[EpochRecord], None] | None = N
     unreadable stage record); by default it goes to the ``reidctl`` logger.
     """
     loop = plan_loop(cfg)  # resolves and checks every option before the run folder is made
-    warning = source_is_target_warning(loop.plan.source.aux_data, cfg.data)
-    if warning:
-        (notice or logging.getLogger("reidctl").warning)(warning)
     if cfg.model.checkpoint is None:
         loop.model.check_start()  # ImageNet weights fetched now (into torch's cache), or refused in one line
     force_from = "prelude" if cfg.force_from in {p.name for p in loop.method_cls.preludes} else cfg.force_from

@@ -24,6 +24,7 @@ from reidctl.artifacts import (
 )
 from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
+from reidctl.data.source import refuse_source_is_target
 from reidctl.data.stats import input_norm
 from reidctl.errors import ArtifactError, ReidctlError
 from reidctl.methods import get_method
@@ -187,6 +188,15 @@ def check_state_output(arrays: Mapping[str, Any], req: TrainEpochRequest, out: s
     check_output(method_arrays_path(out), schema=METHOD_STATE, inputs=inputs, force=req.force)
 
 
+def trained_source(session: TrainSession, plan: Plan) -> str:
+    """The labelled source this epoch trains on ('' for none): the joint step's (given now or held
+    by the checkpoint), or the one a method that learns the source itself (MAR) reads from its
+    parameters of that name."""
+    if session.source is not None:
+        return session.source.aux_data
+    return getattr(session.params, "aux_data", "") or plan.source.aux_data
+
+
 def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummary:
     """Train one epoch and write the checkpoint ``out``; returns the epoch's summary."""
     method_cls, spec, run = get_method(req.method), req.model, req.runtime
@@ -211,6 +221,7 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummar
         prepare_determinism()
     with dist.distributed(resolve_device(run.device)) as device:
         session, provenance = open_session(req, device, plan)
+        refuse_source_is_target(trained_source(session, plan), req.data)
         epoch = session.epoch + 1 if req.epoch is None else req.epoch
         if epoch < 0:
             raise ReidctlError("--epoch must not be negative")
