@@ -205,6 +205,12 @@ def test_10_mar_with_its_target_as_source_is_refused(market, tmp_path):
               "--workers", "0", "--device", "cpu",
               match=rf"^error: --aux-data is the target --data \({re.escape(str(market))}\): training would learn")
     assert not (tmp_path / "run").exists()
+    # train-epoch checks the source mar reads from its own parameters too, and writes nothing
+    run_error("train-epoch", "--method", "mar", "--data", market, "--aux-data", market, "--arch", "resnet18",
+              "--pretrained", "none", "--height", "64", "--width", "32", "--out", tmp_path / "m.pt",
+              "--batch-size", "8", "--workers", "0", "--device", "cpu",
+              match=rf"^error: --aux-data is the target --data \({re.escape(str(market))}\): training would learn")
+    assert not (tmp_path / "m.pt").exists()
 
 
 def _png16(path: Path, arr: np.ndarray, colour_type: int) -> Path:
