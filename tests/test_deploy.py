@@ -93,7 +93,7 @@ def test_onnx_export_matches_under_onnxruntime(trained, tmp_path):
 def test_a_dataset_normalised_model_exports_its_training_statistics(trained, tmp_path):
     data, _ = trained
     out = tmp_path / "norm.pt"
-    run_ok("train-epoch", "--data", data, "--out", out, "--method", "mar", "--aux-data", data, "--arch", "resnet18",
+    run_ok("train-epoch", "--data", data, "--out", out, "--method", "mar", "--aux-data", "synthetic:tiny-source", "--arch", "resnet18",
            "--pretrained", "none", "--height", "64", "--width", "32", "--batch-size", "16", "--bn-chunks", "2", *RUN)
     recorded = load_checkpoint(out)["provenance"]["norm"]
     assert reidctl.load_model(out).preprocessing["mean"] == recorded["mean"] != list(IMAGENET_MEAN)

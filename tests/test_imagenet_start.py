@@ -41,7 +41,7 @@ def imagenet(monkeypatch):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_offline_without_weights_a_loop_stops_before_its_run_folder(method, tmp_path):
-    extra = ["--aux-data", "synthetic:tiny"] if method == "mar" else []
+    extra = ["--aux-data", "synthetic:tiny-source"] if method == "mar" else []
     run_error("loop", "--method", method, "--data", "synthetic:tiny", "--run-dir", tmp_path / "run", "--device", "cpu",
               *extra, match=OFFLINE.format(arch="resnet50"))
     assert not (tmp_path / "run").exists()

@@ -27,7 +27,7 @@ from reidctl.train.contract import Batch, StepResult
 from reidctl.train.joint import SOURCE_AGENTS, JointSource, SourceParams
 from reidctl.train.trainer import TrainSession, _Net
 from tests.clitools import run_error, run_ok
-from tests.fakedata import colour_market, named_msmt_lists
+from tests.fakedata import colour_market
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -232,26 +232,6 @@ def test_a_source_that_is_the_target_is_refused_before_the_run_folder_is_made(da
               match=rf"^error: --aux-data is the target --data \({re.escape(str(target))}\): training would learn "
                     "the target's own identity labels")
     assert not (tmp_path / "run").exists()
-
-
-def test_identities_in_both_splits_of_one_numbering_are_refused(data, tmp_path):
-    """A Market-style source numbers identities once across its splits: a pid in train and test is
-    one person, whom --aux-splits train,test would make two identities. MSMT17 numbers each split
-    from 0, so its shared numbers are two people and are keyed apart."""
-    source, target = data
-    collide = tmp_path / "collide"
-    shutil.copytree(source, collide)
-    for f in [*(collide / "query").glob("0007_*"), *(collide / "bounding_box_test").glob("0007_*")]:
-        f.rename(f.with_name("0001" + f.name[4:]))  # test identity 7 renamed to train identity 1
-    run_error("loop", "--data", target, "--run-dir", tmp_path / "run", "--aux-data", collide, "--epochs", "1",
-              "--eval-every", "0", "--no-eval-init", *SMALL[:-1], "train,test", *MODEL, *RUN,
-              match=r"collide: 1 identities \(1\) are in both its train and test splits, .*--aux-splits train,test "
-                    "each would become two source identities: use --aux-splits train")
-    assert not (tmp_path / "run").exists()
-    assert load_source(str(collide), splits="train").identities == 6  # the train split alone is fine
-    assert load_source(str(source), splits="train,test").identities == 8
-    msmt = named_msmt_lists(tmp_path / "msmt17")  # train ids 0..3 and test ids 0..3: eight people
-    assert load_source(str(msmt), splits="train,test").identities == 8
 
 
 @pytest.mark.slow

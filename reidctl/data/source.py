@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reidctl.data.base import Dataset, Sample
+from reidctl.data.base import Sample
 from reidctl.data.datasets import load_dataset
-from reidctl.data.layouts import get_layout
 from reidctl.data.fingerprint import split_fingerprint
 from reidctl.errors import ReidctlError
 
@@ -58,7 +57,6 @@ def load_source(data: str, dataset: str | None = None, splits: str = DEFAULT_SOU
     if splits not in SOURCE_SPLITS:
         raise ReidctlError(f"--aux-splits {splits}: choose train or train,test")
     ds = load_dataset(data, dataset)
-    refuse_colliding_identities(ds, splits)
     samples = ds.labelled(splits, validation=False)
     if not samples:
         raise ReidctlError(f"{ds.root}: no labelled images in its {splits} split(s) to learn source identities from")
@@ -66,27 +64,6 @@ def load_source(data: str, dataset: str | None = None, splits: str = DEFAULT_SOU
     if len(pids) < 2:
         raise ReidctlError(f"{ds.root}: a labelled source needs at least 2 identities (it has {len(pids)})")
     return SourceData(samples, labels.astype(np.int64), pids.astype(np.int64), str(ds.root), list(ds.train))
-
-
-def refuse_colliding_identities(ds: Dataset, splits: str) -> None:
-    """Refuse, in one line, a source of several splits whose layout numbers identities once across
-    them (:attr:`~reidctl.data.layouts.base.Layout.pids_per_split` False) and in which a pid shows
-    a person in both train and test.
-
-    Why: joined splits are keyed by split, right where each split has its own numbering (MSMT17).
-    Under one numbering a shared pid is one person, and keying would make two identities of them
-    whose images the classifier then pushes apart; merging them instead would be wrong for a
-    layout that reuses numbers. Neither guess is safe, so the user chooses."""
-    if "," not in splits or get_layout(ds.layout).pids_per_split:
-        return
-    train = {s.pid for s in ds.train if ds.is_identity("train", s.pid)}
-    test = {s.pid for part in ("query", "gallery") for s in getattr(ds, part) if ds.is_identity(part, s.pid)}
-    both = sorted(train & test)
-    if both:
-        shown = ", ".join(map(str, both[:5])) + (", ..." if len(both) > 5 else "")
-        raise ReidctlError(f"{ds.root}: {len(both)} identities ({shown}) are in both its train and test splits, "
-                           f"which number identities as one; with --aux-splits {splits} each would become two source "
-                           "identities: use --aux-splits train, or give the test identities their own pids")
 
 
 def same_dataset(source: str, target: str) -> bool:

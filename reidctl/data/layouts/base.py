@@ -36,11 +36,6 @@ class Layout:
     #: Layouts that look alike and share one detector (the Market-1501 family) name their family:
     #: detection asks the first of them, whose :meth:`claim` answers for all (once, not per member).
     family: str | None = None
-    #: Whether each split numbers its identities from scratch (MSMT17: train ids 0..1040, test ids
-    #: 0..3059 again), so pid k of train and pid k of the test are two people. False where one
-    #: numbering runs across the splits (the Market-1501 family, manifests), so a pid found in both
-    #: is one person whom a labelled source of ``train,test`` would split into two identities.
-    pids_per_split: bool = False
 
     def detect(self, path: Path, names: str) -> bool:
         """Whether ``path`` itself (no descending) has this layout. ``names`` is its folder name as

@@ -42,7 +42,6 @@ class MSMT17(MarketStyle):
                f"or the Market-style {MARKET_EXPECTED})")
     looks_like = "an MSMT17 folder with train/, test/ and list_*.txt"
     rule = MSMT_RULE
-    pids_per_split = True
 
     def fits(self, path: Path) -> bool:
         return msmt_folders(path) is not None or has_market_dirs(path)
