@@ -183,6 +183,17 @@ def floor(x: np.ndarray, max_bytes: int, rows: int = 0) -> tuple[float, str]:
     return seconds, how
 
 
+def feature_options(ap: argparse.ArgumentParser, n: int) -> None:
+    """The options :func:`bench_features` reads: the row count and dimension of synthetic features,
+    k1, and a features file to read (``--features``) or to draw like (``--like``)."""
+    ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--k1", type=int, default=30)
+    ap.add_argument("--features", help="a reidctl features file to measure instead of synthetic features")
+    ap.add_argument("--like", help="draw synthetic features with the identity statistics of this features file "
+                                   "(features_like)")
+
+
 def bench_features(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """The features a kNN benchmark measures, with an identity per row: a reidctl features file
     (``args.features``; each row its own identity when the file has none), ones drawn

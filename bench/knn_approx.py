@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import bench_features, recall  # noqa: E402
+from cluster import bench_features, feature_options, recall  # noqa: E402
 
 
 def main() -> None:
@@ -41,15 +41,10 @@ def main() -> None:
     from reidctl.search.probe import probe_recall
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--dim", type=int, default=2048)
-    ap.add_argument("--k1", type=int, default=30)
+    feature_options(ap, n=20000)
     ap.add_argument("--backends", nargs="+", default=["faiss-ivf", "faiss-hnsw"])
     ap.add_argument("--nprobe", type=int, nargs="+", default=[ApproxSettings.nprobe])
     ap.add_argument("--pca-dim", type=int, nargs="+", default=[ApproxSettings.pca_dim])
-    ap.add_argument("--features", help="a reidctl features file to use instead of synthetic features")
-    ap.add_argument("--like", help="draw synthetic features with the identity statistics of this features file "
-                                   "(bench/cluster.py features_like)")
     ap.add_argument("--ef-search", type=int, nargs="+", default=[ApproxSettings.ef_search])
     ap.add_argument("--tuned", action="store_true", help="also each backend tuned to --knn-recall, as auto tunes it")
     ap.add_argument("--knn-recall", type=float, default=search.DEFAULT_RECALL)

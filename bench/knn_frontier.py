@@ -28,21 +28,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import bench_features  # noqa: E402
+from cluster import bench_features, feature_options  # noqa: E402
 
 
 def main() -> None:
-    import faiss
-
-    from reidctl.search.approx import ApproxSettings, build_index, exact_rerank, pca_reduce, principal_axes
+    from reidctl.search.approx import ApproxSettings, build_index, candidate_count, pca_reduce, principal_axes
     from reidctl.search.probe import PROBE_ROWS, PROBE_SEED, exact_sample, found_per_row, sample_rows
+    from reidctl.search.tuning import perfect_graph_search
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--dim", type=int, default=2048)
-    ap.add_argument("--k1", type=int, default=30)
-    ap.add_argument("--features", help="a reidctl features file to measure instead of synthetic features")
-    ap.add_argument("--like", help="draw synthetic features with the identity statistics of this features file")
+    feature_options(ap, n=100_000)
     ap.add_argument("--pca-dim", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--ef-construction", type=int, nargs="+", default=[40, 160])
     ap.add_argument("--ef-search", type=int, nargs="+", default=[96, 192, 384, 768])
@@ -74,12 +69,9 @@ def main() -> None:
         t = time.perf_counter()
         reduced = pca_reduce(xt, st, axes)
         pca_s = axes_s + time.perf_counter() - t
-        widest = min(n, max(args.candidates) * k)
-        _, order = faiss.knn(np.ascontiguousarray(reduced[picked]), reduced, widest)
-        ceiling = {}
-        for c in args.candidates:
-            _, idx = exact_rerank(xt, picked, np.ascontiguousarray(order[:, :min(n, c * k)]), k, torch.device("cpu"))
-            ceiling[c] = recall(idx)
+        widths = [candidate_count(dataclasses.replace(st, candidates=c), k, n) for c in args.candidates]
+        perfect = perfect_graph_search(xt, reduced, picked, k, widths, torch.device("cpu"))
+        ceiling = {c: recall(idx) for c, (_, idx) in zip(args.candidates, perfect)}
         for efc in args.ef_construction:
             built = dataclasses.replace(st, ef_construction=efc)
             t = time.perf_counter()

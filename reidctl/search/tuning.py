@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from reidctl.search.approx import (
     ApproxIndex,
     ApproxSettings,
     build_index,
+    candidate_count,
     exact_rerank,
     pca_reduce,
     principal_axes,
@@ -235,16 +236,10 @@ def _enough_candidates(trials: _Trials, reduced: np.ndarray, st: ApproxSettings,
     target on the sample when the reduced search is perfect (brute force in the reduced space:
     ``pca_dim / D`` of the exact probe's cost); None when none does. This separates what the
     projection loses (more candidates or dimensions help) from what the graph misses (efSearch)."""
-    import faiss  # noqa: PLC0415 (the approximate backends need it; checked before)
-
     n, k = trials.x.shape[0], trials.k
-    widest = min(n, 4 * st.candidates * k)
-    _, order = faiss.knn(np.ascontiguousarray(reduced[trials.picked]), reduced, widest)
-    for factor in (1, 2, 4):
-        kc = min(n, max(k, factor * st.candidates * k))
-        cand = np.ascontiguousarray(order[:, :kc], dtype=np.int64)
-        _, idx = exact_rerank(trials.x, trials.picked, cand, k, device)
-        found = dataclasses.replace(st, candidates=factor * st.candidates)
+    wider = [dataclasses.replace(st, candidates=factor * st.candidates) for factor in (1, 2, 4)]
+    widths = [candidate_count(found, k, n) for found in wider]
+    for found, (kc, idx) in zip(wider, perfect_graph_search(trials.x, reduced, trials.picked, k, widths, device)):
         ceiling = trials.recall(idx)
         trials.record(found, ceiling, ceiling=True)
         if ceiling >= target.recall + CEILING_MARGIN:
@@ -252,6 +247,21 @@ def _enough_candidates(trials: _Trials, reduced: np.ndarray, st: ApproxSettings,
         if kc == n:
             break
     return None
+
+
+def perfect_graph_search(x: torch.Tensor, reduced: np.ndarray, rows: np.ndarray, k: int, widths: list[int],
+                         device: torch.device) -> Iterator[tuple[int, np.ndarray]]:
+    """What a perfect graph on the reduced space finds: for each candidate count of ``widths``
+    (ascending), that many nearest rows of each of ``rows`` by brute force in the reduced space,
+    re-ranked exactly to ``k``, as ``(width, neighbours)``. One brute-force search serves every
+    width, and a width is re-ranked only when asked for (the tuning stops at the first that passes;
+    bench/knn_frontier.py measures them all)."""
+    import faiss  # noqa: PLC0415 (the approximate backends need it; checked before)
+
+    _, order = faiss.knn(np.ascontiguousarray(reduced[rows]), reduced, max(widths))
+    for kc in widths:
+        _, idx = exact_rerank(x, rows, np.ascontiguousarray(order[:, :kc], dtype=np.int64), k, device)
+        yield kc, idx
 
 
 def _reason(backend: str, k: int, best: float | None, target: RecallTarget, exact_s: float, why: str) -> str:

@@ -188,13 +188,13 @@ def check_state_output(arrays: Mapping[str, Any], req: TrainEpochRequest, out: s
     check_output(method_arrays_path(out), schema=METHOD_STATE, inputs=inputs, force=req.force)
 
 
-def trained_source(session: TrainSession, plan: Plan) -> str:
+def trained_source(session: TrainSession) -> str:
     """The labelled source this epoch trains on ('' for none): the joint step's (given now or held
     by the checkpoint), or the one a method that learns the source itself (MAR) reads from its
     parameters of that name."""
     if session.source is not None:
         return session.source.aux_data
-    return getattr(session.params, "aux_data", "") or plan.source.aux_data
+    return getattr(session.params, "aux_data", "")
 
 
 def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummary:
@@ -221,7 +221,7 @@ def run_train_epoch(req: TrainEpochRequest, out: str | Path) -> TrainEpochSummar
         prepare_determinism()
     with dist.distributed(resolve_device(run.device)) as device:
         session, provenance = open_session(req, device, plan)
-        refuse_source_is_target(trained_source(session, plan), req.data)
+        refuse_source_is_target(trained_source(session), req.data)
         epoch = session.epoch + 1 if req.epoch is None else req.epoch
         if epoch < 0:
             raise ReidctlError("--epoch must not be negative")
